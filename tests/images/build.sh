@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Build the offline fixture images inferserver-test/<name>:1, one per
+# tests/images/<name>.sh, from Debian's busybox-static (no registry needed).
+#
+# An image is rebuilt only when its label org.inferserver.fixture-hash differs
+# from the sha256 of its script plus this file, so editing a script rebuilds it.
+# Usage: build.sh [--force] [NAME...]
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+CACHE=${INFERSERVER_CACHE:-$ROOT/.cache}
+REPO=inferserver-test
+TAG=1
+LABEL=org.inferserver.fixture-hash
+
+say() { echo "images: $*" >&2; }
+die() { say "$*"; exit 1; }
+
+force=0
+names=()
+for a in "$@"; do
+    case $a in
+        --force) force=1 ;;
+        -*) die "unknown option $a (usage: build.sh [--force] [NAME...])" ;;
+        *) names+=("$a") ;;
+    esac
+done
+if [[ ${#names[@]} -eq 0 ]]; then
+    for f in "$HERE"/*.sh; do
+        n=$(basename "$f" .sh)
+        [[ $n == build ]] || names+=("$n")
+    done
+fi
+
+docker info >/dev/null 2>&1 || die "no Docker engine answers (run scripts/docker-engine.sh)"
+
+# Debian's busybox-static: installed copy if present, else the .deb unpacked into the cache.
+busybox_binary() {
+    if [[ $(dpkg-query -W -f='${Status}' busybox-static 2>/dev/null) == "install ok installed" ]]; then
+        echo /bin/busybox
+        return
+    fi
+    local dir=$CACHE/busybox-static
+    if [[ ! -x $dir/root/bin/busybox ]]; then
+        say "fetching busybox-static into $dir"
+        rm -rf "$dir"
+        mkdir -p "$dir"
+        if ! (cd "$dir" && apt-get download busybox-static >/dev/null 2>&1); then
+            apt-get update -q >/dev/null || die "apt-get update failed"
+            (cd "$dir" && apt-get download busybox-static >/dev/null) || die "apt-get download busybox-static failed"
+        fi
+        dpkg -x "$dir"/busybox-static_*.deb "$dir/root"
+    fi
+    echo "$dir/root/bin/busybox"
+}
+
+fixture_hash() {
+    cat "$HERE/$1.sh" "$HERE/build.sh" | sha256sum | cut -d' ' -f1
+}
+
+build_one() {
+    local name=$1 image=$REPO/$1:$TAG hash current rootfs
+    [[ -f $HERE/$name.sh ]] || die "no script $HERE/$name.sh"
+    hash=$(fixture_hash "$name")
+    current=$(docker image inspect -f "{{index .Config.Labels \"$LABEL\"}}" "$image" 2>/dev/null || true)
+    if [[ $force -eq 0 && $current == "$hash" ]]; then
+        return 0
+    fi
+    rootfs=$(mktemp -d "$WORK/$name.XXXX")
+    mkdir -p "$rootfs/bin" "$rootfs/tmp"
+    chmod 1777 "$rootfs/tmp"
+    install -m 0755 "$BUSYBOX" "$rootfs/bin/busybox"
+    # The equivalent of `busybox --install -s`: a symlink per applet.
+    local applet
+    while read -r applet; do
+        [[ -n $applet && $applet != bin/busybox ]] || continue
+        mkdir -p "$rootfs/$(dirname "$applet")"
+        ln -sf /bin/busybox "$rootfs/$applet"
+    done < <("$BUSYBOX" --list-full)
+    [[ -L $rootfs/bin/sh ]] || ln -sf /bin/busybox "$rootfs/bin/sh"
+    install -m 0755 "$HERE/$name.sh" "$rootfs/model.sh"
+    # No /data: the server has to create it when it places the inputs.
+    tar -C "$rootfs" --numeric-owner --owner=0 --group=0 -c . |
+        docker import \
+            --change 'ENTRYPOINT ["/bin/sh","/model.sh"]' \
+            --change "LABEL $LABEL=$hash" \
+            - "$image" >/dev/null
+    rm -rf "$rootfs"
+    say "built $image"
+}
+
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+BUSYBOX=$(busybox_binary)
+for n in "${names[@]}"; do
+    build_one "$n"
+done
