@@ -1,0 +1,167 @@
+"""The run configuration: the body of ``POST /models/{id}`` and its validation against a spec.
+
+Validation is stricter than ablinfer's ``normalize_model_config``, which coerces with
+``int()``/``bool()``/``str()`` (so ``"abc"`` becomes a true bool and ``null`` the string "None"):
+the real client already sends correctly typed values, so anything else is a caller's mistake
+worth a 400 that names the field.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import ConfigError
+from .model import BoolParam, EnumParam, FloatParam, IntParam, IOSpec, ModelSpec, StringParam
+
+ParamValue = int | float | bool | str
+
+
+class IOChoice(BaseModel):
+    """Whether one input or output takes part in the run; other keys are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    # Typed Any so that a non-bool reaches validate_run_config, which answers with the field.
+    enabled: Any = Field(
+        default=None,
+        description="true to use this input/output. Omitted: on for required and suggested, off for optional.",
+        json_schema_extra={"type": "boolean"},
+    )
+
+
+class ParamChoice(BaseModel):
+    """The value of one parameter; other keys are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    value: Any = Field(
+        default=None,
+        description="The parameter's value (int, float, bool, string, or one of an enum's values). Omitted: the spec default.",
+    )
+
+
+class SessionRequest(BaseModel):
+    """Body of ``POST /models/{model_id}``: which inputs/outputs to use and the parameter values."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "inputs": {"input_vol": {"enabled": True}},
+                    "params": {"gpus": {"value": 1}, "cuda": {"value": ""}},
+                    "outputs": {"output_seg": {"enabled": True}, "input_vol_resampled": {"enabled": False}},
+                }
+            ]
+        },
+    )
+
+    inputs: dict[str, IOChoice] = Field(default_factory=dict, description="Per input name: {\"enabled\": bool}.")
+    params: dict[str, ParamChoice] = Field(default_factory=dict, description="Per parameter name: {\"value\": v}.")
+    outputs: dict[str, IOChoice] = Field(default_factory=dict, description="Per output name: {\"enabled\": bool}.")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A validated configuration: every input, output and param of the spec is present."""
+
+    inputs: dict[str, bool] = field(default_factory=dict)
+    outputs: dict[str, bool] = field(default_factory=dict)
+    params: dict[str, ParamValue] = field(default_factory=dict)
+
+    def enabled_inputs(self) -> list[str]:
+        return [name for name, on in self.inputs.items() if on]
+
+    def enabled_outputs(self) -> list[str]:
+        return [name for name, on in self.outputs.items() if on]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"inputs": dict(self.inputs), "outputs": dict(self.outputs), "params": dict(self.params)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunConfig:
+        return cls(
+            inputs={str(k): bool(v) for k, v in data.get("inputs", {}).items()},
+            outputs={str(k): bool(v) for k, v in data.get("outputs", {}).items()},
+            params=dict(data.get("params", {})),
+        )
+
+
+def validate_run_config(spec: ModelSpec, request: SessionRequest) -> RunConfig:
+    """Check ``request`` against ``spec`` and fill in defaults; ConfigError names the bad field."""
+    for section in ("inputs", "params", "outputs"):
+        known = getattr(spec, section)
+        for name in getattr(request, section):
+            if name not in known:
+                allowed = ", ".join(known) or "none"
+                raise ConfigError(f"{section}/{name}", f"unknown {section[:-1]} (this model has: {allowed})")
+
+    return RunConfig(
+        inputs=_enabled(spec.inputs, request.inputs, "inputs"),
+        outputs=_enabled(spec.outputs, request.outputs, "outputs"),
+        params={name: _param_value(name, p, request.params.get(name)) for name, p in spec.params.items()},
+    )
+
+
+def _enabled(specs: dict[str, IOSpec], given: dict[str, IOChoice], section: str) -> dict[str, bool]:
+    out: dict[str, bool] = {}
+    kind = section[:-1]
+    for name, io in specs.items():
+        choice = given.get(name)
+        if choice is None or "enabled" not in choice.model_fields_set:
+            # Default: required and suggested on, optional off (the old server had it reversed).
+            out[name] = io.status in ("required", "suggested")
+            continue
+        enabled = choice.enabled
+        if not isinstance(enabled, bool):
+            raise ConfigError(f"{section}/{name}", f"enabled must be true or false, not {enabled!r}")
+        if not enabled and io.status == "required":
+            raise ConfigError(f"{section}/{name}", f"{kind} {name} is required and cannot be disabled")
+        out[name] = enabled
+    return out
+
+
+def _param_value(name: str, spec: Any, choice: ParamChoice | None) -> ParamValue:
+    field_name = f"params/{name}"
+    if choice is None or "value" not in choice.model_fields_set:
+        # The spec default as written, like ablinfer (a float param's default 1 stays 1).
+        return spec.default
+    v = choice.value
+
+    if isinstance(spec, IntParam):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ConfigError(field_name, f"must be an integer, not {v!r}")
+        return _in_range(field_name, v, spec)
+    if isinstance(spec, FloatParam):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ConfigError(field_name, f"must be a number, not {v!r}")
+        if not math.isfinite(v):
+            raise ConfigError(field_name, f"must be a finite number, not {v!r}")
+        return _in_range(field_name, float(v), spec)
+    if isinstance(spec, BoolParam):
+        if not isinstance(v, bool):
+            raise ConfigError(field_name, f"must be true or false, not {v!r}")
+        return v
+    if isinstance(spec, StringParam):
+        if not isinstance(v, str):
+            raise ConfigError(field_name, f"must be a string, not {v!r}")
+        return v
+    if isinstance(spec, EnumParam):
+        values = list(spec.enum.values())
+        # Compare types too: True == 1 in Python, but not in the enum.
+        if any(type(v) is type(x) and v == x for x in values):
+            return v
+        allowed = ", ".join(repr(x) for x in values)
+        hint = f" ({v!r} is a label; send its value {spec.enum[v]!r})" if isinstance(v, str) and v in spec.enum else ""
+        raise ConfigError(field_name, f"must be one of the values {allowed}, not {v!r}{hint}")
+    raise ConfigError(field_name, f"unsupported parameter type {getattr(spec, 'type', '?')!r}")
+
+
+def _in_range(field_name: str, v: int | float, spec: IntParam | FloatParam) -> int | float:
+    if v < spec.min or v > spec.max:
+        raise ConfigError(field_name, f"{v!r} is outside the allowed range [{spec.min}, {spec.max}]")
+    return v
