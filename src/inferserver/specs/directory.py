@@ -1,0 +1,77 @@
+"""Loading the model directory: one JSON spec per model, a bad file never stops the others."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import SpecError
+from .model import ModelSpec
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    spec: ModelSpec
+    path: Path
+
+
+@dataclass(frozen=True)
+class SpecLoadError:
+    path: Path
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+@dataclass
+class ModelDirectory:
+    models: dict[str, LoadedModel] = field(default_factory=dict)
+    errors: list[SpecLoadError] = field(default_factory=list)
+
+
+def load_spec_file(path: Path) -> ModelSpec:
+    """Read and validate one spec file; SpecError says why it cannot be served."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(f"cannot read the file: {e}") from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SpecError(f"not valid JSON: {e}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"the spec must be a JSON object, not {type(raw).__name__}")
+    return ModelSpec.from_raw(raw)
+
+
+def load_model_directory(path: Path) -> ModelDirectory:
+    """Load every ``*.json`` in ``path`` (sorted, not recursive)."""
+    result = ModelDirectory()
+    if not path.is_dir():
+        result.errors.append(SpecLoadError(path, "model directory does not exist or is not a directory"))
+        return result
+
+    by_id: dict[str, list[LoadedModel]] = {}
+    for file in sorted(path.glob("*.json")):
+        if not file.is_file():
+            continue
+        try:
+            spec = load_spec_file(file)
+        except SpecError as e:
+            result.errors.append(SpecLoadError(file, str(e)))
+            continue
+        by_id.setdefault(spec.id, []).append(LoadedModel(spec, file))
+
+    for model_id, loaded in by_id.items():
+        if len(loaded) == 1:
+            result.models[model_id] = loaded[0]
+            continue
+        # No silent winner: the operator must decide which file is meant.
+        files = ", ".join(str(m.path) for m in loaded)
+        for m in loaded:
+            result.errors.append(
+                SpecLoadError(m.path, f"model id {model_id!r} is used by several files ({files}); none of them is served")
+            )
+    return result
