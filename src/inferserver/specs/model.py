@@ -286,13 +286,16 @@ def _data_path(loc: tuple[Any, ...], data: Any) -> str:
     # pydantic puts the discriminator tag of a param (e.g. "int") into ``loc``; walking the
     # data drops it, so the path reads like the spec file: params/count/default.
     parts: list[str] = []
+    tag_skipped = False
     for key in loc:
+        if (not tag_skipped and len(parts) == 2 and parts[0] == "params"
+                and isinstance(data, dict) and key == data.get("type")):
+            tag_skipped = True  # the tag, even when it is also a key ("enum")
+            continue
         if isinstance(data, dict) and key in data:
             data = data[key]
         elif isinstance(data, list) and isinstance(key, int) and 0 <= key < len(data):
             data = data[key]
-        elif isinstance(data, dict) and key == data.get("type"):
-            continue
         else:
             data = None  # a missing field: part of the path, nothing below it
         parts.append(str(key))
