@@ -272,7 +272,7 @@ def _describe(error: ValidationError, data: Any) -> str:
     for err in error.errors(include_url=False):
         path = _data_path(err["loc"], data)
         msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] not in ("missing", "value_error", "assertion_error") and "input" in err:
+        if err["type"] not in ("missing", "value_error", "union_tag_invalid") and "input" in err:
             msg += f" (got {_short(err['input'])})"
         if err["type"] == "missing":
             msg = "missing required field"
