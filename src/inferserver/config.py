@@ -1,0 +1,104 @@
+"""Settings: the old server's names and defaults, read from a Python file and from the environment.
+
+Precedence, highest first: keyword arguments, env vars `INFERSERVER_<NAME>`, the Python settings file
+named by `INFERSERVER_SETTINGS` (existing Flask-era deployments keep their file), the defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "INFERSERVER_"
+SETTINGS_FILE_VAR = "INFERSERVER_SETTINGS"
+
+
+class SettingsError(Exception):
+    """A setting has a value the server cannot start with; the message names it."""
+
+
+class GpuMode(StrEnum):
+    AUTO = "auto"  # all GPUs when the engine reports the NVIDIA runtime, none otherwise
+    NONE = "none"
+    ALL = "all"
+
+
+class PythonFileSource(PydanticBaseSettingsSource):
+    """Reads UPPERCASE names from a Python file, as Flask's `config.from_envvar` did."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: str | None) -> None:
+        super().__init__(settings_cls)
+        self.path = path
+        self.values = self._load() if path else {}
+
+    def _load(self) -> dict[str, Any]:
+        assert self.path is not None
+        try:
+            source = Path(self.path).read_text()
+        except OSError as exc:
+            raise SettingsError(f"{SETTINGS_FILE_VAR}={self.path!r}: cannot read the settings file: {exc}") from exc
+        namespace: dict[str, Any] = {"__file__": self.path}
+        try:
+            exec(compile(source, self.path, "exec"), namespace)  # noqa: S102 - the operator's own config file
+        except Exception as exc:
+            raise SettingsError(f"{SETTINGS_FILE_VAR}={self.path!r}: the settings file fails to run: {exc!r}") from exc
+        return {k: v for k, v in namespace.items() if k.isupper() and k in self.settings_cls.model_fields}
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self.values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self.values)
+
+
+class Settings(BaseSettings):
+    """Every setting of the old server keeps its name, meaning and default."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, case_sensitive=True, extra="ignore")
+
+    MODEL_PATH: Path = Field(Path("/etc/inferserver/models"), description="Directory of model JSON specs.")
+    SESSION_PATH: Path = Field(Path("/var/inferserver"), description="Directory for session files; must be writable.")
+    CLEANUP_TIMER: int = Field(300, description="Seconds between session clean-ups; -1 disables clean-up.")
+    CLEANUP_FINISHED: bool = Field(True, description="Also clean up complete and failed sessions.")
+    CLEANUP_FILES: bool = Field(False, description="Remove a cleaned-up session's files from disk.")
+    CLEANUP_SECONDS: int = Field(3600, ge=0, description="Seconds of inactivity before a session is cleaned up.")
+    CHECK_INPUT_FILETYPES: bool = Field(True, description="Refuse inputs whose sniffed type differs from the spec's.")
+    WORKER_THREADS: int = Field(1, ge=1, description="How many runs execute at once.")
+    CONVERT_INPUTS: bool = Field(True, description="Convert inputs of another image format (when conversion is available).")
+    GPUS: GpuMode = Field(GpuMode.AUTO, description="GPU requests: auto (when the engine has the NVIDIA runtime), none, all.")
+
+    @field_validator("CLEANUP_TIMER")
+    @classmethod
+    def _timer(cls, value: int) -> int:
+        if value != -1 and value <= 0:
+            raise ValueError("must be a positive number of seconds, or -1 to disable clean-up")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, PythonFileSource(settings_cls, os.environ.get(SETTINGS_FILE_VAR))
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings or raise SettingsError naming each wrong setting and its value."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = ".".join(str(p) for p in err["loc"])
+            problems.append(f"setting {name}={err.get('input')!r} is invalid: {err['msg']}")
+        raise SettingsError("; ".join(problems)) from exc
