@@ -1,0 +1,204 @@
+"""Thin async calls over the Docker Engine API, through aiodocker: images, containers, archives, logs.
+
+aiodocker's own `get_archive` reads the whole tar into memory and its log stream decodes text, so
+archives and logs go through its `_query` helper here and are streamed as bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import aiodocker
+import aiohttp
+from aiodocker.exceptions import DockerError
+from aiodocker.multiplexed import MultiplexedResult
+
+from .jobs import FileTransfer, LogSink, RunFailed
+from .tarstream import TarMember, extract_single_file, parents_of, tar_stream
+
+logger = logging.getLogger(__name__)
+
+LABEL_SESSION = "org.inferserver.session"
+LABEL_MODEL = "org.inferserver.model"
+ARCHIVE_CHUNK = 1 << 20
+
+
+class EngineUnavailable(RunFailed):
+    """The Docker engine cannot be reached."""
+
+
+def engine_error(exc: BaseException) -> RunFailed:
+    """Turn an aiodocker/aiohttp failure into the reason a user reads."""
+    if isinstance(exc, DockerError):
+        if exc.status == 900:  # aiodocker's code for "could not connect"
+            return EngineUnavailable(f"Docker engine unreachable: {exc.message}")
+        return RunFailed(f"Docker engine error {exc.status}: {exc.message}")
+    if isinstance(exc, (aiohttp.ClientError, OSError)):
+        return EngineUnavailable(f"Docker engine unreachable: {exc}")
+    return RunFailed(f"Docker engine error: {exc!r}")
+
+
+def split_image(image: str) -> tuple[str, str]:
+    """`repo/name:tag` → (`repo/name`, `tag`); a registry port is not a tag."""
+    name, sep, tag = image.rpartition(":")
+    if not sep or "/" in tag:
+        return image, "latest"
+    return name, tag
+
+
+class DockerBackend:
+    """One aiodocker client for the application, created on first use so the API starts without an engine."""
+
+    def __init__(self) -> None:
+        self._client: aiodocker.Docker | None = None
+        self._info: dict[str, Any] | None = None
+
+    def client(self) -> aiodocker.Docker:
+        if self._client is None:
+            try:
+                self._client = aiodocker.Docker()
+            except Exception as exc:  # no DOCKER_HOST and no local socket
+                raise EngineUnavailable(f"Docker engine unreachable: {exc}") from exc
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    async def info(self) -> dict[str, Any]:
+        if self._info is None:
+            try:
+                self._info = await self.client().system.info()
+            except (DockerError, aiohttp.ClientError, OSError) as exc:
+                raise engine_error(exc) from exc
+        return self._info
+
+    async def has_nvidia_runtime(self) -> bool:
+        return "nvidia" in (await self.info()).get("Runtimes", {})
+
+    async def ensure_image(self, image: str, log: LogSink) -> None:
+        """Pull the image when it is absent, writing pull progress into the run's log."""
+        docker = self.client()
+        try:
+            await docker.images.inspect(image)
+            return
+        except DockerError as exc:
+            if exc.status != 404:
+                raise engine_error(exc) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise engine_error(exc) from exc
+        name, tag = split_image(image)
+        await log.write(f"inferserver: image {image} is not on this host, pulling it\n".encode())
+        last_status = ""
+        try:
+            async for event in docker.images.pull(name, tag=tag, stream=True):
+                if "error" in event:
+                    raise RunFailed(f"could not pull image {image}: {event['error']}")
+                status = " ".join(str(event[k]) for k in ("id", "status") if event.get(k))
+                if status and status != last_status and "progressDetail" not in status:
+                    last_status = status
+                    await log.write(f"inferserver: pull: {status}\n".encode())
+        except DockerError as exc:
+            if exc.status == 900:
+                raise engine_error(exc) from exc
+            raise RunFailed(f"could not pull image {image}: {exc.message}") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise engine_error(exc) from exc
+        try:
+            await docker.images.inspect(image)
+        except DockerError as exc:
+            raise RunFailed(f"could not pull image {image}: the engine reports it still absent") from exc
+
+    async def create(self, config: dict[str, Any], name: str) -> str:
+        try:
+            container = await self.client().containers.create(config, name=name)
+        except (DockerError, aiohttp.ClientError, OSError) as exc:
+            raise engine_error(exc) from exc
+        return container.id
+
+    async def put_files(self, container_id: str, files: list[FileTransfer]) -> None:
+        """Place host files at their container paths from one tar stream generated on the fly."""
+        members: list[TarMember] = []
+        seen_dirs: set[str] = set()
+        for transfer in files:
+            arcname = transfer.container.lstrip("/")
+            for parent in parents_of(arcname):
+                if parent not in seen_dirs:
+                    seen_dirs.add(parent)
+                    # World-writable and sticky like /tmp: the model may run as any user and writes its outputs here.
+                    members.append(TarMember(arcname=parent, source=None, mode=0o1777))
+            members.append(TarMember(arcname=arcname, source=transfer.host, mode=0o644))
+        await self._request(
+            f"containers/{container_id}/archive",
+            "PUT",
+            params={"path": "/"},
+            data=tar_stream(members, chunk_size=ARCHIVE_CHUNK),
+            headers={"Content-Type": "application/x-tar"},
+        )
+
+    async def get_file(self, container_id: str, path: str, dest: Path) -> int:
+        """Stream one file out of the container to `dest`; RunFailed when it is absent or not a file."""
+        docker = self.client()
+        try:
+            async with docker._query(
+                f"containers/{container_id}/archive", method="GET", params={"path": path}, timeout=None
+            ) as response:
+                return await extract_single_file(response.content.iter_chunked(ARCHIVE_CHUNK), dest)
+        except DockerError as exc:
+            if exc.status == 404:
+                raise FileNotFoundError(path) from exc
+            raise engine_error(exc) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            if isinstance(exc, FileNotFoundError):
+                raise
+            raise engine_error(exc) from exc
+
+    async def start(self, container_id: str) -> None:
+        await self._request(f"containers/{container_id}/start", "POST")
+
+    async def follow_logs(self, container_id: str, log: LogSink) -> None:
+        """Copy stdout and stderr into `log` frame by frame until the container stops."""
+        docker = self.client()
+        params = {"stdout": True, "stderr": True, "follow": True}
+        try:
+            async with docker._query(f"containers/{container_id}/logs", params=params, timeout=None) as response:
+                async for frame in MultiplexedResult(response, raw=False):
+                    await log.write(frame)
+        except (DockerError, aiohttp.ClientError, OSError) as exc:
+            raise engine_error(exc) from exc
+
+    async def wait(self, container_id: str) -> tuple[int, bool]:
+        """Exit status, and whether the kernel killed it for memory."""
+        try:
+            container = docker_container(self.client(), container_id)
+            result = await container.wait(timeout=None)
+            state = (await container.show())["State"]
+        except (DockerError, aiohttp.ClientError, OSError) as exc:
+            raise engine_error(exc) from exc
+        return int(result.get("StatusCode", state.get("ExitCode", -1))), bool(state.get("OOMKilled"))
+
+    async def remove(self, container_id: str) -> None:
+        """Remove the container and its anonymous volumes; never raises (it runs in cleanup paths)."""
+        try:
+            await docker_container(self.client(), container_id).delete(force=True, v=True)
+        except DockerError as exc:
+            if exc.status != 404:
+                logger.warning("could not remove container %s: %s", container_id, exc.message)
+        except Exception as exc:  # engine gone: nothing more we can do here
+            logger.warning("could not remove container %s: %r", container_id, exc)
+
+    async def _request(self, path: str, method: str, **kwargs: Any) -> Any:
+        try:
+            async with self.client()._query(path, method=method, timeout=None, **kwargs) as response:
+                body = await response.read()
+        except (DockerError, aiohttp.ClientError, OSError) as exc:
+            raise engine_error(exc) from exc
+        return json.loads(body) if body.strip() else None
+
+
+def docker_container(docker: aiodocker.Docker, container_id: str) -> aiodocker.containers.DockerContainer:
+    return docker.containers.container(container_id)

@@ -1,0 +1,106 @@
+"""One run from image to outputs: pull, create, stage inputs, start, follow the log, wait, collect, remove."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from ..config import GpuMode
+from .docker import LABEL_SESSION, DockerBackend
+from .jobs import LogSink, RunFailed, RunJob, RunOutcome, StartedCallback
+
+logger = logging.getLogger(__name__)
+
+# How long the log copy may trail the container's exit before we stop waiting for it.
+LOG_DRAIN_SECONDS = 10.0
+OOM_EXIT = 137
+
+
+def exit_reason(exit_code: int, oom_killed: bool) -> str:
+    if oom_killed:
+        return f"killed: out of memory (exit status {exit_code})"
+    return f"model exited with status {exit_code}"
+
+
+class Runner:
+    def __init__(self, backend: DockerBackend, gpus: GpuMode) -> None:
+        self.backend = backend
+        self.gpus = gpus
+
+    async def wants_gpus(self) -> bool:
+        if self.gpus is GpuMode.ALL:
+            return True
+        if self.gpus is GpuMode.NONE:
+            return False
+        return await self.backend.has_nvidia_runtime()
+
+    async def container_config(self, job: RunJob) -> dict[str, Any]:
+        host_config: dict[str, Any] = {}
+        if await self.wants_gpus():
+            host_config["DeviceRequests"] = [{"Driver": "", "Count": -1, "Capabilities": [["gpu"]]}]
+        return {
+            "Image": job.image,
+            "Cmd": job.argv,  # the image's ENTRYPOINT receives these as arguments
+            "Labels": {LABEL_SESSION: job.job_id, **job.labels},
+            "Tty": False,
+            "HostConfig": host_config,
+        }
+
+    async def run(self, job: RunJob, log: LogSink, on_started: StartedCallback) -> RunOutcome:
+        container_id: str | None = None
+        try:
+            await self.backend.ensure_image(job.image, log)
+            container_id = await self.backend.create(await self.container_config(job), name=f"inferserver-{job.job_id}")
+            await self.backend.put_files(container_id, job.inputs)
+            await self.backend.start(container_id)
+            await on_started(container_id)
+            log_copy = asyncio.create_task(self.backend.follow_logs(container_id, log))
+            exit_code, oom_killed = await self.backend.wait(container_id)
+            await self._drain(log_copy, log)
+            if exit_code != 0:
+                return RunOutcome(False, exit_reason(exit_code, oom_killed), exit_code)
+            await self.collect(container_id, job)
+            return RunOutcome(True, "", exit_code)
+        except RunFailed as exc:
+            return RunOutcome(False, str(exc))
+        finally:
+            if container_id is not None:
+                await self.backend.remove(container_id)
+
+    async def collect(self, container_id: str, job: RunJob) -> None:
+        """Take every enabled output; name every missing one in a single reason."""
+        missing: list[str] = []
+        for output in job.outputs:
+            partial = output.host.with_name(f".{output.host.name}.partial")
+            try:
+                await self.backend.get_file(container_id, output.container, partial)
+            except FileNotFoundError:
+                missing.append(f"{output.name} (expected at {output.container})")
+                continue
+            except ValueError as exc:  # not a regular file, truncated archive
+                _unlink(partial)
+                raise RunFailed(f"output {output.name} at {output.container}: {exc}") from exc
+            except BaseException:
+                _unlink(partial)
+                raise
+            os.replace(partial, output.host)
+        if missing:
+            raise RunFailed("the model did not write output " + ", ".join(missing))
+
+    async def _drain(self, log_copy: asyncio.Task[None], log: LogSink) -> None:
+        try:
+            await asyncio.wait_for(log_copy, LOG_DRAIN_SECONDS)
+        except (asyncio.TimeoutError, RunFailed) as exc:
+            log_copy.cancel()
+            with contextlib.suppress(BaseException):
+                await log_copy
+            await log.write(f"inferserver: the container log may be incomplete: {exc or 'timed out'}\n".encode())
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()

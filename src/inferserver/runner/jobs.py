@@ -1,0 +1,46 @@
+"""What the runner is asked to do and what it reports back: plain data, no FastAPI, no sessions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Awaitable, Callable, Protocol
+
+
+@dataclass(frozen=True)
+class FileTransfer:
+    """One file crossing the container boundary: `host` on our disk, `container` inside the image."""
+
+    name: str
+    host: Path
+    container: str
+
+
+@dataclass(frozen=True)
+class RunJob:
+    job_id: str
+    image: str
+    argv: list[str]
+    inputs: list[FileTransfer]
+    outputs: list[FileTransfer]
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    ok: bool
+    reason: str = ""
+    exit_code: int | None = None
+
+
+class LogSink(Protocol):
+    """Where the container's output and the runner's own notes go, as they come."""
+
+    async def write(self, data: bytes) -> None: ...
+
+
+class RunFailed(Exception):
+    """A run cannot go on; the message is what the user reads in the session's `info`."""
+
+
+StartedCallback = Callable[[str], Awaitable[None]]
