@@ -1,0 +1,21 @@
+"""What can go wrong with a request on a session; the api maps each kind to an HTTP status."""
+
+
+class SessionError(Exception):
+    """Base: the message is what the client reads."""
+
+
+class NotFound(SessionError):
+    """Unknown model, session, input or output."""
+
+
+class WrongState(SessionError):
+    """The session is not in a state that allows this request."""
+
+
+class Conflict(SessionError):
+    """Another request is already doing this (e.g. uploading the same input)."""
+
+
+class InvalidInput(SessionError):
+    """The request's content is not acceptable (bad configuration, wrong file type)."""
