@@ -1,0 +1,46 @@
+"""Request-scoped access to the application's state (hung off `app.state` by the lifespan)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from fastapi import Request
+
+from ..sessions.manager import SessionManager
+from ..specs.directory import ModelDirectory
+from .envelope import ApiError
+
+
+def sessions(request: Request) -> SessionManager:
+    return request.app.state.sessions
+
+
+def models(request: Request) -> ModelDirectory:
+    return request.app.state.models
+
+
+async def read_limited(request: Request, limit: int) -> bytes:
+    """The whole (small) body, or 413 naming the limit as soon as it is exceeded."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"request body is {declared} bytes; the limit is {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, f"request body exceeds the limit of {limit} bytes")
+    return bytes(body)
+
+
+async def drain(stream: AsyncIterator[bytes]) -> None:
+    """Read what the client still sends, so it gets our answer rather than a reset connection."""
+    async for _ in stream:
+        pass
+
+
+RAW_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}

@@ -1,0 +1,82 @@
+"""`/models`: the model directory, session creation, and the pre-upload file type check."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, Field
+
+from ..filetypes import check_filetype
+from ..sessions.manager import SessionManager
+from ..specs.directory import ModelDirectory
+from ..specs.model import ModelSpec
+from ..specs.runconfig import SessionRequest
+from . import deps
+from .envelope import ApiError, Envelope, error_responses
+
+router = APIRouter(prefix="/models", tags=["models"])
+
+CHECK_LIMIT = 4096  # the client sends at most 1024 bytes; anything far beyond is not a header
+
+Models = Annotated[ModelDirectory, Depends(deps.models)]
+Sessions = Annotated[SessionManager, Depends(deps.sessions)]
+
+
+class SessionCreated(BaseModel):
+    session_id: str = Field(examples=["9b2f6a0e-3c1d-4e5f-8a7b-1c2d3e4f5a6b"])
+
+
+class FiletypeCheck(BaseModel):
+    filetype: str | None = Field(description="Type sniffed from the header, e.g. .nii.gz; null when unknown.")
+    acceptable: bool = Field(description="Whether an upload of this file will be accepted.")
+    can_convert: bool = Field(description="Whether the server would convert it to the expected type.")
+
+
+def spec_of(directory: ModelDirectory, model_id: str) -> ModelSpec:
+    loaded = directory.models.get(model_id)
+    if loaded is None:
+        raise ApiError(404, f"unknown model {model_id!r}")
+    return loaded.spec
+
+
+@router.get("", response_model=Envelope[list[str]], summary="List the model ids")
+async def list_models(directory: Models) -> Envelope[list[str]]:
+    return Envelope(data=sorted(directory.models))
+
+
+@router.get(
+    "/{model_id}",
+    response_model=Envelope[dict[str, Any]],
+    responses=error_responses(404),
+    summary="A model's spec, upgraded to json_version 1.3 and normalized as ablinfer does",
+)
+async def get_model(model_id: str, directory: Models) -> dict[str, Any]:
+    return {"data": spec_of(directory, model_id).wire()}
+
+
+@router.post(
+    "/{model_id}",
+    response_model=Envelope[SessionCreated],
+    responses=error_responses(400, 404),
+    summary="Create a session with this run configuration",
+)
+async def create_session(model_id: str, body: SessionRequest, manager: Sessions) -> Envelope[SessionCreated]:
+    session = manager.create(model_id, body)
+    return Envelope(data=SessionCreated(session_id=session.id))
+
+
+@router.post(
+    "/{model_id}/inputs/{name}/check",
+    response_model=Envelope[FiletypeCheck],
+    responses=error_responses(404, 413),
+    openapi_extra=deps.RAW_BODY,
+    summary="Check the first bytes (at most 4096) of a file about to be uploaded",
+)
+async def check_input(model_id: str, name: str, request: Request, directory: Models) -> Envelope[FiletypeCheck]:
+    spec = spec_of(directory, model_id)
+    if name not in spec.inputs:
+        raise ApiError(404, f"model {model_id} has no input {name!r}")
+    header = await deps.read_limited(request, CHECK_LIMIT)
+    result = check_filetype(header, spec.inputs[name].extension, check=request.app.state.settings.CHECK_INPUT_FILETYPES)
+    return Envelope(data=FiletypeCheck(filetype=result.filetype, acceptable=result.acceptable, can_convert=result.can_convert))

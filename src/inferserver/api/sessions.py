@@ -1,0 +1,90 @@
+"""`/sessions`: status, uploads, the live log, and outputs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import FileResponse, StreamingResponse
+from pydantic import BaseModel, Field
+
+from ..sessions.errors import InvalidInput
+from ..sessions.manager import SessionManager
+from ..sessions.state import Status
+from . import deps
+from .envelope import Envelope, error_responses
+
+router = APIRouter(prefix="/sessions", tags=["sessions"])
+
+Sessions = Annotated[SessionManager, Depends(deps.sessions)]
+
+
+class SessionStatus(BaseModel):
+    status: Status = Field(description="waiting, ready, working, complete or failed.")
+    needed: list[str] = Field(description="Inputs still to be uploaded.")
+    info: str = Field(description="The reason for a failure, or a note on progress.")
+
+
+class UploadReceived(BaseModel):
+    sha256: str = Field(description="Hex SHA-256 of the bytes received.")
+
+
+@router.get(
+    "/{session_id}",
+    response_model=Envelope[SessionStatus],
+    responses=error_responses(404),
+    summary="A session's status",
+)
+async def get_session(session_id: str, manager: Sessions) -> Envelope[SessionStatus]:
+    session = manager.get(session_id)
+    info = session.info
+    if session.status is Status.READY and (position := manager.position(session)) is not None:
+        info = f"queued at position {position}"
+    return Envelope(data=SessionStatus(status=session.status, needed=list(session.needed), info=info))
+
+
+@router.put(
+    "/{session_id}/inputs/{name}",
+    response_model=Envelope[UploadReceived],
+    responses=error_responses(400, 404, 409),
+    openapi_extra=deps.RAW_BODY,
+    summary="Upload an input file as the raw request body",
+)
+async def put_input(session_id: str, name: str, request: Request, manager: Sessions) -> Envelope[UploadReceived]:
+    body = request.stream()
+    try:
+        result = await manager.upload(session_id, name, body)
+    except InvalidInput:
+        await deps.drain(body)
+        raise
+    return Envelope(data=UploadReceived(sha256=result.sha256))
+
+
+@router.get(
+    "/{session_id}/logs",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "The log, line by line."},
+        **error_responses(400, 404),
+    },
+    summary="Follow the run's log until the run has ended",
+)
+async def get_logs(session_id: str, manager: Sessions) -> StreamingResponse:
+    stream = manager.log_stream(session_id)
+    # X-Accel-Buffering: NGINX must pass each line on as it comes.
+    return StreamingResponse(stream, media_type="text/plain; charset=utf-8", headers={"X-Accel-Buffering": "no"})
+
+
+@router.get(
+    "/{session_id}/outputs/{name}",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+        **error_responses(400, 404),
+    },
+    summary="Download an output file, byte for byte as the model wrote it",
+)
+async def get_output(session_id: str, name: str, manager: Sessions) -> FileResponse:
+    path = manager.output_file(session_id, name)
+    # application/octet-stream and no Content-Encoding: the client must save the .nii.gz as it is.
+    return FileResponse(path, media_type="application/octet-stream", filename=path.name)
