@@ -1,0 +1,164 @@
+"""Integration fixtures: a real Docker engine, the offline fixture images, and `inferserver serve` on a real socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from ..conftest import REPO, TEST_MODELS
+
+SESSION_LABEL = "org.inferserver.session"
+
+
+def _docker(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> None:
+    try:
+        result = _docker("info", "--format", "{{.ServerVersion}}")
+    except FileNotFoundError:
+        pytest.fail("the docker CLI is not installed: run scripts/setup.sh (installs Debian's docker.io)")
+    if result.returncode != 0:
+        pytest.fail(f"no Docker engine answers (`docker info`: {result.stderr.strip()}); run scripts/docker-engine.sh")
+
+
+@pytest.fixture(scope="session")
+def fixture_images(docker_engine: None) -> None:
+    result = subprocess.run(["bash", str(REPO / "tests" / "images" / "build.sh")], capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.fail(f"building the fixture images failed:\n{result.stdout}\n{result.stderr}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Server:
+    url: str
+    session_path: Path
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def client(self, **kwargs: object) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=60, **kwargs)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_status(self, session_id: str, statuses: set[str], timeout: float = 60) -> dict:
+        deadline = time.monotonic() + timeout
+        with self.client() as client:
+            while True:
+                data = client.get(f"/sessions/{session_id}").json()["data"]
+                if data["status"] in statuses or time.monotonic() > deadline:
+                    return data
+                time.sleep(0.1)
+
+
+def start_server(tmp: Path, model_path: Path = TEST_MODELS, **settings: str) -> Server:
+    port = free_port()
+    session_path = tmp / "sessions"
+    env = {
+        **os.environ,
+        "INFERSERVER_MODEL_PATH": str(model_path),
+        "INFERSERVER_SESSION_PATH": str(session_path),
+        **{f"INFERSERVER_{k}": v for k, v in settings.items()},
+    }
+    tmp.mkdir(parents=True, exist_ok=True)
+    log_path = tmp / "server.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "inferserver", "serve", "--port", str(port)],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+    server = Server(f"http://127.0.0.1:{port}", session_path, process, log_path)
+    deadline = time.monotonic() + 30
+    while True:
+        if process.poll() is not None:
+            raise AssertionError(f"inferserver exited with {process.returncode}:\n{server.output()}")
+        try:
+            if httpx.get(server.url + "/", timeout=1).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f"inferserver did not answer within 30 s:\n{server.output()}")
+        time.sleep(0.1)
+
+
+def stop_server(server: Server) -> None:
+    if server.process.poll() is None:
+        server.process.send_signal(signal.SIGINT)
+        try:
+            server.process.wait(20)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait()
+
+
+def leftover_containers() -> list[str]:
+    result = _docker("ps", "-aq", "--filter", f"label={SESSION_LABEL}")
+    return result.stdout.split()
+
+
+@pytest.fixture
+def make_server(tmp_path: Path, fixture_images: None) -> Iterator[Callable[..., Server]]:
+    """Start servers with given settings; stop them and check no container was left behind."""
+    started: list[Server] = []
+
+    def make(**settings: str) -> Server:
+        server = start_server(tmp_path / f"server{len(started)}", **settings)
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        stop_server(server)
+    left = leftover_containers()
+    if left:
+        _docker("rm", "-f", *left)
+        pytest.fail(f"containers left behind by the server: {left}")
+
+
+@pytest.fixture(scope="module")
+def module_server(tmp_path_factory: pytest.TempPathFactory, fixture_images: None) -> Iterator[Server]:
+    server = start_server(tmp_path_factory.mktemp("server"))
+    yield server
+    stop_server(server)
+
+
+def write_nifti(path: Path, megabytes: float, seed: int = 0) -> Path:
+    """A real NIfTI volume of about `megabytes` of float32 voxels (random, so gzip cannot shrink it)."""
+    import nibabel as nib
+
+    side = max(2, round((megabytes * 1e6 / 4) ** (1 / 3)))
+    data = np.random.default_rng(seed).standard_normal((side, side, side), dtype=np.float32)
+    nib.save(nib.Nifti1Image(data, np.diag([0.5, 0.5, 1.0, 1.0])), str(path))
+    return path
+
+
+def write_nrrd(path: Path) -> Path:
+    path.write_bytes(b"NRRD0004\ntype: uint8\ndimension: 1\nsizes: 4\nencoding: raw\n\n\x01\x02\x03\x04")
+    return path
+
+
+def load_spec(model_id: str) -> dict:
+    return json.loads((TEST_MODELS / f"{model_id}.json").read_text())

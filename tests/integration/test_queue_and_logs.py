@@ -1,0 +1,99 @@
+"""The queue and the log stream, as a client reading them sees them."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from .conftest import Server, write_nifti
+
+
+def create_and_upload(client: httpx.Client, model_id: str, source: Path, **params: object) -> str:
+    body = {"inputs": {}, "params": {k: {"value": v} for k, v in params.items()}, "outputs": {}}
+    response = client.post(f"/models/{model_id}", json=body)
+    assert response.status_code == 200, response.text
+    session_id = response.json()["data"]["session_id"]
+    upload = client.put(f"/sessions/{session_id}/inputs/input_vol", content=source.read_bytes(),
+                        headers={"Content-Type": "application/octet-stream"})
+    assert upload.status_code == 200, upload.text
+    return session_id
+
+
+def read_log(server: Server, session_id: str) -> list[tuple[float, bytes]]:
+    """Each line of the log stream with the time it arrived."""
+    lines = []
+    with httpx.Client(base_url=server.url, timeout=120) as client:
+        with client.stream("GET", f"/sessions/{session_id}/logs") as response:
+            assert response.status_code == 200
+            assert response.headers["x-accel-buffering"] == "no"
+            assert response.headers["content-type"].startswith("text/plain")
+            buffer = b""
+            for chunk in response.iter_raw():
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    lines.append((time.monotonic(), line))
+    return lines
+
+
+def test_second_session_waits_at_position_one_then_runs(make_server, tmp_path: Path) -> None:
+    server = make_server(WORKER_THREADS="1")
+    source = write_nifti(tmp_path / "in.nii.gz", 0.1)
+    with server.client() as client:
+        first = create_and_upload(client, "sleep", source, seconds=3)
+        second = create_and_upload(client, "sleep", source, seconds=0)
+        status = client.get(f"/sessions/{second}").json()["data"]
+        assert status["status"] == "ready"
+        assert status["info"] == "queued at position 1"
+    lines = [line for _, line in read_log(server, second)]
+    assert lines[0] == b"Waiting, position in queue is 1"
+    assert b"sleeping 0" in lines and b"done" in lines
+    assert lines.index(b"sleeping 0") > lines.index(b"Waiting, position in queue is 1")
+    assert server.wait_status(first, {"complete"})["status"] == "complete"
+    assert server.wait_status(second, {"complete"})["status"] == "complete"
+
+
+def test_log_arrives_line_by_line_while_the_model_runs(module_server: Server, tmp_path: Path) -> None:
+    source = write_nifti(tmp_path / "in.nii.gz", 0.1)
+    with module_server.client() as client:
+        session_id = create_and_upload(client, "lines", source, count=8, delay=0.5)
+    timed = [(t, line) for t, line in read_log(module_server, session_id) if line.startswith(b"line ")]
+    assert [line for _, line in timed] == [f"line {i}".encode() for i in range(1, 9)]
+    spread = timed[-1][0] - timed[0][0]
+    assert spread > 2.5, f"the lines arrived together ({spread:.2f} s apart), not as the model printed them"
+    # The stream ends once the session is final: the status is already complete when it closes.
+    with module_server.client() as client:
+        assert client.get(f"/sessions/{session_id}").json()["data"]["status"] == "complete"
+
+
+def test_keepalive_line_after_five_silent_seconds(module_server: Server, tmp_path: Path) -> None:
+    source = write_nifti(tmp_path / "in.nii.gz", 0.1)
+    with module_server.client() as client:
+        session_id = create_and_upload(client, "sleep", source, seconds=7)
+    lines = [line for _, line in read_log(module_server, session_id)]
+    assert b"\0" in lines, lines
+    assert lines.index(b"sleeping 7") < lines.index(b"\0") < lines.index(b"done")
+
+
+def test_several_readers_each_get_the_whole_log(module_server: Server, tmp_path: Path) -> None:
+    source = write_nifti(tmp_path / "in.nii.gz", 0.1)
+    with module_server.client() as client:
+        session_id = create_and_upload(client, "lines", source, count=5, delay=0.3)
+    results: list[list[bytes]] = [[], [], []]
+
+    def reader(index: int) -> None:
+        results[index] = [line for _, line in read_log(module_server, session_id) if line.startswith(b"line ")]
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.4)  # later readers join mid-run and still start from the first line
+    for thread in threads:
+        thread.join(60)
+    expected = [f"line {i}".encode() for i in range(1, 6)]
+    assert results == [expected, expected, expected]
+    # A finished session gives its whole log at once.
+    assert [line for _, line in read_log(module_server, session_id) if line.startswith(b"line ")] == expected
