@@ -42,7 +42,10 @@ def engine_error(exc: BaseException) -> RunFailed:
 
 
 def split_image(image: str) -> tuple[str, str]:
-    """`repo/name:tag` → (`repo/name`, `tag`); a registry port is not a tag."""
+    """`repo/name:tag` → (`repo/name`, `tag`); `name@sha256:…` → (`name`, `sha256:…`); a registry port is not a tag."""
+    if "@" in image:
+        name, digest = image.split("@", 1)
+        return name, digest
     name, sep, tag = image.rpartition(":")
     if not sep or "/" in tag:
         return image, "latest"

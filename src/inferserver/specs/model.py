@@ -255,7 +255,10 @@ class ModelSpec(_SpecPart):
 
     @property
     def image(self) -> str:
-        return f"{self.docker.image_name}:{self.docker.image_tag}"
+        # DeepInfer specs carry a digest where a tag would be: `name@sha256:...` is how Docker names that.
+        tag = self.docker.image_tag
+        separator = "@" if tag.startswith("sha256:") else ":"
+        return f"{self.docker.image_name}{separator}{tag}"
 
     def field_names(self) -> list[str]:
         """Every input, output and param name."""
