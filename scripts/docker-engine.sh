@@ -6,10 +6,15 @@
 # dead daemon (CI kills every process but keeps the filesystem), starts dockerd
 # in the background and waits for it. With DOCKER_HOST set the engine is
 # someone else's: it is only checked, never started.
+#
+# Environment: INFERSERVER_DOCKERD_LOG (default /var/log/inferserver-dockerd.log),
+# INFERSERVER_DOCKERD_WAIT (seconds, default 60), INFERSERVER_DOCKERD_ARGS (extra
+# dockerd flags, word-split, e.g. "--bridge=none --iptables=false").
 set -euo pipefail
 
 LOG=${INFERSERVER_DOCKERD_LOG:-/var/log/inferserver-dockerd.log}
 WAIT=${INFERSERVER_DOCKERD_WAIT:-60}
+read -r -a EXTRA_ARGS <<<"${INFERSERVER_DOCKERD_ARGS:-}"
 
 say() { echo "docker-engine: $*" >&2; }
 
@@ -63,7 +68,7 @@ clear_stale_pidfile /run/containerd/containerd.pid
 if ! [[ -f /var/run/docker.pid ]]; then
     mkdir -p "$(dirname "$LOG")"
     say "starting dockerd (log: $LOG)"
-    nohup dockerd >>"$LOG" 2>&1 </dev/null &
+    nohup dockerd ${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"} >>"$LOG" 2>&1 </dev/null &
     disown || true
 fi
 
