@@ -1,0 +1,247 @@
+"""Settings: the old server's names and defaults, its Python settings file, env overrides, clear errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from inferserver.config import GpuMode, Settings, SettingsError, load_settings
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No INFERSERVER_* variable of the machine running the tests may leak into them."""
+    for name in list(os.environ):
+        if name.startswith("INFERSERVER_"):
+            monkeypatch.delenv(name)
+
+
+def _settings_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "settings.py"
+    path.write_text(text)
+    return path
+
+
+# Written like ablinfer's own inferserver/default_settings.py, with the operator's edits.
+LEGACY_FILE = """\
+import os
+
+MODEL_PATH = "/srv/models" ## Directory to look for model JSON files in
+SESSION_PATH = os.path.join("/srv", "sessions")      ## Directory to store sessions in *MUST BE WRITABLE*
+CLEANUP_TIMER = 60 * 2                 ## Timer in between running session cleanup, in seconds
+CLEANUP_FINISHED = False               ## Cleanup finished inferences?
+CLEANUP_FILES = True                   ## Remove cleaned sessions from the disk?
+CLEANUP_SECONDS = 24 * 3600            ## Number of seconds before a session is considered inactive
+CHECK_INPUT_FILETYPES = False          ## Verify input file types before dispatching
+WORKER_THREADS = 1 + 1                 ## Number of simultaneous inferences that can be run
+CONVERT_INPUTS = False                 ## Whether or not to try converting inputs
+"""
+
+
+def test_defaults_are_the_old_servers() -> None:
+    s = load_settings()
+    assert s.MODEL_PATH == Path("/etc/inferserver/models")
+    assert s.SESSION_PATH == Path("/var/inferserver")
+    assert s.CLEANUP_TIMER == 300
+    assert s.CLEANUP_FINISHED is True
+    assert s.CLEANUP_FILES is False
+    assert s.CLEANUP_SECONDS == 3600
+    assert s.CHECK_INPUT_FILETYPES is True
+    assert s.WORKER_THREADS == 1
+    assert s.CONVERT_INPUTS is True
+    assert s.GPUS is GpuMode.AUTO
+
+
+def test_legacy_python_settings_file_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INFERSERVER_SETTINGS", str(_settings_file(tmp_path, LEGACY_FILE)))
+    s = load_settings()
+    assert s.MODEL_PATH == Path("/srv/models")
+    assert s.SESSION_PATH == Path("/srv/sessions")
+    assert s.CLEANUP_TIMER == 120
+    assert s.CLEANUP_FINISHED is False
+    assert s.CLEANUP_FILES is True
+    assert s.CLEANUP_SECONDS == 86400
+    assert s.CHECK_INPUT_FILETYPES is False
+    assert s.WORKER_THREADS == 2
+    assert s.CONVERT_INPUTS is False
+    assert s.GPUS is GpuMode.AUTO  # not in the file: the default
+
+
+def test_the_file_may_set_gpus_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INFERSERVER_SETTINGS", str(_settings_file(tmp_path, 'GPUS = "none"\n')))
+    assert load_settings().GPUS is GpuMode.NONE
+
+
+def test_env_wins_over_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INFERSERVER_SETTINGS", str(_settings_file(tmp_path, LEGACY_FILE)))
+    monkeypatch.setenv("INFERSERVER_WORKER_THREADS", "5")
+    monkeypatch.setenv("INFERSERVER_MODEL_PATH", "/env/models")
+    monkeypatch.setenv("INFERSERVER_CLEANUP_FILES", "false")
+    monkeypatch.setenv("INFERSERVER_GPUS", "all")
+    s = load_settings()
+    assert s.WORKER_THREADS == 5
+    assert s.MODEL_PATH == Path("/env/models")
+    assert s.CLEANUP_FILES is False
+    assert s.GPUS is GpuMode.ALL
+    assert s.CLEANUP_TIMER == 120  # the file still supplies what the env does not
+
+
+def test_env_without_a_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INFERSERVER_CLEANUP_TIMER", "-1")  # -1 disables clean-up, as before
+    monkeypatch.setenv("INFERSERVER_CHECK_INPUT_FILETYPES", "0")
+    s = load_settings()
+    assert s.CLEANUP_TIMER == -1
+    assert s.CHECK_INPUT_FILETYPES is False
+
+
+def test_keyword_overrides_win_over_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INFERSERVER_WORKER_THREADS", "5")
+    assert load_settings(WORKER_THREADS=3).WORKER_THREADS == 3
+
+
+def test_lowercase_and_unknown_names_in_the_file_are_ignored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    text = (
+        "worker_threads = 7          # lowercase: a helper variable, not a setting\n"
+        "SECRET_KEY = 'flask-era'    # the old Flask app's own settings\n"
+        "DEBUG = True\n"
+        "WORKER_THREADS = 3\n"
+    )
+    monkeypatch.setenv("INFERSERVER_SETTINGS", str(_settings_file(tmp_path, text)))
+    s = load_settings()
+    assert s.WORKER_THREADS == 3
+    assert not hasattr(s, "SECRET_KEY")
+    assert not hasattr(s, "DEBUG")
+
+
+def test_lowercase_env_names_are_not_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INFERSERVER_worker_threads", "7")
+    assert load_settings().WORKER_THREADS == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("WORKER_THREADS", "abc"),
+        ("WORKER_THREADS", "0"),
+        ("CLEANUP_TIMER", "0"),
+        ("CLEANUP_TIMER", "-5"),
+        ("CLEANUP_SECONDS", "-1"),
+        ("GPUS", "some"),
+        ("CLEANUP_FILES", "perhaps"),
+    ],
+)
+def test_a_wrong_env_value_names_the_setting_and_the_value(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(f"INFERSERVER_{name}", value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert name in message
+    assert repr(value) in message
+
+
+def test_every_wrong_setting_is_named_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INFERSERVER_WORKER_THREADS", "abc")
+    monkeypatch.setenv("INFERSERVER_GPUS", "some")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert "WORKER_THREADS" in str(caught.value)
+    assert "GPUS" in str(caught.value)
+
+
+def test_a_wrong_value_in_the_file_names_the_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INFERSERVER_SETTINGS", str(_settings_file(tmp_path, "WORKER_THREADS = 0\n")))
+    with pytest.raises(SettingsError, match=r"WORKER_THREADS=0"):
+        load_settings()
+
+
+def test_the_cleanup_timer_message_says_what_is_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INFERSERVER_CLEANUP_TIMER", "0")
+    with pytest.raises(SettingsError, match=r"-1 to disable"):
+        load_settings()
+
+
+def test_a_missing_settings_file_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    missing = tmp_path / "nope.py"
+    monkeypatch.setenv("INFERSERVER_SETTINGS", str(missing))
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert str(missing) in str(caught.value)
+    assert "cannot read" in str(caught.value)
+
+
+def test_a_directory_as_settings_file_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INFERSERVER_SETTINGS", str(tmp_path))
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert str(tmp_path) in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "shows"),
+    [
+        ("WORKER_THREADS = 1 / 0\n", "ZeroDivisionError"),
+        ("WORKER_THREADS = = 2\n", "SyntaxError"),
+        ("import no_such_module_for_inferserver\n", "no_such_module_for_inferserver"),
+    ],
+)
+def test_a_crashing_settings_file_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, shows: str
+) -> None:
+    path = _settings_file(tmp_path, text)
+    monkeypatch.setenv("INFERSERVER_SETTINGS", str(path))
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert str(path) in str(caught.value)
+    assert shows in str(caught.value)
+
+
+def test_every_old_setting_name_still_exists() -> None:
+    assert set(Settings.model_fields) >= {
+        "MODEL_PATH",
+        "SESSION_PATH",
+        "CLEANUP_TIMER",
+        "CLEANUP_FINISHED",
+        "CLEANUP_FILES",
+        "CLEANUP_SECONDS",
+        "CHECK_INPUT_FILETYPES",
+        "WORKER_THREADS",
+        "CONVERT_INPUTS",
+        "GPUS",
+    }
+
+
+def _serve(env_extra: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INFERSERVER_")}
+    env.update(env_extra)
+    # A port nothing should be listening on; the process must give up before binding anyway.
+    return subprocess.run(
+        [sys.executable, "-m", "inferserver", "serve", "--port", "1"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_serve_with_a_bad_setting_exits_2_naming_it(tmp_path: Path) -> None:
+    done = _serve({"INFERSERVER_WORKER_THREADS": "abc"}, tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "cannot start" in done.stderr
+    assert "WORKER_THREADS" in done.stderr
+    assert "'abc'" in done.stderr
+    assert "Uvicorn running" not in done.stderr + done.stdout
+
+
+def test_serve_with_a_broken_settings_file_exits_2_naming_it(tmp_path: Path) -> None:
+    path = _settings_file(tmp_path, "WORKER_THREADS = 1 / 0\n")
+    done = _serve({"INFERSERVER_SETTINGS": str(path)}, tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "cannot start" in done.stderr
+    assert str(path) in done.stderr
