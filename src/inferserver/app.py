@@ -41,7 +41,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
     backend = DockerBackend()
     scheduler = Scheduler(settings.WORKER_THREADS)
-    manager = SessionManager(settings, directory, Runner(backend, settings.GPUS), scheduler)
+    manager = SessionManager(settings, directory, Runner(backend, settings.GPUS, settings.CONTAINER_NETWORK), scheduler)
     manager.prepare_root()
     app.state.models = directory
     app.state.sessions = manager

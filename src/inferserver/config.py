@@ -72,6 +72,7 @@ class Settings(BaseSettings):
     WORKER_THREADS: int = Field(1, ge=1, description="How many runs execute at once.")
     CONVERT_INPUTS: bool = Field(True, description="Convert inputs of another image format (when conversion is available).")
     GPUS: GpuMode = Field(GpuMode.AUTO, description="GPU requests: auto (when the engine has the NVIDIA runtime), none, all.")
+    CONTAINER_NETWORK: str = Field("none", min_length=1, description="Docker network for model containers; none = no network.")
 
     @field_validator("CLEANUP_TIMER")
     @classmethod

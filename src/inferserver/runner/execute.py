@@ -27,9 +27,10 @@ def exit_reason(exit_code: int, oom_killed: bool) -> str:
 
 
 class Runner:
-    def __init__(self, backend: DockerBackend, gpus: GpuMode) -> None:
+    def __init__(self, backend: DockerBackend, gpus: GpuMode, network: str = "none") -> None:
         self.backend = backend
         self.gpus = gpus
+        self.network = network
 
     async def wants_gpus(self) -> bool:
         if self.gpus is GpuMode.ALL:
@@ -39,7 +40,8 @@ class Runner:
         return await self.backend.has_nvidia_runtime()
 
     async def container_config(self, job: RunJob) -> dict[str, Any]:
-        host_config: dict[str, Any] = {}
+        # No network unless the operator allows one: a model has no business calling out with patient data.
+        host_config: dict[str, Any] = {"NetworkMode": self.network}
         if await self.wants_gpus():
             host_config["DeviceRequests"] = [{"Driver": "", "Count": -1, "Capabilities": [["gpu"]]}]
         return {
