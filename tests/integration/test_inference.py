@@ -134,20 +134,22 @@ def test_failing_model_fails_the_session_and_keeps_its_log(module_server: Server
         assert client.get(f"/sessions/{session_id}/outputs/output_vol").status_code == 400
 
 
-def test_model_without_output_fails_naming_the_output(module_server: Server, tmp_path: Path) -> None:
+def run_to_failure(server: Server, model_id: str, tmp_path: Path) -> dict:
+    """Run a copy-shaped model through the client, which must raise; return the session's final status."""
     source = write_nifti(tmp_path / "in.nii.gz", 0.1)
-    dispatch = QuietRemote({"base_url": module_server.url})
+    dispatch = QuietRemote({"base_url": server.url})
     with pytest.raises(DispatchException):
-        dispatch.run(dispatch.get_model("noout"), copy_config(source, tmp_path / "out.nii.gz"), progress=lambda *a: None)
-    status = module_server.wait_status(last_session(module_server), {"failed"})
+        dispatch.run(dispatch.get_model(model_id), copy_config(source, tmp_path / "out.nii.gz"), progress=lambda *a: None)
+    return server.wait_status(last_session(server), {"failed"})
+
+
+def test_model_without_output_fails_naming_the_output(module_server: Server, tmp_path: Path) -> None:
+    status = run_to_failure(module_server, "noout", tmp_path)
     assert status["status"] == "failed"
     assert "did not write output output_vol (expected at /data/output_vol.nii.gz)" in status["info"]
 
 
 def test_absent_image_fails_with_the_pull_error(module_server: Server, tmp_path: Path) -> None:
-    source = write_nifti(tmp_path / "in.nii.gz", 0.1)
-    dispatch = QuietRemote({"base_url": module_server.url})
-    with pytest.raises(DispatchException):
-        dispatch.run(dispatch.get_model("absent"), copy_config(source, tmp_path / "out.nii.gz"), progress=lambda *a: None)
-    status = module_server.wait_status(last_session(module_server), {"failed"})
+    status = run_to_failure(module_server, "absent", tmp_path)
+    assert status["status"] == "failed"
     assert status["info"].startswith("could not pull image inferserver-test/absent:1"), status

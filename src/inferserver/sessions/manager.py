@@ -84,10 +84,7 @@ class SessionManager:
 
     async def upload(self, session_id: str, name: str, chunks: AsyncIterator[bytes]) -> UploadResult:
         session = self.get(session_id)
-        if name not in session.spec.inputs:
-            raise NotFound(f"model {session.spec.id} has no input {name!r}")
-        if not session.config.inputs[name]:
-            raise WrongState(f"input {name} is not enabled in this session")
+        _check_enabled(session, "input", name)
         if session.status is not Status.WAITING:
             raise WrongState(f"session is {session.status.value}: it takes no more inputs")
         if name in session.uploading:
@@ -180,10 +177,7 @@ class SessionManager:
 
     def output_file(self, session_id: str, name: str) -> Path:
         session = self.get(session_id)
-        if name not in session.spec.outputs:
-            raise NotFound(f"model {session.spec.id} has no output {name!r}")
-        if not session.config.outputs[name]:
-            raise WrongState(f"output {name} was not enabled in this session")
+        _check_enabled(session, "output", name)
         if session.status is not Status.COMPLETE:
             raise WrongState(f"session is {session.status.value}, not complete")
         session.touch()
@@ -227,3 +221,13 @@ class SessionManager:
         self.root.mkdir(parents=True, exist_ok=True)
         if not os.access(self.root, os.W_OK):
             raise PermissionError(f"SESSION_PATH {self.root} is not writable")
+
+
+def _check_enabled(session: Session, kind: str, name: str) -> None:
+    """404 for a name the model does not have, 400 for one this session did not enable."""
+    declared = session.spec.inputs if kind == "input" else session.spec.outputs
+    enabled = session.config.inputs if kind == "input" else session.config.outputs
+    if name not in declared:
+        raise NotFound(f"model {session.spec.id} has no {kind} {name!r}")
+    if not enabled[name]:
+        raise WrongState(f"{kind} {name} was not enabled in this session")

@@ -12,7 +12,7 @@ Two rules shape these classes:
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import (
     BaseModel,
@@ -130,28 +130,29 @@ class _ParamBase(_SpecPart):
     flag: str
 
 
-class IntParam(_ParamBase):
+class _RangedParam(_ParamBase):
+    """A number with ablinfer's default range for its type (filled in, so it shows in the wire form)."""
+
+    bounds: ClassVar[tuple[float, float]]
+    min: Number
+    max: Number
+    default: Number
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, data: Any) -> Any:
+        low, high = cls.bounds
+        return _filled(data, min=low, max=high)
+
+
+class IntParam(_RangedParam):
     type: Literal["int"]
-    min: Number = INT_MIN
-    max: Number = INT_MAX
-    default: Number
-
-    @model_validator(mode="before")
-    @classmethod
-    def _defaults(cls, data: Any) -> Any:
-        return _filled(data, min=INT_MIN, max=INT_MAX)
+    bounds = (INT_MIN, INT_MAX)
 
 
-class FloatParam(_ParamBase):
+class FloatParam(_RangedParam):
     type: Literal["float"]
-    min: Number = FLOAT_MIN
-    max: Number = FLOAT_MAX
-    default: Number
-
-    @model_validator(mode="before")
-    @classmethod
-    def _defaults(cls, data: Any) -> Any:
-        return _filled(data, min=FLOAT_MIN, max=FLOAT_MAX)
+    bounds = (FLOAT_MIN, FLOAT_MAX)
 
 
 class BoolParam(_ParamBase):
