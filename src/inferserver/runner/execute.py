@@ -18,6 +18,8 @@ logger = logging.getLogger(__name__)
 # How long the log copy may trail the container's exit before we stop waiting for it.
 LOG_DRAIN_SECONDS = 10.0
 OOM_EXIT = 137
+# What dockerd answers when no device driver (NVIDIA container toolkit) can serve a GPU request.
+NO_GPU_DRIVER = "could not select device driver"
 
 
 def exit_reason(exit_code: int, oom_killed: bool) -> str:
@@ -31,18 +33,22 @@ class Runner:
         self.backend = backend
         self.gpus = gpus
         self.network = network
+        self._engine_gpus: bool | None = None  # learned in `auto` mode
 
     async def wants_gpus(self) -> bool:
         if self.gpus is GpuMode.ALL:
             return True
         if self.gpus is GpuMode.NONE:
             return False
-        return await self.backend.has_nvidia_runtime()
+        if self._engine_gpus is None and await self.backend.has_nvidia_runtime():
+            self._engine_gpus = True
+        # Unknown yet: ask for GPUs; the first start tells whether the engine can give them.
+        return self._engine_gpus is not False
 
-    async def container_config(self, job: RunJob) -> dict[str, Any]:
+    def container_config(self, job: RunJob, gpus: bool) -> dict[str, Any]:
         # No network unless the operator allows one: a model has no business calling out with patient data.
         host_config: dict[str, Any] = {"NetworkMode": self.network}
-        if await self.wants_gpus():
+        if gpus:
             host_config["DeviceRequests"] = [{"Driver": "", "Count": -1, "Capabilities": [["gpu"]]}]
         return {
             "Image": job.image,
@@ -54,11 +60,10 @@ class Runner:
 
     async def run(self, job: RunJob, log: LogSink, on_started: StartedCallback) -> RunOutcome:
         container_id: str | None = None
+        log_copy: asyncio.Task[None] | None = None
         try:
             await self.backend.ensure_image(job.image, log)
-            container_id = await self.backend.create(await self.container_config(job), name=f"inferserver-{job.job_id}")
-            await self.backend.put_files(container_id, job.inputs)
-            await self.backend.start(container_id)
+            container_id = await self._start(job, log, await self.wants_gpus())
             await on_started(container_id)
             log_copy = asyncio.create_task(self.backend.follow_logs(container_id, log))
             exit_code, oom_killed = await self.backend.wait(container_id)
@@ -70,8 +75,29 @@ class Runner:
         except RunFailed as exc:
             return RunOutcome(False, str(exc))
         finally:
+            if log_copy is not None and not log_copy.done():
+                log_copy.cancel()  # the outcome is final: nothing may write into the log after it
+                with contextlib.suppress(BaseException):
+                    await log_copy
             if container_id is not None:
                 await self.backend.remove(container_id)
+
+    async def _start(self, job: RunJob, log: LogSink, gpus: bool) -> str:
+        """Create, stage the inputs, start; in `auto` mode, an engine without a GPU driver gets a CPU run."""
+        container_id = await self.backend.create(self.container_config(job, gpus), name=f"inferserver-{job.job_id}")
+        try:
+            await self.backend.put_files(container_id, job.inputs)
+            await self.backend.start(container_id)
+        except BaseException as exc:  # the container is not the caller's yet: remove it here
+            await self.backend.remove(container_id)
+            if isinstance(exc, RunFailed) and gpus and self.gpus is GpuMode.AUTO and NO_GPU_DRIVER in str(exc):
+                self._engine_gpus = False
+                await log.write(b"inferserver: the Docker engine has no GPU support; running on the CPU\n")
+                return await self._start(job, log, gpus=False)
+            raise
+        if gpus and self.gpus is GpuMode.AUTO:
+            self._engine_gpus = True
+        return container_id
 
     async def collect(self, container_id: str, job: RunJob) -> None:
         """Take every enabled output; name every missing one in a single reason."""
