@@ -114,9 +114,22 @@ def stop_server(server: Server) -> None:
             server.process.wait()
 
 
-def leftover_containers() -> list[str]:
-    result = _docker("ps", "-aq", "--filter", f"label={SESSION_LABEL}")
-    return result.stdout.split()
+def leftover_containers(server: Server) -> list[str]:
+    """Containers still present for this server's sessions (other servers may share the engine)."""
+    ours = {p.name for p in server.session_path.iterdir()} if server.session_path.is_dir() else set()
+    result = _docker("ps", "-a", "--filter", f"label={SESSION_LABEL}", "--format", f'{{{{.ID}}}} {{{{.Label "{SESSION_LABEL}"}}}}')
+    return [cid for cid, session in (line.split() for line in result.stdout.splitlines()) if session in ours]
+
+
+def stop_and_check(servers: list[Server]) -> None:
+    """Stop the servers; a container they leave behind fails the test (and is removed)."""
+    left: list[str] = []
+    for server in servers:
+        stop_server(server)
+        left += leftover_containers(server)
+    if left:
+        _docker("rm", "-f", *left)
+        pytest.fail(f"containers left behind by the server: {left}")
 
 
 @pytest.fixture
@@ -130,19 +143,14 @@ def make_server(tmp_path: Path, fixture_images: None) -> Iterator[Callable[..., 
         return server
 
     yield make
-    for server in started:
-        stop_server(server)
-    left = leftover_containers()
-    if left:
-        _docker("rm", "-f", *left)
-        pytest.fail(f"containers left behind by the server: {left}")
+    stop_and_check(started)
 
 
 @pytest.fixture(scope="module")
 def module_server(tmp_path_factory: pytest.TempPathFactory, fixture_images: None) -> Iterator[Server]:
     server = start_server(tmp_path_factory.mktemp("server"))
     yield server
-    stop_server(server)
+    stop_and_check([server])
 
 
 def write_nifti(path: Path, megabytes: float, seed: int = 0) -> Path:
