@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 
@@ -20,8 +22,10 @@ from .api.envelope import install_error_handlers
 from .config import Settings, load_settings
 from .runner.docker import DockerBackend
 from .runner.execute import Runner
-from .runner.scheduler import Scheduler
+from .sessions.dispatch import Dispatcher
 from .sessions.manager import SessionManager
+from .sessions.state import Signals
+from .sessions.store import Store, default_url
 from .specs.directory import load_model_directory
 
 logger = logging.getLogger("inferserver")
@@ -39,24 +43,37 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         logger.error("model spec not served: %s", error)
     logger.info("serving %d models from %s: %s", len(directory.models), settings.MODEL_PATH, ", ".join(sorted(directory.models)))
 
+    settings.SESSION_PATH.mkdir(parents=True, exist_ok=True)
+    store = Store(settings.DATABASE_URL or default_url(str(settings.SESSION_PATH)))
+    await create_schema(store, settings.SESSION_PATH)
     backend = DockerBackend()
-    scheduler = Scheduler(settings.WORKER_THREADS)
-    manager = SessionManager(settings, directory, Runner(backend, settings.GPUS, settings.CONTAINER_NETWORK), scheduler)
+    manager = SessionManager(settings, directory, store, Signals())
     manager.prepare_root()
+    dispatcher = Dispatcher(settings, store, manager, Runner(backend, settings.GPUS, settings.CONTAINER_NETWORK), backend)
     app.state.models = directory
     app.state.sessions = manager
+    app.state.dispatcher = dispatcher
 
-    scheduler.start()
-    cleanup = asyncio.create_task(manager.cleanup_forever()) if settings.CLEANUP_TIMER != -1 else None
+    # Every worker process runs a dispatcher; the dispatch lock lets exactly one of them start runs.
+    dispatching = asyncio.create_task(dispatcher.run_forever(), name="inferserver-dispatcher")
     try:
         yield
     finally:
-        if cleanup is not None:
-            cleanup.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await cleanup
-        await scheduler.stop()
+        dispatching.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await dispatching
         await backend.close()
+        await store.close()
+
+
+async def create_schema(store: Store, session_path: Path) -> None:
+    """Create the tables once, even when several workers start together."""
+    with open(session_path / ".schema.lock", "ab") as lock:
+        await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)
+        try:
+            await store.create_schema()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

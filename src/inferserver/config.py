@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     CHECK_INPUT_FILETYPES: bool = Field(True, description="Refuse inputs whose sniffed type differs from the spec's.")
     WORKER_THREADS: int = Field(1, ge=1, description="How many runs execute at once.")
     CONVERT_INPUTS: bool = Field(True, description="Convert inputs of another image format (when conversion is available).")
+    DATABASE_URL: str | None = Field(
+        None, description="SQLAlchemy async URL of the session database; default: SQLite in SESSION_PATH."
+    )
     GPUS: GpuMode = Field(GpuMode.AUTO, description="GPU requests: auto (when the engine has the NVIDIA runtime), none, all.")
     CONTAINER_NETWORK: str = Field("none", min_length=1, description="Docker network for model containers; none = no network.")
 

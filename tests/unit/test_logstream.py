@@ -3,28 +3,35 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from inferserver.sessions.logstream import KEEPALIVE, follow_log
-from inferserver.sessions.state import Session, SessionFiles, Status
-from inferserver.specs.model import ModelSpec
-from inferserver.specs.runconfig import SessionRequest, validate_run_config
+from inferserver.sessions.state import SessionFiles, Signal, Status
 
-COPY_SPEC = Path(__file__).resolve().parents[1] / "models" / "copy.json"
+
+@dataclass
+class Session:
+    """What follow_log reads of a session: its log file, its status, and this process's wake-up signal."""
+
+    files: SessionFiles
+    status: Status
+    changed: Signal = field(default_factory=Signal)
+    touched: int = 0
+
+    def set_status(self, status: Status, info: str = "") -> None:
+        """What the dispatcher does: record the status, then wake the readers."""
+        self.status = status
+        self.changed.notify()
 
 
 def make_session(tmp_path: Path, status: Status = Status.READY) -> Session:
-    spec = ModelSpec.from_raw(json.loads(COPY_SPEC.read_text()))
-    config = validate_run_config(spec, SessionRequest())
     files = SessionFiles(tmp_path / "s")
     files.create()
-    session = Session(id="s1", spec=spec, config=config, files=files)
-    session.status = status
-    return session
+    return Session(files=files, status=status)
 
 
 def append(session: Session, data: bytes) -> None:
@@ -40,7 +47,18 @@ class Reader:
     def __init__(self, session: Session, position=lambda: None, **kwargs) -> None:
         self.chunks: list[tuple[float, bytes]] = []
         self.t0 = time.monotonic()
-        self.task = asyncio.create_task(self._read(follow_log(session, position, **kwargs)))
+
+        async def status() -> Status:
+            return session.status
+
+        async def where() -> int | None:
+            return position()
+
+        async def touch() -> None:
+            session.touched += 1
+
+        stream = follow_log(session.files.log, status, where, session.changed, touch, **kwargs)
+        self.task = asyncio.create_task(self._read(stream))
 
     async def _read(self, stream) -> None:
         async for chunk in stream:

@@ -62,8 +62,7 @@ async def get_model(model_id: str, directory: Models) -> dict[str, Any]:
     summary="Create a session with this run configuration",
 )
 async def create_session(model_id: str, body: SessionRequest, manager: Sessions) -> Envelope[SessionCreated]:
-    session = manager.create(model_id, body)
-    return Envelope(data=SessionCreated(session_id=session.id))
+    return Envelope(data=SessionCreated(session_id=await manager.create(model_id, body)))
 
 
 @router.post(

@@ -36,11 +36,19 @@ class UploadReceived(BaseModel):
     summary="A session's status",
 )
 async def get_session(session_id: str, manager: Sessions) -> Envelope[SessionStatus]:
-    session = manager.get(session_id)
-    info = session.info
-    if session.status is Status.READY and (position := manager.position(session)) is not None:
-        info = f"queued at position {position}"
-    return Envelope(data=SessionStatus(status=session.status, needed=list(session.needed), info=info))
+    status, needed, info = await manager.describe(session_id)
+    return Envelope(data=SessionStatus(status=status, needed=needed, info=info))
+
+
+@router.delete(
+    "/{session_id}",
+    response_model=Envelope[SessionStatus],
+    responses=error_responses(404, 409),
+    summary="Cancel a waiting, queued or running session (it ends failed, info `cancelled`)",
+)
+async def cancel_session(session_id: str, manager: Sessions) -> Envelope[SessionStatus]:
+    view = await manager.cancel(session_id)
+    return Envelope(data=SessionStatus(status=view.status, needed=view.needed, info=view.row.info))
 
 
 @router.put(
@@ -70,7 +78,7 @@ async def put_input(session_id: str, name: str, request: Request, manager: Sessi
     summary="Follow the run's log until the run has ended",
 )
 async def get_logs(session_id: str, manager: Sessions) -> StreamingResponse:
-    stream = manager.log_stream(session_id)
+    stream = await manager.log_stream(session_id)
     # X-Accel-Buffering: NGINX must pass each line on as it comes.
     return StreamingResponse(stream, media_type="text/plain; charset=utf-8", headers={"X-Accel-Buffering": "no"})
 
@@ -85,6 +93,6 @@ async def get_logs(session_id: str, manager: Sessions) -> StreamingResponse:
     summary="Download an output file, byte for byte as the model wrote it",
 )
 async def get_output(session_id: str, name: str, manager: Sessions) -> FileResponse:
-    path = manager.output_file(session_id, name)
+    path = await manager.output_file(session_id, name)
     # application/octet-stream and no Content-Encoding: the client must save the .nii.gz as it is.
     return FileResponse(path, media_type="application/octet-stream", filename=path.name)

@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 LABEL_SESSION = "org.inferserver.session"
 LABEL_MODEL = "org.inferserver.model"
+LABEL_INSTANCE = "org.inferserver.instance"  # which server (SESSION_PATH) a container belongs to
 ARCHIVE_CHUNK = 1 << 20
 
 
@@ -183,6 +184,34 @@ class DockerBackend:
         except (DockerError, aiohttp.ClientError, OSError) as exc:
             raise engine_error(exc) from exc
         return int(result.get("StatusCode", state.get("ExitCode", -1))), bool(state.get("OOMKilled"))
+
+    async def ping(self) -> None:
+        """RunFailed (EngineUnavailable) when the engine does not answer."""
+        try:
+            async with self.client()._query("_ping", timeout=aiohttp.ClientTimeout(total=5)) as response:
+                await response.read()
+        except (DockerError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise engine_error(exc) from exc
+
+    async def inspect(self, container_id: str) -> dict[str, Any] | None:
+        """The container's state, or None when the engine has no such container."""
+        try:
+            return await docker_container(self.client(), container_id).show()
+        except DockerError as exc:
+            if exc.status == 404:
+                return None
+            raise engine_error(exc) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise engine_error(exc) from exc
+
+    async def containers_labelled(self, label: str, value: str) -> list[dict[str, Any]]:
+        """Every container, running or not, carrying `label=value` (their list entries: Id, Labels, State)."""
+        filters = json.dumps({"label": [f"{label}={value}"]})
+        try:
+            async with self.client()._query("containers/json", params={"all": "true", "filters": filters}) as response:
+                return json.loads(await response.read())
+        except (DockerError, aiohttp.ClientError, OSError) as exc:
+            raise engine_error(exc) from exc
 
     async def remove(self, container_id: str) -> None:
         """Remove the container and its anonymous volumes; never raises (it runs in cleanup paths)."""

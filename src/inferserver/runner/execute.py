@@ -18,6 +18,8 @@ logger = logging.getLogger(__name__)
 # How long the log copy may trail the container's exit before we stop waiting for it.
 LOG_DRAIN_SECONDS = 10.0
 OOM_EXIT = 137
+# Cancel a run's task with this message to leave its container running (server shutdown).
+DETACH = "detach"
 # What dockerd answers when no device driver (NVIDIA container toolkit) can serve a GPU request.
 NO_GPU_DRIVER = "could not select device driver"
 
@@ -59,13 +61,27 @@ class Runner:
         }
 
     async def run(self, job: RunJob, log: LogSink, on_started: StartedCallback) -> RunOutcome:
+        """A whole run. Cancelled with DETACH, the container is left running for a later `attach`."""
         container_id: str | None = None
-        log_copy: asyncio.Task[None] | None = None
         try:
             await self.backend.ensure_image(job.image, log)
             container_id = await self._start(job, log, await self.wants_gpus())
             await on_started(container_id)
-            log_copy = asyncio.create_task(self.backend.follow_logs(container_id, log))
+        except BaseException as exc:
+            detaching = isinstance(exc, asyncio.CancelledError) and exc.args == (DETACH,)
+            if container_id is not None and not detaching:
+                await self.backend.remove(container_id)
+            if isinstance(exc, RunFailed):
+                return RunOutcome(False, str(exc))
+            raise
+        return await self.attach(job, container_id, log)
+
+    async def attach(self, job: RunJob, container_id: str, log: LogSink, skip: int = 0) -> RunOutcome:
+        """Follow a started container to its end: log (after the first `skip` bytes), wait, collect, remove."""
+        log_copy: asyncio.Task[None] | None = None
+        detached = False
+        try:
+            log_copy = asyncio.create_task(self.backend.follow_logs(container_id, SkipLog(log, skip)))
             exit_code, oom_killed = await self.backend.wait(container_id)
             await self._drain(log_copy, log)
             if exit_code != 0:
@@ -74,12 +90,15 @@ class Runner:
             return RunOutcome(True, "", exit_code)
         except RunFailed as exc:
             return RunOutcome(False, str(exc))
+        except asyncio.CancelledError as exc:
+            detached = exc.args == (DETACH,)
+            raise
         finally:
             if log_copy is not None and not log_copy.done():
                 log_copy.cancel()  # the outcome is final: nothing may write into the log after it
                 with contextlib.suppress(BaseException):
                     await log_copy
-            if container_id is not None:
+            if not detached:
                 await self.backend.remove(container_id)
 
     async def _start(self, job: RunJob, log: LogSink, gpus: bool) -> str:
@@ -127,6 +146,22 @@ class Runner:
             with contextlib.suppress(BaseException):
                 await log_copy
             await log.write(f"inferserver: the container log may be incomplete: {exc or 'timed out'}\n".encode())
+
+
+class SkipLog:
+    """Drops the first `skip` bytes: a re-attached log stream repeats what the log file already holds."""
+
+    def __init__(self, log: LogSink, skip: int) -> None:
+        self.log = log
+        self.skip = skip
+
+    async def write(self, data: bytes) -> None:
+        if self.skip:
+            dropped = min(self.skip, len(data))
+            self.skip -= dropped
+            data = data[dropped:]
+        if data:
+            await self.log.write(data)
 
 
 def _unlink(path: Path) -> None:

@@ -1,41 +1,53 @@
-"""The log a client follows: queue positions while queued, then the log file as it grows."""
+"""The log a client follows: queue positions while queued, then the log file as it grows.
+
+It works from any worker process: the status comes from the store and the bytes from the log file; the
+in-process Signal only makes the common case (the run is in this process) wake at once.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
-from .state import Session, Status
+from .state import Signal, Status
 
 KEEPALIVE = b"\0\n"  # the ablinfer client skips this line
 KEEPALIVE_SECONDS = 5.0
 QUEUE_LINE_SECONDS = 1.0
+POLL_SECONDS = 0.5  # how stale a change made by another process may be seen
+TOUCH_SECONDS = 60.0  # an open stream keeps its session from being cleaned up
 READ_BLOCK = 1 << 16
 
 
 async def follow_log(
-    session: Session,
-    position: Callable[[], int | None],
+    log_path: Path,
+    status: Callable[[], Awaitable[Status | None]],
+    position: Callable[[], Awaitable[int | None]],
+    signal: Signal,
+    touch: Callable[[], Awaitable[None]],
     *,
     keepalive: float = KEEPALIVE_SECONDS,
+    poll: float = POLL_SECONDS,
 ) -> AsyncIterator[bytes]:
-    """Yield whole lines until the session is final and every byte of its log has been sent."""
-    while session.status is Status.READY:
-        token = session.changed.token()
-        queued_at = position()
+    """Yield whole lines until the session is final (or gone) and every byte of its log has been sent."""
+    last_touch = time.monotonic()
+    while (await status()) is Status.READY:
+        queued_at = await position()
         if queued_at is not None:
             yield f"Waiting, position in queue is {queued_at}\n".encode()
         deadline = time.monotonic() + QUEUE_LINE_SECONDS
-        while session.status is Status.READY and (left := deadline - time.monotonic()) > 0:
-            await session.changed.wait(token, left)
-            token = session.changed.token()
+        while (left := deadline - time.monotonic()) > 0:
+            token = signal.token()
+            if (await status()) is not Status.READY:
+                break
+            await signal.wait(token, min(left, poll))
 
     pending = b""
     last_sent = time.monotonic()
-    with open(session.files.log, "rb") as log:
+    with open(log_path, "rb") as log:
         while True:
-            token = session.changed.token()
-            final = session.status.final  # looked at before reading: what was written before is read now
+            token = signal.token()
             data = log.read(READ_BLOCK)
             if data:
                 pending += data
@@ -47,13 +59,21 @@ async def follow_log(
                     pending = pending[cut:]
                     last_sent = time.monotonic()
                 continue
-            if final:
+            current = await status()
+            if current is None or current.final:
+                # Final was read after the last write; what is left in the file now is all there is.
+                while data := log.read(READ_BLOCK):
+                    pending += data
                 if pending:
-                    yield pending + b"\n"
+                    yield pending if pending.endswith(b"\n") else pending + b"\n"
                 return
-            silent = time.monotonic() - last_sent
+            now = time.monotonic()
+            if now - last_touch >= TOUCH_SECONDS:
+                await touch()
+                last_touch = now
+            silent = now - last_sent
             if silent >= keepalive:
                 yield KEEPALIVE
                 last_sent = time.monotonic()
                 continue
-            await session.changed.wait(token, keepalive - silent)
+            await signal.wait(token, min(poll, keepalive - silent))

@@ -1,58 +1,54 @@
-"""Sessions from creation to outputs: the domain calls the api makes, and the runs they queue."""
+"""Sessions from creation to outputs: the domain calls the api makes. State lives in the store, so any
+worker process can answer any request; runs are started by the one process that holds the dispatch lock.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
-import shutil
+import secrets
+import socket
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from ..config import Settings
-from ..specs.command import build_argv, container_path
 from ..specs.directory import ModelDirectory
 from ..specs.errors import ConfigError
-from ..specs.runconfig import SessionRequest, validate_run_config
-from ..runner.execute import Runner
-from ..runner.jobs import FileTransfer, RunJob
-from ..runner.scheduler import Scheduler
+from ..specs.model import ModelSpec
+from ..specs.runconfig import RunConfig, SessionRequest, validate_run_config
 from .errors import Conflict, InvalidInput, NotFound, WrongState
 from .logstream import follow_log
-from .state import Session, SessionFiles, Status
+from .state import LIVE, SessionFiles, SessionPlan, Signal, Signals, Status
+from .store import SessionRow, SessionView, Store
 from .uploads import UploadResult, receive_file
 
 logger = logging.getLogger(__name__)
 
-
-class SessionLog:
-    """The run's log file; every write wakes the session's log readers."""
-
-    def __init__(self, session: Session) -> None:
-        self.session = session
-
-    async def write(self, data: bytes) -> None:
-        # Small appends to the page cache: cheaper inline than a thread hop per frame.
-        with open(self.session.files.log, "ab") as log:
-            log.write(data)
-        self.session.changed.notify()
+UPLOAD_HEARTBEAT = 10.0  # seconds between an upload's "still alive" marks
+UPLOAD_STALE = 60.0  # a claim not renewed for this long belongs to a dead process
+CANCEL_WAIT = 30.0
+PLAN_CACHE = 1024
 
 
 class SessionManager:
-    def __init__(self, settings: Settings, models: ModelDirectory, runner: Runner, scheduler: Scheduler) -> None:
+    def __init__(self, settings: Settings, models: ModelDirectory, store: Store, signals: Signals) -> None:
         self.settings = settings
         self.models = models
-        self.runner = runner
-        self.scheduler = scheduler
-        self.sessions: dict[str, Session] = {}
+        self.store = store
+        self.signals = signals
         self.root = settings.SESSION_PATH
-        scheduler.on_change = self._queue_moved
+        self.dispatch_wakeup = Signal()  # this process's dispatcher, if it holds the lock
+        self._plans: OrderedDict[str, SessionPlan] = OrderedDict()
+        self._owner_prefix = f"{socket.gethostname()}:{os.getpid()}"
 
     # -- creation and lookup -------------------------------------------------------------
 
-    def create(self, model_id: str, request: SessionRequest) -> Session:
+    async def create(self, model_id: str, request: SessionRequest) -> str:
         loaded = self.models.models.get(model_id)
         if loaded is None:
             raise NotFound(f"unknown model {model_id!r}")
@@ -61,173 +57,158 @@ class SessionManager:
         except ConfigError as exc:
             raise InvalidInput(str(exc)) from exc
         session_id = str(uuid.uuid4())  # random: ids are unguessable
-        files = SessionFiles(self.root / session_id)
-        files.create()
-        session = Session(id=session_id, spec=loaded.spec, config=config, files=files)
-        session.needed = [name for name in loaded.spec.inputs if config.inputs[name]]
-        self.sessions[session_id] = session
+        SessionFiles(self.root / session_id).create()
+        now = time.time()
+        row = SessionRow(
+            id=session_id, model_id=model_id, spec=loaded.spec.wire(), config=config.to_json(),
+            status=Status.WAITING.value, info="", created=now, updated=now, cancel_requested=False, attempts=0,
+        )
+        await self.store.add(row, [name for name in loaded.spec.inputs if config.inputs[name]])
+        if await self.store.queue_if_complete(session_id):  # a model without enabled inputs is ready at once
+            self.dispatch_wakeup.notify()
         logger.info("session %s created for model %s", session_id, model_id)
-        if not session.needed:  # a model without enabled inputs is ready at once
-            self._enqueue(session)
-        return session
+        return session_id
 
-    def get(self, session_id: str) -> Session:
-        session = self.sessions.get(session_id)
-        if session is None:
+    async def view(self, session_id: str) -> SessionView:
+        view = await self.store.get(_valid_id(session_id))
+        if view is None:
             raise NotFound(f"unknown session {session_id!r}")
-        return session
+        return view
 
-    def position(self, session: Session) -> int | None:
-        return self.scheduler.position(session.id)
+    def plan(self, row: SessionRow) -> SessionPlan:
+        """The session's spec and configuration as objects (parsed once per process)."""
+        plan = self._plans.get(row.id)
+        if plan is None:
+            spec = ModelSpec.from_raw(row.spec)
+            plan = SessionPlan(row.id, spec, RunConfig.from_json(row.config), SessionFiles(self.root / row.id))
+            self._plans[row.id] = plan
+            if len(self._plans) > PLAN_CACHE:
+                self._plans.popitem(last=False)
+        return plan
+
+    async def position(self, session_id: str) -> int | None:
+        return await self.store.position(session_id)
+
+    async def describe(self, session_id: str) -> tuple[Status, list[str], str]:
+        """status, needed inputs, info — as `GET /sessions/{sid}` reports them."""
+        view = await self.view(session_id)
+        info = view.row.info
+        if view.status is Status.READY and (position := await self.position(session_id)) is not None:
+            info = f"queued at position {position}" + (f"; {info}" if info else "")
+        return view.status, view.needed, info
 
     # -- inputs ---------------------------------------------------------------------------
 
     async def upload(self, session_id: str, name: str, chunks: AsyncIterator[bytes]) -> UploadResult:
-        session = self.get(session_id)
-        _check_enabled(session, "input", name)
-        if session.status is not Status.WAITING:
-            raise WrongState(f"session is {session.status.value}: it takes no more inputs")
-        if name in session.uploading:
+        view = await self.view(session_id)
+        plan = self.plan(view.row)
+        _check_enabled(plan, "input", name)
+        if view.status is not Status.WAITING:
+            raise WrongState(f"session is {view.status.value}: it takes no more inputs")
+        owner = f"{self._owner_prefix}:{secrets.token_hex(4)}"
+        if not await self.store.claim_upload(session_id, name, owner, time.time() - UPLOAD_STALE):
             raise Conflict(f"input {name} is already being uploaded")
-        session.uploading.add(name)
-        session.touch()
+        landed = False
+        beat = asyncio.create_task(self._heartbeat(session_id, name, owner))
         try:
             result = await receive_file(
                 chunks,
-                session.input_path(name),
+                plan.input_path(name),
                 label=f"input {name}",
-                expected_ext=session.spec.inputs[name].extension,
+                expected_ext=plan.spec.inputs[name].extension,
                 check_types=self.settings.CHECK_INPUT_FILETYPES,
             )
+            landed = True
         finally:
-            session.uploading.discard(name)
-        logger.info("session %s: input %s received (%d bytes)", session.id, name, result.size)
-        if name in session.needed:
-            session.needed.remove(name)
-        session.touch()
-        if not session.needed and not session.uploading and session.status is Status.WAITING:
-            self._enqueue(session)
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
+            queued = await asyncio.shield(self.store.release_upload(session_id, name, owner, landed=landed))
+        logger.info("session %s: input %s received (%d bytes)", session_id, name, result.size)
+        if queued:
+            logger.info("session %s queued", session_id)
+            self.dispatch_wakeup.notify()
         return result
 
-    # -- runs -----------------------------------------------------------------------------
-
-    def _enqueue(self, session: Session) -> None:
-        session.set_status(Status.READY)
-        self.scheduler.submit(session.id, lambda: self._execute(session))
-        logger.info("session %s queued at position %s", session.id, self.position(session))
-
-    def _queue_moved(self) -> None:
-        for session in self.sessions.values():
-            if session.status is Status.READY:
-                session.changed.notify()
-
-    def job_for(self, session: Session) -> RunJob:
-        spec, config = session.spec, session.config
-        return RunJob(
-            job_id=session.id,
-            image=spec.image,
-            argv=build_argv(spec, config),
-            inputs=[
-                FileTransfer(name, session.input_path(name), container_path(spec, name))
-                for name in config.enabled_inputs()
-            ],
-            outputs=[
-                FileTransfer(name, session.output_path(name), container_path(spec, name))
-                for name in config.enabled_outputs()
-            ],
-            labels={"org.inferserver.model": spec.id},
-        )
-
-    async def _execute(self, session: Session) -> None:
-        session.started = time.time()
-        session.set_status(Status.WORKING, "starting")
-        log = SessionLog(session)
-
-        async def started(container_id: str) -> None:
-            session.container_id = container_id
-            session.info = "running"
-            session.changed.notify()
-
-        try:
-            job = self.job_for(session)
-            outcome = await self.runner.run(job, log, started)
-        except asyncio.CancelledError:
-            session.set_status(Status.FAILED, "cancelled: the server shut down during the run")
-            raise
-        except Exception as exc:  # a bug must still end the session, never leave it `working`
-            logger.exception("session %s: run crashed", session.id)
-            session.set_status(Status.FAILED, f"internal error: {exc!r}")
-            return
-        session.container_id = None
-        elapsed = time.time() - session.started
-        if outcome.ok:
-            session.set_status(Status.COMPLETE, f"finished in {elapsed:.1f} s")
-        else:
-            await log.write(f"inferserver: run failed: {outcome.reason}\n".encode())
-            session.set_status(Status.FAILED, outcome.reason)
-        logger.info("session %s %s: %s", session.id, session.status.value, session.info)
+    async def _heartbeat(self, session_id: str, name: str, owner: str) -> None:
+        while True:
+            await asyncio.sleep(UPLOAD_HEARTBEAT)
+            await self.store.heartbeat(session_id, name, owner)
 
     # -- reading results ------------------------------------------------------------------
 
-    def log_stream(self, session_id: str) -> AsyncIterator[bytes]:
-        session = self.get(session_id)
-        if session.status is Status.WAITING:
+    async def log_stream(self, session_id: str) -> AsyncIterator[bytes]:
+        view = await self.view(session_id)
+        if view.status is Status.WAITING:
             raise WrongState("session is still waiting for inputs: its run has not been queued")
-        return self._reading(session, follow_log(session, lambda: self.position(session)))
+        plan = self.plan(view.row)
+        return follow_log(
+            plan.files.log,
+            status=lambda: self.store.status_of(session_id),
+            position=lambda: self.store.position(session_id),
+            signal=self.signals.of(session_id),
+            touch=lambda: self.store.touch(session_id),
+        )
 
-    def output_file(self, session_id: str, name: str) -> Path:
-        session = self.get(session_id)
-        _check_enabled(session, "output", name)
-        if session.status is not Status.COMPLETE:
-            raise WrongState(f"session is {session.status.value}, not complete")
-        session.touch()
-        return session.output_path(name)
+    async def output_file(self, session_id: str, name: str) -> Path:
+        view = await self.view(session_id)
+        plan = self.plan(view.row)
+        _check_enabled(plan, "output", name)
+        if view.status is not Status.COMPLETE:
+            raise WrongState(f"session is {view.status.value}, not complete")
+        await self.store.touch(session_id)
+        return plan.output_path(name)
 
-    async def _reading(self, session: Session, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        session.readers += 1
-        try:
-            async for chunk in stream:
-                yield chunk
-        finally:
-            session.readers -= 1
-            session.touch()
+    # -- cancellation ---------------------------------------------------------------------
 
-    # -- clean-up -------------------------------------------------------------------------
+    async def cancel(self, session_id: str) -> SessionView:
+        """Cancel a waiting, queued or running session; it ends `failed` with info `cancelled`."""
+        view = await self.view(session_id)
+        if view.status.final:
+            raise Conflict(f"session is already {view.status.value}")
+        if await self.store.update(session_id, when={Status.WAITING, Status.READY}, status=Status.FAILED,
+                                   info="cancelled", finished=time.time()):
+            self.signals.notify(session_id)
+        else:  # working (or it just started): the dispatcher stops the container
+            await self.store.update(session_id, when={Status.WORKING}, cancel_requested=True)
+            self.dispatch_wakeup.notify()
+            deadline = time.monotonic() + CANCEL_WAIT
+            while not (await self.view(session_id)).status.final and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+        logger.info("session %s cancelled", session_id)
+        return await self.view(session_id)
 
-    def cleanup(self, now: float | None = None) -> list[str]:
-        """Forget idle sessions the settings allow to go; never one a client is still using."""
-        now = time.time() if now is None else now
-        removable = {Status.WAITING}
-        if self.settings.CLEANUP_FINISHED:
-            removable |= {Status.COMPLETE, Status.FAILED}
-        gone = []
-        for session in list(self.sessions.values()):
-            idle = now - session.updated
-            if session.status in removable and idle >= self.settings.CLEANUP_SECONDS and not session.uploading and not session.readers:
-                del self.sessions[session.id]
-                if self.settings.CLEANUP_FILES:
-                    shutil.rmtree(session.files.root, ignore_errors=True)
-                gone.append(session.id)
-        if gone:
-            logger.info("cleaned up %d sessions", len(gone))
-        return gone
+    # -- housekeeping ---------------------------------------------------------------------
 
-    async def cleanup_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.CLEANUP_TIMER)
-            self.cleanup()
+    async def live_count(self) -> int:
+        counts = await self.store.count_by_status()
+        return sum(counts[s] for s in LIVE)
 
     def prepare_root(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         if not os.access(self.root, os.W_OK):
             raise PermissionError(f"SESSION_PATH {self.root} is not writable")
 
+    def forget(self, session_id: str) -> None:
+        self._plans.pop(session_id, None)
+        self.signals.forget(session_id)
 
-def _check_enabled(session: Session, kind: str, name: str) -> None:
+
+def _valid_id(session_id: str) -> str:
+    """Only canonical UUIDs reach the store or the filesystem."""
+    try:
+        if str(uuid.UUID(session_id)) == session_id:
+            return session_id
+    except ValueError:
+        pass
+    raise NotFound(f"unknown session {session_id!r}")
+
+
+def _check_enabled(plan: SessionPlan, kind: str, name: str) -> None:
     """404 for a name the model does not have, 400 for one this session did not enable."""
-    declared = session.spec.inputs if kind == "input" else session.spec.outputs
-    enabled = session.config.inputs if kind == "input" else session.config.outputs
+    declared = plan.spec.inputs if kind == "input" else plan.spec.outputs
+    enabled = plan.config.inputs if kind == "input" else plan.config.outputs
     if name not in declared:
-        raise NotFound(f"model {session.spec.id} has no {kind} {name!r}")
+        raise NotFound(f"model {plan.spec.id} has no {kind} {name!r}")
     if not enabled[name]:
         raise WrongState(f"{kind} {name} was not enabled in this session")

@@ -1,10 +1,9 @@
-"""A session: one model run's configuration, status and files."""
+"""A session's status, its files on disk, and the in-process wake-up signal for its readers."""
 
 from __future__ import annotations
 
 import asyncio
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
@@ -22,6 +21,9 @@ class Status(StrEnum):
     @property
     def final(self) -> bool:
         return self in (Status.COMPLETE, Status.FAILED)
+
+
+LIVE = {Status.WAITING, Status.READY, Status.WORKING}
 
 
 class Signal:
@@ -45,7 +47,29 @@ class Signal:
             pass
 
 
-@dataclass
+class Signals:
+    """One Signal per session id, for this process's readers; other processes are caught by polling."""
+
+    def __init__(self) -> None:
+        self._signals: dict[str, Signal] = {}
+
+    def of(self, session_id: str) -> Signal:
+        return self._signals.setdefault(session_id, Signal())
+
+    def notify(self, session_id: str) -> None:
+        signal = self._signals.get(session_id)
+        if signal is not None:
+            signal.notify()
+
+    def notify_all(self) -> None:
+        for signal in self._signals.values():
+            signal.notify()
+
+    def forget(self, session_id: str) -> None:
+        self._signals.pop(session_id, None)
+
+
+@dataclass(frozen=True)
 class SessionFiles:
     """The session's directory: inputs/, outputs/, log."""
 
@@ -69,31 +93,14 @@ class SessionFiles:
         self.log.touch()
 
 
-@dataclass
-class Session:
+@dataclass(frozen=True)
+class SessionPlan:
+    """What a session runs: its spec as it was at creation, its configuration, its files."""
+
     id: str
-    spec: ModelSpec  # the spec as it was when the session was created
+    spec: ModelSpec
     config: RunConfig
     files: SessionFiles
-    status: Status = Status.WAITING
-    info: str = ""
-    needed: list[str] = field(default_factory=list)
-    uploading: set[str] = field(default_factory=set)
-    readers: int = 0  # open log streams and downloads: never clean up under them
-    created: float = field(default_factory=time.time)
-    updated: float = field(default_factory=time.time)
-    started: float | None = None
-    container_id: str | None = None
-    changed: Signal = field(default_factory=Signal)
-
-    def touch(self) -> None:
-        self.updated = time.time()
-
-    def set_status(self, status: Status, info: str = "") -> None:
-        self.status = status
-        self.info = info
-        self.touch()
-        self.changed.notify()
 
     def input_path(self, name: str) -> Path:
         return self.files.inputs / f"{name}{self.spec.inputs[name].extension}"

@@ -1,0 +1,306 @@
+"""The dispatcher: the one process holding the dispatch lock starts queued runs, recovers runs after a
+restart, stops cancelled runs and cleans up. Every worker process runs one; all but one wait for the lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import IO
+
+from ..config import Settings
+from ..runner.docker import LABEL_INSTANCE, LABEL_MODEL, LABEL_SESSION, DockerBackend
+from ..runner.execute import DETACH, Runner
+from ..runner.jobs import FileTransfer, RunFailed, RunJob, RunOutcome
+from ..specs.command import build_argv, container_path
+from .manager import UPLOAD_STALE, SessionManager
+from .state import SessionPlan, Signals, Status
+from .store import SessionRow, Store
+
+logger = logging.getLogger(__name__)
+
+TICK = 0.5  # how often the queue is looked at when nothing in this process says it changed
+LOCK_RETRY = 1.0
+ENGINE_RETRY = 2.0
+MAX_ATTEMPTS = 3  # a run interrupted this many times (server restarts, vanished containers) fails
+
+
+class DispatchLock:
+    """An exclusive flock on a file in SESSION_PATH: one dispatcher per session directory, held until exit."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: IO[bytes] | None = None
+
+    def try_acquire(self) -> bool:
+        handle = open(self.path, "ab")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return False
+        self._file = handle
+        return True
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing drops the lock
+            self._file = None
+
+
+class SessionLog:
+    """The run's log file; every write wakes this process's log readers."""
+
+    def __init__(self, path: Path, signals: Signals, session_id: str) -> None:
+        self.path = path
+        self.signals = signals
+        self.session_id = session_id
+
+    async def write(self, data: bytes) -> None:
+        # Small appends to the page cache: cheaper inline than a thread hop per frame.
+        with open(self.path, "ab") as log:
+            log.write(data)
+        self.signals.notify(self.session_id)
+
+
+def instance_id(session_path: Path) -> str:
+    """A stable id for this session directory, labelled on its containers: other servers' are not ours."""
+    marker = session_path / ".instance"
+    with contextlib.suppress(FileNotFoundError):
+        return marker.read_text().strip()
+    candidate = session_path / f".instance.{uuid.uuid4().hex}"
+    candidate.write_text(uuid.uuid4().hex)
+    with contextlib.suppress(FileExistsError):
+        os.link(candidate, marker)  # atomic: the first worker's id wins
+    candidate.unlink()
+    return marker.read_text().strip()
+
+
+def job_for(plan: SessionPlan, instance: str) -> RunJob:
+    spec, config = plan.spec, plan.config
+    return RunJob(
+        job_id=plan.id,
+        image=spec.image,
+        argv=build_argv(spec, config),
+        inputs=[FileTransfer(n, plan.input_path(n), container_path(spec, n)) for n in config.enabled_inputs()],
+        outputs=[FileTransfer(n, plan.output_path(n), container_path(spec, n)) for n in config.enabled_outputs()],
+        labels={LABEL_MODEL: spec.id, LABEL_INSTANCE: instance},
+    )
+
+
+class Dispatcher:
+    def __init__(
+        self, settings: Settings, store: Store, manager: SessionManager, runner: Runner, backend: DockerBackend
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.manager = manager
+        self.runner = runner
+        self.backend = backend
+        self.signals = manager.signals
+        self.lock = DispatchLock(settings.SESSION_PATH / ".dispatch.lock")
+        self.instance = instance_id(settings.SESSION_PATH)
+        self.running: dict[str, asyncio.Task[None]] = {}
+        self.engine_problem: str | None = None
+        self._next_cleanup = time.monotonic() + max(settings.CLEANUP_TIMER, 0)
+
+    async def run_forever(self) -> None:
+        try:
+            while not self.lock.try_acquire():
+                await asyncio.sleep(LOCK_RETRY)
+            logger.info("this process dispatches runs (pid %d)", os.getpid())
+            await self.recover()
+            while True:
+                token = self.manager.dispatch_wakeup.token()
+                await self.step()
+                await self.manager.dispatch_wakeup.wait(token, TICK)
+        finally:
+            await self.detach_all()
+            self.lock.release()
+
+    async def step(self) -> None:
+        await self.stop_cancelled()
+        await self.start_queued()
+        if self.settings.CLEANUP_TIMER != -1 and time.monotonic() >= self._next_cleanup:
+            self._next_cleanup = time.monotonic() + self.settings.CLEANUP_TIMER
+            await self.cleanup()
+
+    # -- starting runs --------------------------------------------------------------------
+
+    async def start_queued(self) -> None:
+        free = self.settings.WORKER_THREADS - len(self.running)
+        if free <= 0:
+            return
+        queue = await self.store.queue()
+        if not queue:
+            return
+        if not await self.engine_ready(queue[0]):
+            return  # runs wait for the engine; they are not failed for its absence
+        for row in queue[:free]:
+            if await self.store.update(row.id, when={Status.READY}, status=Status.WORKING, info="starting",
+                                       started=time.time()):
+                self.signals.notify(row.id)
+                self._spawn(row)
+        self.signals.notify_all()  # queue positions moved
+
+    async def engine_ready(self, head: SessionRow) -> bool:
+        try:
+            await self.backend.ping()
+        except RunFailed as exc:
+            if self.engine_problem != str(exc):
+                logger.warning("runs are waiting: %s", exc)
+                self.engine_problem = str(exc)
+                await self.store.update(head.id, when={Status.READY}, info=f"waiting for the Docker engine ({exc})")
+            return False
+        if self.engine_problem is not None:
+            logger.info("the Docker engine answers again")
+            self.engine_problem = None
+            for row in await self.store.queue():
+                await self.store.update(row.id, when={Status.READY}, info="")
+        return True
+
+    def _spawn(self, row: SessionRow, container_id: str | None = None) -> None:
+        task = asyncio.create_task(self.execute(row, container_id), name=f"inferserver-run-{row.id}")
+        self.running[row.id] = task
+
+        def done(_: asyncio.Task[None]) -> None:
+            self.running.pop(row.id, None)
+            self.manager.dispatch_wakeup.notify()  # a slot is free
+
+        task.add_done_callback(done)
+
+    async def execute(self, row: SessionRow, attach_to: str | None) -> None:
+        """Run (or follow a recovered container to its end) and record the outcome."""
+        plan = self.manager.plan(row)
+        job = job_for(plan, self.instance)
+        log = SessionLog(plan.files.log, self.signals, row.id)
+
+        async def started(container_id: str) -> None:
+            await self.store.update(row.id, container_id=container_id, info="running",
+                                    log_offset=plan.files.log.stat().st_size)
+            self.signals.notify(row.id)
+
+        try:
+            if attach_to is None:
+                outcome = await self.runner.run(job, log, started)
+            else:
+                skip = plan.files.log.stat().st_size - (row.log_offset or 0)
+                outcome = await self.runner.attach(job, attach_to, log, skip=max(skip, 0))
+        except asyncio.CancelledError as exc:
+            if exc.args != (DETACH,):
+                await asyncio.shield(self._finish(row.id, log, RunOutcome(False, "cancelled")))
+            raise
+        except Exception as exc:  # a bug must still end the session, never leave it `working`
+            logger.exception("session %s: run crashed", row.id)
+            outcome = RunOutcome(False, f"internal error: {exc!r}")
+        await self._finish(row.id, log, outcome)
+
+    async def _finish(self, session_id: str, log: SessionLog, outcome: RunOutcome) -> None:
+        view = await self.store.get(session_id)
+        started = view.row.started if view and view.row.started else time.time()
+        if outcome.ok:
+            status, info = Status.COMPLETE, f"finished in {time.time() - started:.1f} s"
+        else:
+            status, info = Status.FAILED, outcome.reason
+            await log.write(f"inferserver: run failed: {outcome.reason}\n".encode())
+        await self.store.update(session_id, status=status, info=info, finished=time.time(), container_id=None)
+        self.signals.notify(session_id)
+        logger.info("session %s %s: %s", session_id, status.value, info)
+
+    # -- cancellation ---------------------------------------------------------------------
+
+    async def stop_cancelled(self) -> None:
+        for row in await self.store.with_status(Status.WORKING):
+            if not row.cancel_requested:
+                continue
+            task = self.running.get(row.id)
+            if task is not None:
+                task.cancel()  # the runner removes the container; execute() records `cancelled`
+            else:  # not ours to follow (e.g. recovery still pending): stop it directly
+                if row.container_id:
+                    await self.backend.remove(row.container_id)
+                await self.store.update(row.id, when={Status.WORKING}, status=Status.FAILED, info="cancelled",
+                                        finished=time.time(), container_id=None)
+                self.signals.notify(row.id)
+
+    # -- recovery after a restart ---------------------------------------------------------
+
+    async def recover(self) -> None:
+        """Re-attach surviving containers, re-queue runs whose container is gone, remove orphans."""
+        while True:
+            try:
+                await self._recover_once()
+                return
+            except RunFailed as exc:  # engine down: the API serves meanwhile; try again
+                logger.warning("recovery waits for the Docker engine: %s", exc)
+                await asyncio.sleep(ENGINE_RETRY)
+
+    async def _recover_once(self) -> None:
+        working = await self.store.with_status(Status.WORKING)
+        followed: set[str] = set()
+        for row in working:
+            info = await self.backend.inspect(row.container_id) if row.container_id else None
+            if info is not None:
+                logger.info("session %s: re-attaching to container %s", row.id, row.container_id[:12])
+                followed.add(row.container_id)
+                self._spawn(row, row.container_id)
+                continue
+            attempts = row.attempts + 1
+            if attempts >= MAX_ATTEMPTS:
+                await self.store.update(row.id, status=Status.FAILED, finished=time.time(), container_id=None,
+                                        info=f"the run was interrupted {attempts} times (server restarts); giving up")
+            else:
+                # Its original queue place: queued_at is kept, so it runs before later sessions.
+                await self.store.update(row.id, status=Status.READY, container_id=None, attempts=attempts,
+                                        info="re-queued: its container was gone after a server restart")
+                logger.info("session %s: container gone, re-queued", row.id)
+        for container in await self.backend.containers_labelled(LABEL_INSTANCE, self.instance):
+            if container["Id"] not in followed:
+                logger.info("removing orphan container %s (session %s)", container["Id"][:12],
+                            container.get("Labels", {}).get(LABEL_SESSION, "?"))
+                await self.backend.remove(container["Id"])
+
+    async def detach_all(self) -> None:
+        """At shutdown: leave running containers running; the next start re-attaches them."""
+        tasks = list(self.running.values())
+        for task in tasks:
+            task.cancel(DETACH)
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- clean-up -------------------------------------------------------------------------
+
+    async def cleanup(self, now: float | None = None) -> list[str]:
+        """Forget idle sessions the settings allow to go; never one a client is still using."""
+        now = time.time() if now is None else now
+        statuses = [Status.WAITING]
+        if self.settings.CLEANUP_FINISHED:
+            statuses += [Status.COMPLETE, Status.FAILED]
+        gone = []
+        for row in await self.store.with_status(*statuses):
+            if now - row.updated < self.settings.CLEANUP_SECONDS:
+                continue
+            if await self.store.active_uploads(row.id, now - UPLOAD_STALE):
+                continue
+            await self.store.remove(row.id)
+            self.manager.forget(row.id)
+            if self.settings.CLEANUP_FILES:
+                shutil.rmtree(self.settings.SESSION_PATH / row.id, ignore_errors=True)
+            gone.append(row.id)
+        self._remove_partial_uploads(now)
+        if gone:
+            logger.info("cleaned up %d idle sessions", len(gone))
+        return gone
+
+    def _remove_partial_uploads(self, now: float) -> None:
+        """Partial files of uploads whose process died (live uploads write, so their mtime is fresh)."""
+        for partial in self.settings.SESSION_PATH.glob("*/inputs/.*.upload-*"):
+            with contextlib.suppress(FileNotFoundError):
+                if now - partial.stat().st_mtime > UPLOAD_STALE:
+                    partial.unlink()

@@ -1,0 +1,267 @@
+"""Durable session state behind SQLAlchemy 2 (async): SQLite in SESSION_PATH by default, PostgreSQL by URL.
+
+Every change that races between requests or worker processes is one conditional UPDATE (claim an upload
+only if nobody holds a live claim; queue a session only if all its inputs have landed; start a run only if
+it is still queued), so both databases give the same answers without explicit locking.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    and_,
+    delete,
+    event,
+    exists,
+    func,
+    or_,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from .state import Status
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class SessionRow(Base):
+    __tablename__ = "sessions"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    model_id: Mapped[str] = mapped_column(String(200))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # the spec as it was at creation
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    info: Mapped[str] = mapped_column(Text, default="")
+    created: Mapped[float] = mapped_column(Float)
+    updated: Mapped[float] = mapped_column(Float)
+    queued_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    started: Mapped[float | None] = mapped_column(Float, nullable=True)
+    finished: Mapped[float | None] = mapped_column(Float, nullable=True)
+    container_id: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    log_offset: Mapped[int | None] = mapped_column(Integer, nullable=True)  # log size when the container started
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class InputRow(Base):
+    """One enabled input of a session: landed or not, and who is uploading it right now."""
+
+    __tablename__ = "inputs"
+
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer)
+    landed: Mapped[bool] = mapped_column(Boolean, default=False)
+    owner: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    heartbeat: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+@dataclass(frozen=True)
+class SessionView:
+    """What one read of a session returns: its row and its inputs still needed."""
+
+    row: SessionRow
+    needed: list[str]
+
+    @property
+    def status(self) -> Status:
+        return Status(self.row.status)
+
+
+def default_url(session_path: str) -> str:
+    return f"sqlite+aiosqlite:///{session_path}/inferserver.db"
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine: AsyncEngine = create_async_engine(url, pool_pre_ping=not url.startswith("sqlite"))
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    async def create_schema(self) -> None:
+        async with self.engine.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    # -- sessions ---------------------------------------------------------------------------
+
+    async def add(self, row: SessionRow, inputs: list[str]) -> None:
+        async with self.sessionmaker.begin() as db:
+            db.add(row)
+            await db.flush()  # the session row first: inputs refer to it
+            db.add_all(InputRow(session_id=row.id, name=n, position=i) for i, n in enumerate(inputs))
+
+    async def get(self, session_id: str) -> SessionView | None:
+        async with self.sessionmaker() as db:
+            row = await db.get(SessionRow, session_id)
+            if row is None:
+                return None
+            needed = await db.scalars(
+                select(InputRow.name)
+                .where(InputRow.session_id == session_id, InputRow.landed.is_(False))
+                .order_by(InputRow.position)
+            )
+            return SessionView(row, list(needed))
+
+    async def status_of(self, session_id: str) -> Status | None:
+        async with self.sessionmaker() as db:
+            status = await db.scalar(select(SessionRow.status).where(SessionRow.id == session_id))
+            return Status(status) if status is not None else None
+
+    async def update(self, session_id: str, *, when: set[Status] | None = None, **values: Any) -> bool:
+        """Set fields (and `updated`); with `when`, only if the status is one of those. True if it changed."""
+        query = update(SessionRow).where(SessionRow.id == session_id)
+        if when is not None:
+            query = query.where(SessionRow.status.in_([s.value for s in when]))
+        values = {k: (v.value if isinstance(v, Status) else v) for k, v in values.items()}
+        async with self.sessionmaker.begin() as db:
+            result = await db.execute(query.values(updated=time.time(), **values))
+            return result.rowcount == 1
+
+    async def touch(self, session_id: str) -> None:
+        await self.update(session_id)
+
+    async def remove(self, session_id: str) -> None:
+        async with self.sessionmaker.begin() as db:
+            await db.execute(delete(InputRow).where(InputRow.session_id == session_id))
+            await db.execute(delete(SessionRow).where(SessionRow.id == session_id))
+
+    async def with_status(self, *statuses: Status) -> list[SessionRow]:
+        async with self.sessionmaker() as db:
+            rows = await db.scalars(
+                select(SessionRow)
+                .where(SessionRow.status.in_([s.value for s in statuses]))
+                .order_by(SessionRow.queued_at, SessionRow.created, SessionRow.id)
+            )
+            return list(rows)
+
+    async def count_by_status(self) -> dict[Status, int]:
+        async with self.sessionmaker() as db:
+            rows = await db.execute(select(SessionRow.status, func.count()).group_by(SessionRow.status))
+            counts = {s: 0 for s in Status}
+            counts.update({Status(status): n for status, n in rows})
+            return counts
+
+    # -- the queue --------------------------------------------------------------------------
+
+    async def queue(self) -> list[SessionRow]:
+        """Queued sessions, first to run first."""
+        return await self.with_status(Status.READY)
+
+    async def position(self, session_id: str) -> int | None:
+        """1 for the next session to start; None when not queued."""
+        async with self.sessionmaker() as db:
+            me = await db.get(SessionRow, session_id)
+            if me is None or me.status != Status.READY.value or me.queued_at is None:
+                return None
+            ahead = await db.scalar(
+                select(func.count()).where(
+                    SessionRow.status == Status.READY.value,
+                    tuple_(SessionRow.queued_at, SessionRow.id) < tuple_(me.queued_at, me.id),
+                )
+            )
+            return int(ahead or 0) + 1
+
+    # -- uploads ----------------------------------------------------------------------------
+
+    async def claim_upload(self, session_id: str, name: str, owner: str, stale_before: float) -> bool:
+        """Take the input for an upload unless a live upload holds it (a dead one's claim has gone stale)."""
+        now = time.time()
+        async with self.sessionmaker.begin() as db:
+            result = await db.execute(
+                update(InputRow)
+                .where(
+                    InputRow.session_id == session_id,
+                    InputRow.name == name,
+                    or_(InputRow.owner.is_(None), InputRow.heartbeat < stale_before),
+                )
+                .values(owner=owner, heartbeat=now)
+            )
+            return result.rowcount == 1
+
+    async def heartbeat(self, session_id: str, name: str, owner: str) -> None:
+        async with self.sessionmaker.begin() as db:
+            await db.execute(
+                update(InputRow)
+                .where(InputRow.session_id == session_id, InputRow.name == name, InputRow.owner == owner)
+                .values(heartbeat=time.time())
+            )
+
+    async def release_upload(self, session_id: str, name: str, owner: str, *, landed: bool) -> bool:
+        """End an upload; when it landed and it was the last input, queue the session. True if queued."""
+        now = time.time()
+        async with self.sessionmaker.begin() as db:
+            values: dict[str, Any] = {"owner": None, "heartbeat": None}
+            if landed:
+                values["landed"] = True
+            await db.execute(
+                update(InputRow)
+                .where(InputRow.session_id == session_id, InputRow.name == name, InputRow.owner == owner)
+                .values(**values)
+            )
+            # Even a failed re-upload may have been the last thing holding a complete session back.
+            return await _queue_if_complete(db, session_id, now)
+
+    async def queue_if_complete(self, session_id: str) -> bool:
+        async with self.sessionmaker.begin() as db:
+            return await _queue_if_complete(db, session_id, time.time())
+
+    async def stale_uploads(self, stale_before: float) -> list[tuple[str, str]]:
+        async with self.sessionmaker() as db:
+            rows = await db.execute(
+                select(InputRow.session_id, InputRow.name).where(
+                    InputRow.owner.is_not(None), InputRow.heartbeat < stale_before
+                )
+            )
+            return [(sid, name) for sid, name in rows]
+
+    async def active_uploads(self, session_id: str, stale_before: float) -> int:
+        async with self.sessionmaker() as db:
+            n = await db.scalar(
+                select(func.count()).where(
+                    InputRow.session_id == session_id, InputRow.owner.is_not(None), InputRow.heartbeat >= stale_before
+                )
+            )
+            return int(n or 0)
+
+
+async def _queue_if_complete(db: Any, session_id: str, now: float) -> bool:
+    missing = exists().where(
+        and_(InputRow.session_id == session_id, or_(InputRow.landed.is_(False), InputRow.owner.is_not(None)))
+    )
+    result = await db.execute(
+        update(SessionRow)
+        .where(SessionRow.id == session_id, SessionRow.status == Status.WAITING.value, ~missing)
+        .values(status=Status.READY.value, queued_at=now, updated=now, info="")
+    )
+    return result.rowcount == 1
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets readers in other worker processes go on while one writes; wait instead of failing on a lock.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
