@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the HTTP server", description="Run the HTTP server under uvicorn.")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
+    serve.add_argument("--workers", type=int, default=1, help="worker processes; any answers any request (default: %(default)s)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="default: %(default)s")
     return parser
 
@@ -37,7 +38,10 @@ def serve(args: argparse.Namespace) -> int:
         print(f"inferserver: cannot start: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    # Several workers need an import string (each process builds its app and reads the settings itself).
+    target = "inferserver.app:app" if args.workers > 1 else create_app(settings)
+    uvicorn.run(target, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level,
+                timeout_graceful_shutdown=5)
     return 0
 
 

@@ -10,6 +10,7 @@ import fcntl
 import logging
 import os
 import shutil
+import socket
 import time
 import uuid
 from pathlib import Path
@@ -23,6 +24,7 @@ from ..specs.command import build_argv, container_path
 from .manager import UPLOAD_STALE, SessionManager
 from .state import SessionPlan, Signals, Status
 from .store import SessionRow, Store
+from .uploads import partial_owner_pid
 
 logger = logging.getLogger(__name__)
 
@@ -261,6 +263,8 @@ class Dispatcher:
                 await self.store.update(row.id, status=Status.READY, container_id=None, attempts=attempts,
                                         info="re-queued: its container was gone after a server restart")
                 logger.info("session %s: container gone, re-queued", row.id)
+        await self._release_dead_claims()
+        self._remove_partial_uploads(time.time())
         for container in await self.backend.containers_labelled(LABEL_INSTANCE, self.instance):
             if container["Id"] not in followed:
                 logger.info("removing orphan container %s (session %s)", container["Id"][:12],
@@ -299,8 +303,28 @@ class Dispatcher:
         return gone
 
     def _remove_partial_uploads(self, now: float) -> None:
-        """Partial files of uploads whose process died (live uploads write, so their mtime is fresh)."""
+        """Partial files of uploads whose process died, or that stopped growing long ago."""
         for partial in self.settings.SESSION_PATH.glob("*/inputs/.*.upload-*"):
+            pid = partial_owner_pid(partial)
             with contextlib.suppress(FileNotFoundError):
-                if now - partial.stat().st_mtime > UPLOAD_STALE:
+                if (pid is not None and not process_alive(pid)) or now - partial.stat().st_mtime > UPLOAD_STALE:
                     partial.unlink()
+
+    async def _release_dead_claims(self) -> None:
+        """Upload claims of processes on this host that no longer exist: their inputs can be uploaded again."""
+        host = socket.gethostname()
+        for session_id, name, owner in await self.store.upload_claims():
+            owner_host, _, rest = owner.partition(":")
+            pid = rest.partition(":")[0]
+            if owner_host == host and pid.isdigit() and not process_alive(int(pid)):
+                await self.store.release_upload(session_id, name, owner, landed=False)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

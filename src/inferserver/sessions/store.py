@@ -226,14 +226,13 @@ class Store:
         async with self.sessionmaker.begin() as db:
             return await _queue_if_complete(db, session_id, time.time())
 
-    async def stale_uploads(self, stale_before: float) -> list[tuple[str, str]]:
+    async def upload_claims(self) -> list[tuple[str, str, str]]:
+        """(session id, input name, owner) of every upload in progress."""
         async with self.sessionmaker() as db:
             rows = await db.execute(
-                select(InputRow.session_id, InputRow.name).where(
-                    InputRow.owner.is_not(None), InputRow.heartbeat < stale_before
-                )
+                select(InputRow.session_id, InputRow.name, InputRow.owner).where(InputRow.owner.is_not(None))
             )
-            return [(sid, name) for sid, name in rows]
+            return [(sid, name, owner) for sid, name, owner in rows]
 
     async def active_uploads(self, session_id: str, stale_before: float) -> int:
         async with self.sessionmaker() as db:

@@ -29,7 +29,8 @@ async def receive_file(
     chunks: AsyncIterator[bytes], dest: Path, *, label: str, expected_ext: str, check_types: bool
 ) -> UploadResult:
     """Write the body to `dest` atomically; a wrong file type or a broken body leaves `dest` untouched."""
-    partial = dest.with_name(f".{dest.name}.upload-{secrets.token_hex(4)}")
+    # The pid in the name lets a restarted server tell a dead upload's leftovers from a live one's.
+    partial = dest.with_name(f".{dest.name}.upload-{os.getpid()}-{secrets.token_hex(4)}")
     digest = hashlib.sha256()
     head = HeadCollector()
     size = 0
@@ -57,6 +58,13 @@ async def receive_file(
             partial.unlink()
         raise
     return UploadResult(sha256=digest.hexdigest(), size=size)
+
+
+def partial_owner_pid(partial: Path) -> int | None:
+    """The pid of the process writing a partial upload file (from its name), if it has one."""
+    _, _, tail = partial.name.rpartition(".upload-")
+    pid, _, _ = tail.partition("-")
+    return int(pid) if pid.isdigit() else None
 
 
 def _check(head: bytes, label: str, expected_ext: str, check_types: bool) -> None:
