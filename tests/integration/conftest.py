@@ -55,6 +55,9 @@ class Server:
     session_path: Path
     process: subprocess.Popen[bytes]
     log_path: Path
+    tmp: Path
+    model_path: Path
+    settings: dict[str, str]
 
     def client(self, **kwargs: object) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=60, **kwargs)
@@ -72,9 +75,10 @@ class Server:
                 time.sleep(0.1)
 
 
-def start_server(tmp: Path, model_path: Path = TEST_MODELS, **settings: str) -> Server:
+def start_server(tmp: Path, model_path: Path = TEST_MODELS, *, session_path: Path | None = None, **settings: str) -> Server:
+    """`inferserver serve` on a free port; with `session_path`, a restart on an existing session directory."""
     port = free_port()
-    session_path = tmp / "sessions"
+    session_path = session_path or tmp / "sessions"
     env = {
         **os.environ,
         "INFERSERVER_MODEL_PATH": str(model_path),
@@ -82,13 +86,13 @@ def start_server(tmp: Path, model_path: Path = TEST_MODELS, **settings: str) -> 
         **{f"INFERSERVER_{k}": v for k, v in settings.items()},
     }
     tmp.mkdir(parents=True, exist_ok=True)
-    log_path = tmp / "server.log"
+    log_path = tmp / f"server-{port}.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "inferserver", "serve", "--port", str(port)],
             env=env, stdout=log, stderr=subprocess.STDOUT,
         )
-    server = Server(f"http://127.0.0.1:{port}", session_path, process, log_path)
+    server = Server(f"http://127.0.0.1:{port}", session_path, process, log_path, tmp, model_path, dict(settings))
     deadline = time.monotonic() + 30
     while True:
         if process.poll() is not None:
@@ -102,6 +106,16 @@ def start_server(tmp: Path, model_path: Path = TEST_MODELS, **settings: str) -> 
             process.kill()
             raise AssertionError(f"inferserver did not answer within 30 s:\n{server.output()}")
         time.sleep(0.1)
+
+
+def restart_server(server: Server) -> Server:
+    """A new server process on the same session directory and settings (after a kill or a stop)."""
+    return start_server(server.tmp, server.model_path, session_path=server.session_path, **server.settings)
+
+
+def kill_server(server: Server) -> None:
+    server.process.kill()  # SIGKILL: no shutdown code runs
+    server.process.wait()
 
 
 def stop_server(server: Server) -> None:
@@ -132,18 +146,30 @@ def stop_and_check(servers: list[Server]) -> None:
         pytest.fail(f"containers left behind by the server: {left}")
 
 
-@pytest.fixture
-def make_server(tmp_path: Path, fixture_images: None) -> Iterator[Callable[..., Server]]:
-    """Start servers with given settings; stop them and check no container was left behind."""
-    started: list[Server] = []
+class ServerFactory:
+    """Starts servers (and restarts them on their session directory); all are stopped and checked at the end."""
 
-    def make(**settings: str) -> Server:
-        server = start_server(tmp_path / f"server{len(started)}", **settings)
-        started.append(server)
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.started: list[Server] = []
+
+    def __call__(self, **settings: str) -> Server:
+        return self._track(start_server(self.tmp / f"server{len(self.started)}", **settings))
+
+    def restart(self, server: Server) -> Server:
+        return self._track(restart_server(server))
+
+    def _track(self, server: Server) -> Server:
+        self.started.append(server)
         return server
 
-    yield make
-    stop_and_check(started)
+
+@pytest.fixture
+def make_server(tmp_path: Path, fixture_images: None) -> Iterator[ServerFactory]:
+    """Start servers with given settings; stop them and check no container was left behind."""
+    factory = ServerFactory(tmp_path)
+    yield factory
+    stop_and_check(factory.started)
 
 
 @pytest.fixture(scope="module")
@@ -170,3 +196,32 @@ def write_nrrd(path: Path) -> Path:
 
 def load_spec(model_id: str) -> dict:
     return json.loads((TEST_MODELS / f"{model_id}.json").read_text())
+
+
+def create_and_upload(client: httpx.Client, model_id: str, source: Path, **params: object) -> str:
+    body = {"inputs": {}, "params": {k: {"value": v} for k, v in params.items()}, "outputs": {}}
+    response = client.post(f"/models/{model_id}", json=body)
+    assert response.status_code == 200, response.text
+    session_id = response.json()["data"]["session_id"]
+    with source.open("rb") as stream:
+        upload = client.put(f"/sessions/{session_id}/inputs/input_vol", content=stream,
+                            headers={"Content-Type": "application/octet-stream"})
+    assert upload.status_code == 200, upload.text
+    return session_id
+
+
+def read_log(server: Server, session_id: str) -> list[tuple[float, bytes]]:
+    """Each line of the log stream with the time it arrived."""
+    lines = []
+    with httpx.Client(base_url=server.url, timeout=120) as client:
+        with client.stream("GET", f"/sessions/{session_id}/logs") as response:
+            assert response.status_code == 200
+            assert response.headers["x-accel-buffering"] == "no"
+            assert response.headers["content-type"].startswith("text/plain")
+            buffer = b""
+            for chunk in response.iter_raw():
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    lines.append((time.monotonic(), line))
+    return lines

@@ -8,35 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from .conftest import Server, write_nifti
-
-
-def create_and_upload(client: httpx.Client, model_id: str, source: Path, **params: object) -> str:
-    body = {"inputs": {}, "params": {k: {"value": v} for k, v in params.items()}, "outputs": {}}
-    response = client.post(f"/models/{model_id}", json=body)
-    assert response.status_code == 200, response.text
-    session_id = response.json()["data"]["session_id"]
-    upload = client.put(f"/sessions/{session_id}/inputs/input_vol", content=source.read_bytes(),
-                        headers={"Content-Type": "application/octet-stream"})
-    assert upload.status_code == 200, upload.text
-    return session_id
-
-
-def read_log(server: Server, session_id: str) -> list[tuple[float, bytes]]:
-    """Each line of the log stream with the time it arrived."""
-    lines = []
-    with httpx.Client(base_url=server.url, timeout=120) as client:
-        with client.stream("GET", f"/sessions/{session_id}/logs") as response:
-            assert response.status_code == 200
-            assert response.headers["x-accel-buffering"] == "no"
-            assert response.headers["content-type"].startswith("text/plain")
-            buffer = b""
-            for chunk in response.iter_raw():
-                buffer += chunk
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
-                    lines.append((time.monotonic(), line))
-    return lines
+from .conftest import Server, create_and_upload, read_log, write_nifti
 
 
 def test_second_session_waits_at_position_one_then_runs(make_server, tmp_path: Path) -> None:
