@@ -49,6 +49,21 @@ def log_lines(server: Server, session_id: str) -> list[bytes]:
     return [line for _, line in read_log(server, session_id)]
 
 
+def sleeping_run(make_server, tmp_path: Path, seconds: int) -> tuple[Server, str, bytes]:
+    """A server with one `sleep` run in progress: (server, session id, the input's bytes)."""
+    server = make_server()
+    source = write_nifti(tmp_path / "in.nii.gz", 1)
+    with server.client() as client:
+        session_id = create_and_upload(client, "sleep", source, seconds=seconds)
+    wait_until(lambda: running(server, session_id), what="the run to start")
+    return server, session_id, source.read_bytes()
+
+
+def assert_complete(server: Server, session_id: str, expected: bytes) -> None:
+    assert server.wait_status(session_id, {"complete", "failed"}, timeout=120)["status"] == "complete"
+    assert output_of(server, session_id) == expected
+
+
 def test_kill_during_upload_leaves_the_session_waiting_and_nothing_partial(make_server, tmp_path: Path) -> None:
     server = make_server()
     source = write_nifti(tmp_path / "in.nii.gz", 2)
@@ -72,8 +87,7 @@ def test_kill_during_upload_leaves_the_session_waiting_and_nothing_partial(make_
         answer = client.put(f"/sessions/{session_id}/inputs/input_vol", content=body,
                             headers={"Content-Type": "application/octet-stream"})
         assert answer.status_code == 200, answer.text
-    assert server.wait_status(session_id, {"complete", "failed"})["status"] == "complete"
-    assert output_of(server, session_id) == body
+    assert_complete(server, session_id, body)
 
 
 def test_kill_with_one_run_working_and_one_queued(make_server, tmp_path: Path) -> None:
@@ -92,38 +106,27 @@ def test_kill_with_one_run_working_and_one_queued(make_server, tmp_path: Path) -
     lines = log_lines(server, first)
     assert lines.count(b"sleeping 4") == 1 and b"done" in lines, lines  # re-attached, nothing repeated
     for session_id in (first, second):
-        assert server.wait_status(session_id, {"complete", "failed"})["status"] == "complete"
-        assert output_of(server, session_id) == source.read_bytes()
+        assert_complete(server, session_id, source.read_bytes())
     assert container_of(first) == [] and container_of(second) == []
 
 
 def test_container_that_finished_while_the_server_was_dead_is_collected(make_server, tmp_path: Path) -> None:
-    server = make_server()
-    source = write_nifti(tmp_path / "in.nii.gz", 1)
-    with server.client() as client:
-        session_id = create_and_upload(client, "sleep", source, seconds=1)
-    wait_until(lambda: running(server, session_id), what="the run to start")
+    server, session_id, expected = sleeping_run(make_server, tmp_path, 1)
     kill_server(server)
     [container] = container_of(session_id)
     wait_until(lambda: subprocess.run(["docker", "inspect", "-f", "{{.State.Running}}", container],
                                       capture_output=True, text=True).stdout.strip() == "false", what="the model to exit")
     server = make_server.restart(server)
-    assert server.wait_status(session_id, {"complete", "failed"})["status"] == "complete"
-    assert output_of(server, session_id) == source.read_bytes()
+    assert_complete(server, session_id, expected)
     assert b"done" in log_lines(server, session_id)
 
 
 def test_run_whose_container_vanished_is_queued_again(make_server, tmp_path: Path) -> None:
-    server = make_server()
-    source = write_nifti(tmp_path / "in.nii.gz", 1)
-    with server.client() as client:
-        session_id = create_and_upload(client, "sleep", source, seconds=3)
-    wait_until(lambda: running(server, session_id), what="the run to start")
+    server, session_id, expected = sleeping_run(make_server, tmp_path, 3)
     kill_server(server)
     subprocess.run(["docker", "rm", "-f", *container_of(session_id)], check=True, capture_output=True)
     server = make_server.restart(server)
-    assert server.wait_status(session_id, {"complete", "failed"})["status"] == "complete"
-    assert output_of(server, session_id) == source.read_bytes()
+    assert_complete(server, session_id, expected)
     assert log_lines(server, session_id).count(b"sleeping 3") == 2  # the first attempt's log is kept
 
 
@@ -151,15 +154,11 @@ def test_kill_while_collecting_the_output(make_server, tmp_path: Path) -> None:
 
 
 def test_graceful_stop_leaves_the_run_going_and_the_next_start_follows_it(make_server, tmp_path: Path) -> None:
-    server = make_server()
-    source = write_nifti(tmp_path / "in.nii.gz", 1)
-    with server.client() as client:
-        session_id = create_and_upload(client, "sleep", source, seconds=3)
-    wait_until(lambda: running(server, session_id), what="the run to start")
+    server, session_id, expected = sleeping_run(make_server, tmp_path, 3)
     stop_server(server)
     assert len(container_of(session_id)) == 1
     server = make_server.restart(server)
-    assert server.wait_status(session_id, {"complete", "failed"})["status"] == "complete"
+    assert_complete(server, session_id, expected)
     assert log_lines(server, session_id).count(b"sleeping 3") == 1
     assert container_of(session_id) == []
 
