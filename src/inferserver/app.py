@@ -62,6 +62,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         dispatching.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await dispatching
+        await manager.close()
         await backend.close()
         await store.close()
 

@@ -148,7 +148,7 @@ class Dispatcher:
         for row in queue[:free]:
             if await self.store.update(row.id, when={Status.READY}, status=Status.WORKING, info="starting",
                                        started=time.time()):
-                self.signals.notify(row.id)
+                self.manager.status_changed(row.id)
                 self._spawn(row)
         self.signals.notify_all()  # queue positions moved
 
@@ -213,7 +213,7 @@ class Dispatcher:
             status, info = Status.FAILED, outcome.reason
             await log.write(f"inferserver: run failed: {outcome.reason}\n".encode())
         await self.store.update(session_id, status=status, info=info, finished=time.time(), container_id=None)
-        self.signals.notify(session_id)
+        self.manager.status_changed(session_id)
         logger.info("session %s %s: %s", session_id, status.value, info)
 
     # -- cancellation ---------------------------------------------------------------------
@@ -230,7 +230,7 @@ class Dispatcher:
                     await self.backend.remove(row.container_id)
                 await self.store.update(row.id, when={Status.WORKING}, status=Status.FAILED, info="cancelled",
                                         finished=time.time(), container_id=None)
-                self.signals.notify(row.id)
+                self.manager.status_changed(row.id)
 
     # -- recovery after a restart ---------------------------------------------------------
 

@@ -26,6 +26,7 @@ from .logstream import follow_log
 from .state import LIVE, SessionFiles, SessionPlan, Signal, Signals, Status
 from .store import SessionRow, SessionView, Store
 from .uploads import UploadResult, receive_file
+from .watch import StatusWatch
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class SessionManager:
         self.signals = signals
         self.root = settings.SESSION_PATH
         self.dispatch_wakeup = Signal()  # this process's dispatcher, if it holds the lock
+        self.watch = StatusWatch(store, signals)
         self._plans: OrderedDict[str, SessionPlan] = OrderedDict()
         self._owner_prefix = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -142,13 +144,24 @@ class SessionManager:
         if view.status is Status.WAITING:
             raise WrongState("session is still waiting for inputs: its run has not been queued")
         plan = self.plan(view.row)
-        return follow_log(
+        stream = follow_log(
             plan.files.log,
-            status=lambda: self.store.status_of(session_id),
+            status=lambda: self.watch.status(session_id),
             position=lambda: self.store.position(session_id),
             signal=self.signals.of(session_id),
             touch=lambda: self.store.touch(session_id),
         )
+        return self._watched(session_id, stream)
+
+    async def _watched(self, session_id: str, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        with self.watch.following(session_id):
+            async for chunk in stream:
+                yield chunk
+
+    def status_changed(self, session_id: str) -> None:
+        """This process changed the session's status: wake its readers, who must not see a cached one."""
+        self.watch.changed(session_id)
+        self.signals.notify(session_id)
 
     async def output_file(self, session_id: str, name: str) -> Path:
         view = await self.view(session_id)
@@ -168,7 +181,7 @@ class SessionManager:
             raise Conflict(f"session is already {view.status.value}")
         if await self.store.update(session_id, when={Status.WAITING, Status.READY}, status=Status.FAILED,
                                    info="cancelled", finished=time.time()):
-            self.signals.notify(session_id)
+            self.status_changed(session_id)
         else:  # working (or it just started): the dispatcher stops the container
             await self.store.update(session_id, when={Status.WORKING}, cancel_requested=True)
             self.dispatch_wakeup.notify()
@@ -188,6 +201,9 @@ class SessionManager:
         self.root.mkdir(parents=True, exist_ok=True)
         if not os.access(self.root, os.W_OK):
             raise PermissionError(f"SESSION_PATH {self.root} is not writable")
+
+    async def close(self) -> None:
+        await self.watch.close()
 
     def forget(self, session_id: str) -> None:
         self._plans.pop(session_id, None)

@@ -128,6 +128,12 @@ class Store:
             status = await db.scalar(select(SessionRow.status).where(SessionRow.id == session_id))
             return Status(status) if status is not None else None
 
+    async def statuses(self, session_ids: list[str]) -> dict[str, Status]:
+        """Statuses of many sessions in one query (absent ids are gone)."""
+        async with self.sessionmaker() as db:
+            rows = await db.execute(select(SessionRow.id, SessionRow.status).where(SessionRow.id.in_(session_ids)))
+            return {sid: Status(status) for sid, status in rows}
+
     async def update(self, session_id: str, *, when: set[Status] | None = None, **values: Any) -> bool:
         """Set fields (and `updated`); with `when`, only if the status is one of those. True if it changed."""
         query = update(SessionRow).where(SessionRow.id == session_id)
