@@ -15,18 +15,9 @@ REPO=inferserver-example
 TAG=1
 LABEL=org.inferserver.example-hash
 
-say() { echo "examples: $*" >&2; }
-die() { say "$*"; exit 1; }
-
-force=0
-names=()
-for a in "$@"; do
-    case $a in
-        --force) force=1 ;;
-        -*) die "unknown option $a (usage: build.sh [--force] [NAME...])" ;;
-        *) names+=("$a") ;;
-    esac
-done
+SAY_PREFIX=examples
+source "$ROOT/scripts/image-build-args.sh"
+parse_build_args "$@"
 if [[ ${#names[@]} -eq 0 ]]; then
     for f in "$HERE"/*/Dockerfile; do names+=("$(basename "$(dirname "$f")")"); done
 fi
