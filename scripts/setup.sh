@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up this checkout on a fresh Debian machine: a running Docker engine, the
-# Python environment in .venv and the offline test images. Safe to run again:
+# Python environment in .venv (with the convert extra), the offline test images
+# and the example models' images. Safe to run again:
 # each step is skipped when it is already done.
 set -euo pipefail
 
@@ -35,13 +36,13 @@ if [[ ! -x $VENV/bin/python ]]; then
 fi
 want=$(cat pyproject.toml <("$VENV/bin/python" -V 2>&1) | sha256sum | cut -d' ' -f1)
 if [[ $(cat "$STAMP" 2>/dev/null) != "$want" ]] || ! "$VENV/bin/python" -c 'import inferserver' 2>/dev/null; then
-    say "installing inferserver and its test dependencies into $VENV"
+    say "installing inferserver with its convert and test extras into $VENV"
     rm -f "$STAMP"
     log=$(mktemp)
-    if ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]' >"$log" 2>&1; then
+    if ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[convert,test]' >"$log" 2>&1; then
         cat "$log" >&2
         rm -f "$log"
-        die "pip install -e '.[test]' failed"
+        die "pip install -e '.[convert,test]' failed"
     fi
     rm -f "$log"
     echo "$want" >"$STAMP"
@@ -49,3 +50,6 @@ fi
 
 # 3. Test images
 tests/images/build.sh || die "building the test images failed"
+
+# 4. Example models (served by `make serve`, run by the tests on real data)
+examples/build.sh || die "building the example model images failed"

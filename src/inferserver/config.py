@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     CLEANUP_SECONDS: int = Field(3600, ge=0, description="Seconds of inactivity before a session is cleaned up.")
     CHECK_INPUT_FILETYPES: bool = Field(True, description="Refuse inputs whose sniffed type differs from the spec's.")
     WORKER_THREADS: int = Field(1, ge=1, description="How many runs execute at once.")
-    CONVERT_INPUTS: bool = Field(True, description="Convert inputs of another image format (when conversion is available).")
+    CONVERT_INPUTS: bool = Field(True, description="Convert an upload in .nrrd/.nii/.nii.gz for an input that expects another of these (needs the convert extra).")
     DATABASE_URL: str | None = Field(
         None, description="SQLAlchemy async URL of the session database; default: SQLite in SESSION_PATH."
     )

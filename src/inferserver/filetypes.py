@@ -1,4 +1,4 @@
-"""Header sniffing for uploaded volumes (NIfTI, NRRD, MetaImage, gzip) and, later, conversion.
+"""Header sniffing for uploaded volumes (NIfTI, NRRD, MetaImage, gzip), and whether one can be converted.
 
 Everything here works on the first SNIFF_BYTES bytes of a file, so the upload path can sniff
 while it streams the body to disk and never needs the whole file in memory.
@@ -9,6 +9,8 @@ from __future__ import annotations
 import struct
 import zlib
 from dataclasses import dataclass
+
+from . import convert
 
 # How much of a file's head callers collect and pass to sniff(). A NIfTI-2 header is 540 bytes,
 # so 1024 leaves room for the gzip framing of a compressed one.
@@ -67,21 +69,26 @@ class CheckResult:
     can_convert: bool  # the upload could be converted to the expected type
 
 
-def check_filetype(header: bytes, expected_ext: str, *, check: bool) -> CheckResult:
-    """Whether a file whose head is `header` may stand in for a `expected_ext` input."""
+def check_filetype(header: bytes, expected_ext: str, *, check: bool, convert: bool) -> CheckResult:
+    """Whether a file whose head is `header` may stand in for a `expected_ext` input.
+
+    `check` is CHECK_INPUT_FILETYPES, `convert` is CONVERT_INPUTS: a file the server will convert is acceptable.
+    """
     filetype = sniff(header)
     expected = expected_ext.lower()
+    can_convert = _can_convert(filetype, expected, enabled=convert)
     acceptable = (
         not check
         or expected not in SNIFFABLE
         or (filetype is not None and filetype.lower() == expected)
+        or can_convert
     )
-    return CheckResult(filetype, acceptable, can_convert=_can_convert(filetype, expected))
+    return CheckResult(filetype, acceptable, can_convert)
 
 
-def _can_convert(filetype: str | None, expected_ext: str) -> bool:
-    """The one place to declare conversions (e.g. .nrrd -> .nii.gz) once they exist."""
-    return False
+def _can_convert(filetype: str | None, expected_ext: str, *, enabled: bool) -> bool:
+    """The one place that decides conversion: CONVERT_INPUTS on, SimpleITK importable, both types convertible."""
+    return enabled and convert.convertible(filetype, expected_ext)
 
 
 class HeadCollector:

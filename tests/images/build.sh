@@ -14,18 +14,9 @@ REPO=inferserver-test
 TAG=1
 LABEL=org.inferserver.fixture-hash
 
-say() { echo "images: $*" >&2; }
-die() { say "$*"; exit 1; }
-
-force=0
-names=()
-for a in "$@"; do
-    case $a in
-        --force) force=1 ;;
-        -*) die "unknown option $a (usage: build.sh [--force] [NAME...])" ;;
-        *) names+=("$a") ;;
-    esac
-done
+SAY_PREFIX=images
+source "$ROOT/scripts/image-build-args.sh"
+parse_build_args "$@"
 if [[ ${#names[@]} -eq 0 ]]; then
     for f in "$HERE"/*.sh; do
         n=$(basename "$f" .sh)

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from ablinfer.remote import DispatchRemote
 
 from ..conftest import REPO, TEST_MODELS
 
@@ -36,11 +37,20 @@ def docker_engine() -> None:
         pytest.fail(f"no Docker engine answers (`docker info`: {result.stderr.strip()}); run scripts/docker-engine.sh")
 
 
+def _build(script: Path, what: str) -> None:
+    result = subprocess.run(["bash", str(script)], capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.fail(f"building {what} failed ({script}):\n{result.stdout}\n{result.stderr}")
+
+
 @pytest.fixture(scope="session")
 def fixture_images(docker_engine: None) -> None:
-    result = subprocess.run(["bash", str(REPO / "tests" / "images" / "build.sh")], capture_output=True, text=True)
-    if result.returncode != 0:
-        pytest.fail(f"building the fixture images failed:\n{result.stdout}\n{result.stderr}")
+    _build(REPO / "tests" / "images" / "build.sh", "the fixture images")
+
+
+@pytest.fixture(scope="session")
+def example_images(docker_engine: None) -> None:
+    _build(REPO / "examples" / "build.sh", "the example model images")
 
 
 def free_port() -> int:
@@ -75,12 +85,16 @@ class Server:
                 time.sleep(0.1)
 
 
-def start_server(tmp: Path, model_path: Path = TEST_MODELS, *, session_path: Path | None = None, **settings: str) -> Server:
+def start_server(
+    tmp: Path, model_path: Path = TEST_MODELS, *, session_path: Path | None = None,
+    extra_env: dict[str, str] | None = None, **settings: str,
+) -> Server:
     """`inferserver serve` on a free port; with `session_path`, a restart on an existing session directory."""
     port = free_port()
     session_path = session_path or tmp / "sessions"
     env = {
         **os.environ,
+        **(extra_env or {}),
         "INFERSERVER_MODEL_PATH": str(model_path),
         "INFERSERVER_SESSION_PATH": str(session_path),
         **{f"INFERSERVER_{k}": v for k, v in settings.items()},
@@ -224,4 +238,20 @@ def read_log(server: Server, session_id: str) -> list[tuple[float, bytes]]:
                 while b"\n" in buffer:
                     line, buffer = buffer.split(b"\n", 1)
                     lines.append((time.monotonic(), line))
+    return lines
+
+
+class QuietRemote(DispatchRemote):
+    """The CLI's subclass does the same: no Slicer-side pre/post-processing outside Slicer."""
+
+    def _run_processing(self, inp: bool) -> None:
+        return
+
+
+def run_remote(server: Server, model_id: str, config: dict) -> list[str]:
+    """Run through DispatchRemote; return the progress lines the client reported."""
+    lines: list[str] = []
+    dispatch = QuietRemote({"base_url": server.url})
+    model = dispatch.get_model(model_id)
+    dispatch.run(model, config, progress=lambda stage, f1, f2, text: lines.append(text))
     return lines

@@ -76,8 +76,10 @@ def test_check_answers_from_the_header(client: httpx.Client, tmp_path: Path) -> 
     nii = write_nifti(tmp_path / "x.nii", 0.1).read_bytes()[:1024]
     good = client.post("/models/record/inputs/volume/check", content=nii).json()["data"]
     assert good == {"filetype": ".nii", "acceptable": True, "can_convert": False}
-    wrong = client.post("/models/copy/inputs/input_vol/check", content=nii).json()["data"]
-    assert wrong == {"filetype": ".nii", "acceptable": False, "can_convert": False}
+    converted = client.post("/models/copy/inputs/input_vol/check", content=nii).json()["data"]
+    assert converted == {"filetype": ".nii", "acceptable": True, "can_convert": True}  # .nii -> .nii.gz
+    wrong = client.post("/models/copy/inputs/input_vol/check", content=b"ObjectType = Image\n").json()["data"]
+    assert wrong == {"filetype": ".mha", "acceptable": False, "can_convert": False}
     assert "no input 'ghost'" in errors_of(client.post("/models/copy/inputs/ghost/check", content=nii), 404)
     assert "4096" in errors_of(client.post("/models/copy/inputs/input_vol/check", content=b"x" * 5000), 413)
 
@@ -107,9 +109,9 @@ def test_waiting_session_refuses_logs_and_outputs(client: httpx.Client) -> None:
 
 def test_wrong_file_type_is_400_and_the_session_keeps_waiting(client: httpx.Client, module_server: Server, tmp_path: Path) -> None:
     session_id = new_session(client)
-    gz = gzip.compress(write_nifti(tmp_path / "x.nii", 0.5).read_bytes())
+    gz = gzip.compress(b"ObjectType = Image\n" + write_nifti(tmp_path / "x.nii", 0.5).read_bytes())  # no conversion
     detail = errors_of(client.put(f"/sessions/{session_id}/inputs/volume", content=gz, headers=OCTET), 400)
-    assert ".nii" in detail and ".nii.gz" in detail
+    assert "must be a .nii file, but the upload is .mha.gz" in detail
     status = client.get(f"/sessions/{session_id}").json()["data"]
     assert status["status"] == "waiting" and status["needed"] == ["volume"]
     assert list((module_server.session_path / session_id / "inputs").iterdir()) == []  # no partial file left

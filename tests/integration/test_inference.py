@@ -10,25 +10,8 @@ from pathlib import Path
 import pytest
 from ablinfer.base import DispatchBase, DispatchException
 from ablinfer.model import normalize_model_config
-from ablinfer.remote import DispatchRemote
 
-from .conftest import Server, load_spec, write_nifti, write_nrrd
-
-
-class QuietRemote(DispatchRemote):
-    """The CLI's subclass does the same: no Slicer-side pre/post-processing outside Slicer."""
-
-    def _run_processing(self, inp: bool) -> None:
-        return
-
-
-def run_remote(server: Server, model_id: str, config: dict) -> list[str]:
-    """Run through DispatchRemote; return the progress lines the client reported."""
-    lines: list[str] = []
-    dispatch = QuietRemote({"base_url": server.url})
-    model = dispatch.get_model(model_id)
-    dispatch.run(model, config, progress=lambda stage, f1, f2, text: lines.append(text))
-    return lines
+from .conftest import QuietRemote, Server, load_spec, run_remote, write_nifti, write_nrrd
 
 
 def test_cli_copies_a_20mb_nifti_byte_for_byte(module_server: Server, tmp_path: Path) -> None:

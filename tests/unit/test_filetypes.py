@@ -104,26 +104,26 @@ class TestCheckFiletype:
     nii_gz = gzip.compress(nii)
 
     def test_matching_type_is_acceptable(self) -> None:
-        assert check_filetype(self.nii, ".nii", check=True) == CheckResult(".nii", True, False)
-        assert check_filetype(self.nii_gz, ".nii.gz", check=True).acceptable
-        assert check_filetype(NRRD, ".nrrd", check=True).acceptable
+        assert check_filetype(self.nii, ".nii", check=True, convert=False) == CheckResult(".nii", True, False)
+        assert check_filetype(self.nii_gz, ".nii.gz", check=True, convert=False).acceptable
+        assert check_filetype(NRRD, ".nrrd", check=True, convert=False).acceptable
 
     def test_extension_is_case_insensitive(self) -> None:
-        assert check_filetype(self.nii_gz, ".NII.GZ", check=True).acceptable
+        assert check_filetype(self.nii_gz, ".NII.GZ", check=True, convert=False).acceptable
 
     def test_mismatch_is_refused(self) -> None:
-        result = check_filetype(self.nii_gz, ".nii", check=True)
+        result = check_filetype(self.nii_gz, ".nii", check=True, convert=False)
         assert result == CheckResult(".nii.gz", acceptable=False, can_convert=False)
-        assert not check_filetype(self.nii, ".nii.gz", check=True).acceptable
-        assert not check_filetype(b"garbage", ".nrrd", check=True).acceptable
+        assert not check_filetype(self.nii, ".nii.gz", check=True, convert=False).acceptable
+        assert not check_filetype(b"garbage", ".nrrd", check=True, convert=False).acceptable
 
     def test_check_off_accepts_anything(self) -> None:
-        assert check_filetype(b"garbage", ".nii", check=False) == CheckResult(None, True, False)
+        assert check_filetype(b"garbage", ".nii", check=False, convert=False) == CheckResult(None, True, False)
 
     def test_unsniffable_extensions_are_taken_on_trust(self) -> None:
-        assert check_filetype(b"garbage", ".mha", check=True).acceptable
-        assert check_filetype(self.nii, ".nrrd.gz", check=True).acceptable  # not in SNIFFABLE
-        assert check_filetype(b"", ".json", check=True).acceptable
+        assert check_filetype(b"garbage", ".mha", check=True, convert=False).acceptable
+        assert check_filetype(self.nii, ".nrrd.gz", check=True, convert=False).acceptable  # not in SNIFFABLE
+        assert check_filetype(b"", ".json", check=True, convert=False).acceptable
 
 
 class TestHeadCollector:

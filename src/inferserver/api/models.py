@@ -77,5 +77,8 @@ async def check_input(model_id: str, name: str, request: Request, directory: Mod
     if name not in spec.inputs:
         raise ApiError(404, f"model {model_id} has no input {name!r}")
     header = await deps.read_limited(request, CHECK_LIMIT)
-    result = check_filetype(header, spec.inputs[name].extension, check=request.app.state.settings.CHECK_INPUT_FILETYPES)
+    settings = request.app.state.settings
+    result = check_filetype(
+        header, spec.inputs[name].extension, check=settings.CHECK_INPUT_FILETYPES, convert=settings.CONVERT_INPUTS
+    )
     return Envelope(data=FiletypeCheck(filetype=result.filetype, acceptable=result.acceptable, can_convert=result.can_convert))

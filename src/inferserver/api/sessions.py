@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
+from .. import convert
 from ..sessions.errors import InvalidInput
 from ..sessions.manager import SessionManager
 from ..sessions.state import Status
 from . import deps
-from .envelope import Envelope, error_responses
+from .envelope import ApiError, Envelope, error_responses
 
 router = APIRouter(prefix="/sessions", tags=["sessions"])
 
@@ -90,9 +92,40 @@ async def get_logs(session_id: str, manager: Sessions) -> StreamingResponse:
         200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
         **error_responses(400, 404),
     },
-    summary="Download an output file, byte for byte as the model wrote it",
+    summary="Download an output file, byte for byte as the model wrote it, or converted to another format",
 )
-async def get_output(session_id: str, name: str, manager: Sessions) -> FileResponse:
+async def get_output(
+    session_id: str,
+    name: str,
+    manager: Sessions,
+    target: Annotated[
+        str | None,
+        Query(
+            alias="format",
+            description=f"Convert a volume to one of {', '.join(convert.FORMATS)} (needs the convert extra); "
+            "converted once, then served from a cache beside the output.",
+        ),
+    ] = None,
+) -> FileResponse:
     path = await manager.output_file(session_id, name)
+    filename = path.name
+    if target is not None:
+        path = await _converted(path, name, target)
+        filename = f"{name}{convert.format_of(path)}"
     # application/octet-stream and no Content-Encoding: the client must save the .nii.gz as it is.
-    return FileResponse(path, media_type="application/octet-stream", filename=path.name)
+    return FileResponse(path, media_type="application/octet-stream", filename=filename)
+
+
+async def _converted(path: Path, name: str, target: str) -> Path:
+    target = target.lower()
+    if target not in convert.FORMATS:
+        raise ApiError(400, f"format {target!r} is not supported: ask for one of {', '.join(convert.FORMATS)}")
+    source = convert.format_of(path)
+    if source is None:
+        raise ApiError(400, f"output {name} is a {path.name} file; only {', '.join(convert.FORMATS)} outputs convert")
+    if source != target and not convert.available():
+        raise ApiError(400, f"conversion is not installed on this server ({convert.INSTALL_HINT})")
+    try:
+        return await convert.converted_copy(path, target)
+    except convert.ConversionError as exc:
+        raise ApiError(400, f"output {name} cannot be converted to {target}: {exc}") from exc

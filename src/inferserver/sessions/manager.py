@@ -119,6 +119,7 @@ class SessionManager:
                 label=f"input {name}",
                 expected_ext=plan.spec.inputs[name].extension,
                 check_types=self.settings.CHECK_INPUT_FILETYPES,
+                convert=self.settings.CONVERT_INPUTS,
             )
             landed = True
         finally:

@@ -1,4 +1,5 @@
-"""Receive an input file: stream it to a temporary name, hash and sniff as it comes, rename into place."""
+"""Receive an input file: stream it to a temporary name, hash and sniff as it comes, convert it when it is
+another volume format than the input's, and rename it into place."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from pathlib import Path
 
 import aiofiles
 
-from ..filetypes import HeadCollector, check_filetype
+from ..convert import ConversionError, convert_upload
+from ..filetypes import CheckResult, HeadCollector, check_filetype
 from .errors import InvalidInput
 
 # Gather request chunks into blocks this big before a write: fewer thread hops for aiofiles.
@@ -26,33 +28,45 @@ class UploadResult:
 
 
 async def receive_file(
-    chunks: AsyncIterator[bytes], dest: Path, *, label: str, expected_ext: str, check_types: bool
+    chunks: AsyncIterator[bytes], dest: Path, *, label: str, expected_ext: str, check_types: bool, convert: bool
 ) -> UploadResult:
-    """Write the body to `dest` atomically; a wrong file type or a broken body leaves `dest` untouched."""
+    """Write the body to `dest` atomically; a wrong file type or a broken body leaves `dest` untouched.
+
+    `check_types` is CHECK_INPUT_FILETYPES, `convert` CONVERT_INPUTS. The sha256 is of the bytes received,
+    also when `dest` holds their conversion.
+    """
     # The pid in the name lets a restarted server tell a dead upload's leftovers from a live one's.
     partial = dest.with_name(f".{dest.name}.upload-{os.getpid()}-{secrets.token_hex(4)}")
     digest = hashlib.sha256()
     head = HeadCollector()
     size = 0
     block = bytearray()
+    checked: CheckResult | None = None
     try:
         async with aiofiles.open(partial, "wb") as out:
             async for chunk in chunks:
                 if not head.complete:
                     head.feed(chunk)
                     if head.complete:
-                        _check(head.head, label, expected_ext, check_types)
+                        checked = _check(head.head, label, expected_ext, check_types, convert)
                 digest.update(chunk)
                 size += len(chunk)
                 block += chunk
                 if len(block) >= WRITE_BLOCK:
                     await out.write(bytes(block))
                     block.clear()
-            if not head.complete:  # a file shorter than the sniffing window
-                _check(head.head, label, expected_ext, check_types)
+            if checked is None:  # a file shorter than the sniffing window
+                checked = _check(head.head, label, expected_ext, check_types, convert)
             if block:
                 await out.write(bytes(block))
-        os.replace(partial, dest)
+        if checked.can_convert and checked.filetype is not None:
+            try:
+                await convert_upload(partial, checked.filetype, dest)
+            except ConversionError as exc:
+                raise InvalidInput(f"{label}: the upload claims to be {checked.filetype} but cannot be converted to {expected_ext}: {exc}") from exc
+            partial.unlink()
+        else:
+            os.replace(partial, dest)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             partial.unlink()
@@ -67,8 +81,9 @@ def partial_owner_pid(partial: Path) -> int | None:
     return int(pid) if pid.isdigit() else None
 
 
-def _check(head: bytes, label: str, expected_ext: str, check_types: bool) -> None:
-    result = check_filetype(head, expected_ext, check=check_types)
+def _check(head: bytes, label: str, expected_ext: str, check_types: bool, convert: bool) -> CheckResult:
+    result = check_filetype(head, expected_ext, check=check_types, convert=convert)
     if not result.acceptable:
         found = result.filetype or "an unknown type"
         raise InvalidInput(f"{label} must be a {expected_ext} file, but the upload is {found}")
+    return result
