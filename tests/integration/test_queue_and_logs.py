@@ -16,6 +16,8 @@ def test_second_session_waits_at_position_one_then_runs(make_server, tmp_path: P
     source = write_nifti(tmp_path / "in.nii.gz", 0.1)
     with server.client() as client:
         first = create_and_upload(client, "sleep", source, seconds=3)
+        while client.get(f"/sessions/{first}").json()["data"]["status"] != "working":
+            time.sleep(0.05)  # the dispatcher takes the first run off the queue
         second = create_and_upload(client, "sleep", source, seconds=0)
         status = client.get(f"/sessions/{second}").json()["data"]
         assert status["status"] == "ready"
