@@ -5,7 +5,7 @@ PORT ?= 8000
 PYTEST_ARGS ?=
 INFERSERVER_SESSION_PATH ?= /var/tmp/inferserver-sessions
 
-.PHONY: setup test serve images
+.PHONY: setup test serve images bench
 
 setup:
 	scripts/setup.sh
@@ -24,3 +24,7 @@ serve: setup
 	INFERSERVER_MODEL_PATH=$(CURDIR)/examples/models \
 	INFERSERVER_SESSION_PATH=$(INFERSERVER_SESSION_PATH) \
 	.venv/bin/inferserver serve --host $(HOST) --port $(PORT)
+
+# Benchmarks against the old server and the machine's limits (heavy, ~10 min; not run by CI): bench/README.md.
+bench:
+	bench/run.sh $(BENCH_ARGS)

@@ -1,0 +1,351 @@
+"""Each measurement on its own: bounded in count and time, loopback only, one server at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.integration.gpu_engine import environ
+
+from .stack import Stack
+
+MIB = 1 << 20
+CREATE_COPY = {"inputs": {"input_vol": {"enabled": True}}, "params": {}, "outputs": {"output_vol": {"enabled": True}}}
+STATUS_PROBES = 20
+
+
+def make_volume(path: Path, mib: int) -> None:
+    """A gzip member with a 1 KiB NIfTI-1 header (both servers sniff .nii.gz), then incompressible bytes."""
+    header = bytearray(1024)
+    struct.pack_into("<i", header, 0, 348)
+    header[344:348] = b"n+1\0"
+    block = os.urandom(MIB)
+    with path.open("wb") as f:
+        f.write(gzip.compress(bytes(header)))
+        for _ in range(mib):
+            f.write(block)
+
+
+def same_bytes(a: Path, b: Path) -> bool:
+    return subprocess.run(["cmp", "-s", str(a), str(b)]).returncode == 0
+
+
+def ablinfer_e2e(url: str, source: Path, out: Path) -> dict[str, Any]:
+    """A whole inference through the real client's command line (DispatchRemote), timed from outside."""
+    out.unlink(missing_ok=True)
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "ablinfer.cli", "-s", url, "copy", "-i", str(source), "-o", str(out)],
+                          capture_output=True, text=True, timeout=900)
+    seconds = time.monotonic() - started
+    if done.returncode != 0 or not same_bytes(source, out):
+        tail = (done.stderr or done.stdout)[-600:]
+        return {"error": f"ablinfer client exit {done.returncode}: {tail.strip().splitlines()[-1] if tail.strip() else ''}"}
+    out.unlink()
+    return {"seconds": seconds}
+
+
+class Events:
+    """`docker events` of the private engine while a flow runs: (wall ns, action) of its containers."""
+
+    def __init__(self, stack: Stack) -> None:
+        env = {**os.environ, "DOCKER_HOST": stack.engine.host}
+        self.process = subprocess.Popen(
+            ["docker", "events", "--format", "{{json .}}", "--filter", "type=container"],
+            env=env, stdout=subprocess.PIPE, text=True)
+        self.seen: list[tuple[int, str]] = []
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            event = json.loads(line)
+            self.seen.append((int(event["timeNano"]), event["Action"]))
+
+    def first(self, action: str, after_ns: int) -> int | None:
+        return next((t for t, a in self.seen if a == action and t >= after_ns), None)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+class RssSampler:
+    """Sum of VmRSS over the server's processes every 10 ms, from /proc."""
+
+    def __init__(self, stack: Stack, name: str) -> None:
+        self.stack, self.name = stack, name
+        self.baseline = stack.rss_kib(name)
+        self.peak = self.baseline
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.01):
+            self.peak = max(self.peak, self.stack.rss_kib(self.name))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join()
+
+
+def file_chunks(path: Path, size: int = MIB):
+    with path.open("rb") as f:
+        while block := f.read(size):
+            yield block
+
+
+def timed_upload(client: httpx.Client, url: str, source: Path) -> tuple[float, httpx.Response]:
+    """PUT the file with a Content-Length, as the ablinfer client does; seconds until the answer."""
+    started = time.monotonic()
+    answer = client.put(url, content=file_chunks(source),
+                        headers={"Content-Type": "application/octet-stream", "Content-Length": str(source.stat().st_size)})
+    return time.monotonic() - started, answer
+
+
+def timed_download(client: httpx.Client, url: str) -> tuple[float, int]:
+    """GET and discard; seconds and bytes."""
+    started = time.monotonic()
+    received = 0
+    with client.stream("GET", url) as response:
+        response.raise_for_status()
+        for chunk in response.iter_raw(MIB):
+            received += len(chunk)
+    return time.monotonic() - started, received
+
+
+def flow(stack: Stack, name: str, url: str, source: Path) -> dict[str, Any]:
+    """Raw HTTP through NGINX: upload (RSS sampled), run (docker events), download. (b), (e), (f)."""
+    size = source.stat().st_size
+    events = Events(stack)
+    try:
+        with httpx.Client(base_url=url, timeout=httpx.Timeout(900, connect=10)) as client:
+            sid = client.post("/models/copy", json=CREATE_COPY).json()["data"]["session_id"]
+            sampler = RssSampler(stack, name)
+            try:
+                upload_s, answer = timed_upload(client, f"/sessions/{sid}/inputs/input_vol", source)
+            finally:
+                sampler.stop()
+            last_byte_ns = time.time_ns()
+            if answer.status_code != 200:
+                return {"error": f"upload answered {answer.status_code}: {answer.text[:200]}"}
+            deadline = time.monotonic() + 600
+            while (status := client.get(f"/sessions/{sid}").json()["data"]["status"]) not in ("complete", "failed"):
+                if time.monotonic() > deadline:
+                    return {"error": "run did not finish within 600 s"}
+                time.sleep(0.005)
+            complete_ns = time.time_ns()
+            if status != "complete":
+                return {"error": f"run failed: {client.get(f'/sessions/{sid}').json()['data']['info']}"}
+            download_s, received = timed_download(client, f"/sessions/{sid}/outputs/output_vol")
+    finally:
+        time.sleep(0.2)  # let the last events arrive
+        events.stop()
+    create_ns = events.first("create", last_byte_ns - 10**9)
+    start_ns, die_ns = events.first("start", last_byte_ns - 10**9), events.first("die", last_byte_ns)
+    result: dict[str, Any] = {
+        "upload_mbs": size / MIB / upload_s,
+        "download_mbs": received / MIB / download_s,
+        "rss_baseline_mib": sampler.baseline / 1024,
+        "rss_peak_mib": sampler.peak / 1024,
+        "rss_growth_mib": (sampler.peak - sampler.baseline) / 1024,
+    }
+    if create_ns:  # what the server spends before it asks the engine for anything lasting
+        result["last_byte_to_create_ms"] = (create_ns - last_byte_ns) / 1e6
+    if start_ns and die_ns:
+        result["last_byte_to_start_ms"] = (start_ns - last_byte_ns) / 1e6
+        result["exit_to_complete_ms"] = (complete_ns - die_ns) / 1e6
+    if received != size:
+        result["error"] = f"downloaded {received} bytes of {size}"
+    return result
+
+
+WRK_LATENCY = re.compile(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", re.M)
+UNIT_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def status_load(url: str, connections: int, seconds: int = 5) -> dict[str, Any]:
+    """(c) wrk for a fixed duration against GET /sessions/{sid} of a waiting session."""
+    sid = httpx.post(url + "/models/copy", json=CREATE_COPY, timeout=30).json()["data"]["session_id"]
+    done = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "--latency",
+                           f"{url}/sessions/{sid}"], capture_output=True, text=True, timeout=seconds + 60)
+    out = done.stdout
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    result: dict[str, Any] = {"rps": float(rps.group(1)) if rps else None}
+    for pct, value, unit in WRK_LATENCY.findall(out):
+        result[f"p{pct}_ms"] = float(value) * UNIT_MS[unit]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock = re.search(r"Socket errors: (.*)", out)
+    if errors or sock:
+        result["errors"] = " ".join(m.group(0) for m in (errors, sock) if m)
+    return result
+
+
+async def _probe_status(client: httpx.AsyncClient, url: str) -> list[float | None]:
+    """STATUS_PROBES sequential status requests, each allowed 1 s; None for one that did not answer in time."""
+    latencies: list[float | None] = []
+    for _ in range(STATUS_PROBES):
+        started = time.monotonic()
+        try:
+            answer = await client.get(url, timeout=1.0)
+            latencies.append((time.monotonic() - started) * 1e3 if answer.status_code == 200 else None)
+        except httpx.HTTPError:
+            latencies.append(None)
+        await asyncio.sleep(0.05)
+    return latencies
+
+
+async def _hold_streams(url: str, sid: str, count: int) -> dict[str, Any]:
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=0)
+    opened = 0
+    release = asyncio.Event()
+
+    async def one(client: httpx.AsyncClient) -> None:
+        nonlocal opened
+        async with client.stream("GET", f"{url}/sessions/{sid}/logs") as response:
+            if response.status_code == 200:
+                opened += 1
+            await release.wait()
+
+    async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(None, connect=10)) as streams, \
+            httpx.AsyncClient() as probe:
+        tasks = [asyncio.create_task(one(streams)) for _ in range(count)]
+        deadline = time.monotonic() + 10 + count / 100
+        while opened < count and time.monotonic() < deadline and not all(t.done() for t in tasks):
+            await asyncio.sleep(0.1)
+        latencies = await _probe_status(probe, f"{url}/sessions/{sid}")
+        release.set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    answered = sorted(x for x in latencies if x is not None)
+    return {"streams": count, "opened": opened, "answered": len(answered), "probes": len(latencies),
+            "p50_ms": answered[len(answered) // 2] if answered else None,
+            "p99_ms": answered[-1] if answered else None,  # 20 probes: p99 is the slowest
+            "ok": opened == count and len(answered) == len(latencies)}
+
+
+def log_streams(stack: Stack, url: str, source: Path, counts: tuple[int, ...]) -> list[dict[str, Any]]:
+    """(d) N open log streams of one long sleep run; does a status request still answer within 1 s?"""
+    client = httpx.Client(base_url=url, timeout=60)
+    body = {**CREATE_COPY, "params": {"seconds": {"value": 300}}}
+    sid = client.post("/models/sleep", json=body).json()["data"]["session_id"]
+    client.put(f"/sessions/{sid}/inputs/input_vol", content=source.read_bytes())
+    deadline = time.monotonic() + 60
+    while client.get(f"/sessions/{sid}").json()["data"]["status"] != "working" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    results = []
+    try:
+        for count in counts:
+            result = asyncio.run(_hold_streams(url, sid, count))
+            results.append(result)
+            if not result["ok"]:
+                break  # more streams cannot do better; keep the run bounded
+            time.sleep(1)
+    finally:
+        client.close()
+        # End the sleep run: the private engine holds only our containers.
+        ids = stack.docker("ps", "-q").stdout.decode().split()
+        if ids:
+            stack.docker("rm", "-f", *ids)
+        time.sleep(2)
+    return results
+
+
+def raw_references(stack: Stack, source: Path) -> dict[str, Any]:
+    """The machine's limits: NGINX static GET and WebDAV PUT to disk over loopback, a plain disk copy."""
+    size = source.stat().st_size
+    static = stack.work / "static" / "big.bin"
+    os.link(source, static)
+    with httpx.Client(timeout=900) as client:
+        download_s, received = timed_download(client, f"{stack.static_url}/big.bin")
+        upload_s, answer = timed_upload(client, f"{stack.sink_url}/big.bin", source)
+    static.unlink()
+    assert received == size and answer.status_code in (201, 204), (received, answer.status_code)
+    (stack.work / "sink" / "big.bin").unlink()
+    copy = stack.work / "copy.bin"
+    started = time.monotonic()
+    subprocess.run(["cp", str(source), str(copy)], check=True)
+    copy_s = time.monotonic() - started
+    copy.unlink()
+    return {"download_mbs": size / MIB / download_s, "upload_mbs": size / MIB / upload_s, "disk_copy_mbs": size / MIB / copy_s}
+
+
+def docker_reference(stack: Stack, source: Path) -> dict[str, Any]:
+    """A plain `docker` run of the copy model: docker cp in, start, docker cp out; and with a bind mount."""
+    size_mib = source.stat().st_size / MIB
+    image = "inferserver-test/copy:1"
+    argv = ["-i", "/data/input_vol.nii.gz", "-o", "/data/output_vol.nii.gz"]
+    cid = stack.docker("create", "--network", "none", image, *argv).stdout.decode().strip()
+    out = stack.work / "docker-out.nii.gz"
+    try:
+        timings = {}
+        for step, args in (("cp_in", ("cp", str(source), f"{cid}:/data/input_vol.nii.gz")),
+                           ("run", ("start", "-a", cid)),
+                           ("cp_out", ("cp", f"{cid}:/data/output_vol.nii.gz", str(out)))):
+            started = time.monotonic()
+            done = stack.docker(*args)
+            timings[step] = time.monotonic() - started
+            if done.returncode != 0:
+                return {"error": f"docker {args[0]}: {done.stderr.decode()[:200]}"}
+    finally:
+        stack.docker("rm", "-f", cid)
+    if not same_bytes(source, out):
+        return {"error": "docker cp round trip changed the bytes"}
+    out.unlink()
+    mount = stack.work / "mount"
+    mount.mkdir()
+    os.link(source, mount / "input_vol.nii.gz")
+    started = time.monotonic()
+    stack.docker("run", "--rm", "--network", "none", "-v", f"{mount}:/data", image, *argv)
+    bind_s = time.monotonic() - started
+    shutil.rmtree(mount)
+    return {"cp_in_mbs": size_mib / timings["cp_in"], "cp_out_mbs": size_mib / timings["cp_out"],
+            "run_s": timings["run"], "bind_mount_run_s": bind_s,
+            "cli_total_s": sum(timings.values())}
+
+
+def archive_staging(stack: Stack, source: Path) -> dict[str, Any]:
+    """inferserver's own archive-API staging (runner.docker.DockerBackend) into and out of a container."""
+    from inferserver.runner.docker import DockerBackend
+    from inferserver.runner.jobs import FileTransfer
+
+    size_mib = source.stat().st_size / MIB
+    out = stack.work / "staged-out.bin"
+
+    async def run() -> dict[str, Any]:
+        backend = DockerBackend()
+        cid = await backend.create({"Image": "inferserver-test/copy:1", "Cmd": ["-i", "x", "-o", "y"],
+                                    "HostConfig": {"NetworkMode": "none"}}, name=f"bench-staging-{os.getpid()}")
+        try:
+            started = time.monotonic()
+            await backend.put_files(cid, [FileTransfer("input_vol", source, "/data/input_vol.nii.gz")])
+            put_s = time.monotonic() - started
+            started = time.monotonic()
+            await backend.get_file(cid, "/data/input_vol.nii.gz", out)
+            get_s = time.monotonic() - started
+        finally:
+            await backend.remove(cid)
+            await backend.close()
+        return {"in_mbs": size_mib / put_s, "out_mbs": size_mib / get_s}
+
+    with environ(DOCKER_HOST=stack.engine.host):
+        result = asyncio.run(run())
+    if not same_bytes(source, out):
+        result["error"] = "archive round trip changed the bytes"
+    out.unlink()
+    return result
