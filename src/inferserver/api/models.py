@@ -28,9 +28,9 @@ class SessionCreated(BaseModel):
 
 
 class FiletypeCheck(BaseModel):
-    filetype: str | None = Field(description="Type sniffed from the header, e.g. .nii.gz; null when unknown.")
-    acceptable: bool = Field(description="Whether an upload of this file will be accepted.")
-    can_convert: bool = Field(description="Whether the server would convert it to the expected type.")
+    filetype: str | None = Field(description="Type sniffed from the header, e.g. .nii.gz; null when unknown.", examples=[".nii.gz"])
+    acceptable: bool = Field(description="Whether an upload of this file will be accepted.", examples=[True])
+    can_convert: bool = Field(description="Whether the server would convert it to the expected type.", examples=[False])
 
 
 def spec_of(directory: ModelDirectory, model_id: str) -> ModelSpec:
@@ -40,15 +40,21 @@ def spec_of(directory: ModelDirectory, model_id: str) -> ModelSpec:
     return loaded.spec
 
 
-@router.get("", response_model=Envelope[list[str]], summary="List the model ids")
-async def list_models(directory: Models) -> Envelope[list[str]]:
-    return Envelope(data=sorted(directory.models))
+class ModelList(Envelope[list[str]]):
+    model_config = {"json_schema_extra": {"examples": [{"data": ["copy", "temporal_bone"]}]}}
+
+
+@router.get("", response_model=ModelList, summary="List the model ids")
+async def list_models(directory: Models) -> ModelList:
+    return ModelList(data=sorted(directory.models))
 
 
 @router.get(
     "/{model_id}",
-    response_model=Envelope[dict[str, Any]],
-    responses=error_responses(404),
+    # Documented as the typed spec, answered as the raw normalized dict: re-validating would add the
+    # optional fields ablinfer's load_model leaves out, and the client compares what it gets.
+    response_model=None,
+    responses={200: {"model": Envelope[ModelSpec], "description": "The normalized spec."}, **error_responses(404)},
     summary="A model's spec, upgraded to json_version 1.3 and normalized as ablinfer does",
 )
 async def get_model(model_id: str, directory: Models) -> dict[str, Any]:

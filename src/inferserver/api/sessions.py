@@ -15,6 +15,7 @@ from ..sessions.manager import SessionManager
 from ..sessions.state import Status
 from . import deps
 from .envelope import ApiError, Envelope, error_responses
+from .multipart import file_part, is_multipart
 
 router = APIRouter(prefix="/sessions", tags=["sessions"])
 
@@ -22,13 +23,35 @@ Sessions = Annotated[SessionManager, Depends(deps.sessions)]
 
 
 class SessionStatus(BaseModel):
-    status: Status = Field(description="waiting, ready, working, complete or failed.")
-    needed: list[str] = Field(description="Inputs still to be uploaded.")
-    info: str = Field(description="The reason for a failure, or a note on progress.")
+    status: Status = Field(description="waiting, ready, working, complete or failed.", examples=["working"])
+    needed: list[str] = Field(description="Inputs still to be uploaded.", examples=[[]])
+    info: str = Field(description="The reason for a failure, or a note on progress.", examples=["running"])
 
 
 class UploadReceived(BaseModel):
-    sha256: str = Field(description="Hex SHA-256 of the bytes received.")
+    sha256: str = Field(
+        description="Hex SHA-256 of the bytes received.",
+        examples=["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"],
+    )
+
+
+# The multipart form has its own operation: one operation with two body types trips generated clients
+# (openapi-python-client 0.29 emits code that does not import). Either route takes either body.
+MULTIPART_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"type": "string", "format": "binary", "description": "The input file."}},
+                    "required": ["file"],
+                },
+            },
+        },
+    }
+}
+LOG_EXAMPLE = "Waiting, position in queue is 1\ncopy: wrote /data/output_vol.nii.gz\n"
 
 
 @router.get(
@@ -58,15 +81,33 @@ async def cancel_session(session_id: str, manager: Sessions) -> Envelope[Session
     response_model=Envelope[UploadReceived],
     responses=error_responses(400, 404, 409),
     openapi_extra=deps.RAW_BODY,
-    summary="Upload an input file as the raw request body",
+    summary="Upload an input file as the raw request body (streamed to disk)",
 )
 async def put_input(session_id: str, name: str, request: Request, manager: Sessions) -> Envelope[UploadReceived]:
+    return await _upload(session_id, name, request, manager)
+
+
+@router.post(
+    "/{session_id}/inputs/{name}",
+    response_model=Envelope[UploadReceived],
+    responses=error_responses(400, 404, 409),
+    openapi_extra=MULTIPART_BODY,
+    summary="Upload an input file as the one file part of a multipart/form-data body (streamed, never spooled)",
+)
+async def post_input(session_id: str, name: str, request: Request, manager: Sessions) -> Envelope[UploadReceived]:
+    return await _upload(session_id, name, request, manager)
+
+
+async def _upload(session_id: str, name: str, request: Request, manager: SessionManager) -> Envelope[UploadReceived]:
     body = request.stream()
+    content_type = request.headers.get("content-type")
+    chunks = file_part(content_type or "", body) if is_multipart(content_type) else body
     try:
-        result = await manager.upload(session_id, name, body)
+        result = await manager.upload(session_id, name, chunks)
     except InvalidInput:
         await deps.drain(body)
         raise
+    request.app.state.metrics.uploaded.inc(result.size)
     return Envelope(data=UploadReceived(sha256=result.sha256))
 
 
@@ -74,7 +115,10 @@ async def put_input(session_id: str, name: str, request: Request, manager: Sessi
     "/{session_id}/logs",
     response_class=StreamingResponse,
     responses={
-        200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "The log, line by line."},
+        200: {
+            "content": {"text/plain": {"schema": {"type": "string"}, "example": LOG_EXAMPLE}},
+            "description": "The log, line by line; a line holding only NUL is a keep-alive.",
+        },
         **error_responses(400, 404),
     },
     summary="Follow the run's log until the run has ended",
@@ -89,7 +133,10 @@ async def get_logs(session_id: str, manager: Sessions) -> StreamingResponse:
     "/{session_id}/outputs/{name}",
     response_class=FileResponse,
     responses={
-        200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+        200: {
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+            "description": "The output file's bytes.",
+        },
         **error_responses(400, 404),
     },
     summary="Download an output file, byte for byte as the model wrote it, or converted to another format",
@@ -97,6 +144,7 @@ async def get_logs(session_id: str, manager: Sessions) -> StreamingResponse:
 async def get_output(
     session_id: str,
     name: str,
+    request: Request,
     manager: Sessions,
     target: Annotated[
         str | None,
@@ -112,6 +160,7 @@ async def get_output(
     if target is not None:
         path = await _converted(path, name, target)
         filename = f"{name}{convert.format_of(path)}"
+    request.app.state.metrics.downloaded.inc(path.stat().st_size)
     # application/octet-stream and no Content-Encoding: the client must save the .nii.gz as it is.
     return FileResponse(path, media_type="application/octet-stream", filename=filename)
 
