@@ -6,9 +6,11 @@ archives and logs go through its `_query` helper here and are streamed as bytes.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiodocker
@@ -89,36 +91,47 @@ class DockerBackend:
 
     async def ensure_image(self, image: str, log: LogSink) -> None:
         """Pull the image when it is absent, writing pull progress into the run's log."""
-        docker = self.client()
-        try:
-            await docker.images.inspect(image)
+        if await self.has_image(image):
             return
+        await log.write(f"inferserver: image {image} is not on this host, pulling it\n".encode())
+        last_status = ""
+
+        async def note(event: dict[str, Any]) -> None:
+            nonlocal last_status
+            status = " ".join(str(event[k]) for k in ("id", "status") if event.get(k))
+            if status and status != last_status and "progressDetail" not in status:
+                last_status = status
+                await log.write(f"inferserver: pull: {status}\n".encode())
+
+        await self.pull(image, note)
+
+    async def has_image(self, image: str) -> bool:
+        try:
+            await self.client().images.inspect(image)
+            return True
         except DockerError as exc:
             if exc.status != 404:
                 raise engine_error(exc) from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise engine_error(exc) from exc
+        return False
+
+    async def pull(self, image: str, on_event: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        """Pull `image`, handing each progress event to `on_event`; RunFailed says why a pull failed."""
         name, tag = split_image(image)
-        await log.write(f"inferserver: image {image} is not on this host, pulling it\n".encode())
-        last_status = ""
         try:
-            async for event in docker.images.pull(name, tag=tag, stream=True):
+            async for event in self.client().images.pull(name, tag=tag, stream=True):
                 if "error" in event:
                     raise RunFailed(f"could not pull image {image}: {event['error']}")
-                status = " ".join(str(event[k]) for k in ("id", "status") if event.get(k))
-                if status and status != last_status and "progressDetail" not in status:
-                    last_status = status
-                    await log.write(f"inferserver: pull: {status}\n".encode())
+                await on_event(event)
         except DockerError as exc:
             if exc.status == 900:
                 raise engine_error(exc) from exc
             raise RunFailed(f"could not pull image {image}: {exc.message}") from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise engine_error(exc) from exc
-        try:
-            await docker.images.inspect(image)
-        except DockerError as exc:
-            raise RunFailed(f"could not pull image {image}: the engine reports it still absent") from exc
+        if not await self.has_image(image):
+            raise RunFailed(f"could not pull image {image}: the engine reports it still absent")
 
     async def create(self, config: dict[str, Any], name: str) -> str:
         try:

@@ -37,6 +37,11 @@ class Runner:
         self.network = network
         self._engine_gpus: bool | None = None  # learned in `auto` mode
 
+    @property
+    def gpu_requests_on(self) -> bool:
+        """Whether runs ask for GPUs now (in `auto` mode: once the engine has shown it can serve them)."""
+        return self.gpus is GpuMode.ALL or (self.gpus is GpuMode.AUTO and self._engine_gpus is True)
+
     async def wants_gpus(self) -> bool:
         if self.gpus is GpuMode.ALL:
             return True

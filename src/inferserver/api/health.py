@@ -1,0 +1,56 @@
+"""`/healthz`, `/readyz` and `/metrics`: for load balancers, orchestrators and Prometheus."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from ..metrics import CONTENT_TYPE
+from .envelope import Envelope, error_response, error_responses
+
+router = APIRouter(tags=["operations"])
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = Field("ok", examples=["ok"])
+
+
+@router.get("/healthz", response_model=Envelope[Health], summary="The process is up (always 200 when it answers)")
+async def healthz() -> Envelope[Health]:
+    return Envelope(data=Health())
+
+
+@router.get(
+    "/readyz",
+    response_model=Envelope[Health],
+    responses={
+        503: {
+            **error_responses(503)[503],
+            "description": "Not ready: one error per failed check (Docker engine, model directory, SESSION_PATH).",
+        }
+    },
+    summary="Ready to run models: Docker engine reachable, models loaded, SESSION_PATH writable",
+)
+async def readyz(request: Request) -> Response:
+    problems = await request.app.state.readiness.problems()
+    if problems:
+        return error_response(503, *problems)
+    return JSONResponse(Envelope(data=Health()).model_dump())
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {CONTENT_TYPE: {"schema": {"type": "string"}, "example": "inferserver_queue_length 0.0\n"}},
+            "description": "Prometheus text exposition format.",
+        }
+    },
+    summary="Prometheus metrics",
+)
+async def metrics(request: Request) -> Response:
+    return Response(request.app.state.metrics.exposition(), media_type=CONTENT_TYPE)

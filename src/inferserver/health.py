@@ -1,0 +1,49 @@
+"""Readiness: what must hold for the server to be useful, each failure as a reason an operator can act on."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .runner.docker import DockerBackend
+from .runner.jobs import RunFailed
+from .specs.directory import ModelDirectory
+
+PING_SECONDS = 2.0
+
+
+@dataclass
+class Readiness:
+    backend: DockerBackend
+    models: ModelDirectory
+    model_path: Path
+    session_path: Path
+
+    async def problems(self) -> list[str]:
+        """Empty when ready; otherwise one reason per failed check."""
+        found: list[str] = []
+        try:
+            async with asyncio.timeout(PING_SECONDS):
+                await self.backend.ping()
+        except RunFailed as exc:
+            found.append(str(exc))
+        except TimeoutError:
+            found.append(f"Docker engine unreachable: no answer to a ping within {PING_SECONDS:g} s")
+        if not self.model_path.is_dir():
+            found.append(f"model directory {self.model_path} does not exist")
+        elif not self.models.models:
+            found.append(f"no model is served from {self.model_path}")
+        if not _writable(self.session_path):
+            found.append(f"SESSION_PATH {self.session_path} is not writable")
+        return found
+
+
+def _writable(path: Path) -> bool:
+    # os.access lies for root and on read-only mounts; creating a file is the real test.
+    try:
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".readyz-"):
+            return True
+    except OSError:
+        return False
