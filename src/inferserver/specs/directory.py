@@ -48,29 +48,35 @@ def load_spec_file(path: Path) -> ModelSpec:
 
 def load_model_directory(path: Path) -> ModelDirectory:
     """Load every ``*.json`` in ``path`` (sorted, not recursive)."""
-    result = ModelDirectory()
     if not path.is_dir():
-        result.errors.append(SpecLoadError(path, "model directory does not exist or is not a directory"))
-        return result
-
-    by_id: dict[str, list[LoadedModel]] = {}
-    for file in sorted(path.glob("*.json")):
-        if not file.is_file():
-            continue
+        return ModelDirectory(errors=[SpecLoadError(path, "model directory does not exist or is not a directory")])
+    loaded: list[LoadedModel] = []
+    errors: list[SpecLoadError] = []
+    for file in spec_files(path):
         try:
-            spec = load_spec_file(file)
+            loaded.append(LoadedModel(load_spec_file(file), file))
         except SpecError as e:
-            result.errors.append(SpecLoadError(file, str(e)))
-            continue
-        by_id.setdefault(spec.id, []).append(LoadedModel(spec, file))
+            errors.append(SpecLoadError(file, str(e)))
+    return assemble(loaded, errors)
 
-    for model_id, loaded in by_id.items():
-        if len(loaded) == 1:
-            result.models[model_id] = loaded[0]
+
+def spec_files(path: Path) -> list[Path]:
+    return [file for file in sorted(path.glob("*.json")) if file.is_file()]
+
+
+def assemble(loaded: list[LoadedModel], errors: list[SpecLoadError]) -> ModelDirectory:
+    """The directory these specs make: a model id used by several files is served by none of them."""
+    result = ModelDirectory(errors=list(errors))
+    by_id: dict[str, list[LoadedModel]] = {}
+    for model in loaded:
+        by_id.setdefault(model.spec.id, []).append(model)
+    for model_id, same in by_id.items():
+        if len(same) == 1:
+            result.models[model_id] = same[0]
             continue
         # No silent winner: the operator must decide which file is meant.
-        files = ", ".join(str(m.path) for m in loaded)
-        for m in loaded:
+        files = ", ".join(str(m.path) for m in same)
+        for m in same:
             result.errors.append(
                 SpecLoadError(m.path, f"model id {model_id!r} is used by several files ({files}); none of them is served")
             )
