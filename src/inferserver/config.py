@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
@@ -76,6 +76,7 @@ class Settings(BaseSettings):
     )
     GPUS: GpuMode = Field(GpuMode.AUTO, description="GPU requests: auto (when the engine has the NVIDIA runtime), none, all.")
     CONTAINER_NETWORK: str = Field("none", min_length=1, description="Docker network for model containers; none = no network.")
+    LOG_FORMAT: Literal["text", "json"] = Field("text", description="Log lines as plain text, or one JSON object per line.")
 
     @field_validator("CLEANUP_TIMER")
     @classmethod
