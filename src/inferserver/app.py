@@ -17,51 +17,65 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from . import __version__
-from .api import models, root, sessions
+from .api import health, models, root, sessions
 from .api.envelope import install_error_handlers
+from .api.requestlog import RequestLog
+from .api.schema import install_schema
 from .config import Settings, load_settings
+from .health import Readiness
+from .logs import configure_logging
+from .metrics import Metrics
 from .runner.docker import DockerBackend
 from .runner.execute import Runner
 from .sessions.dispatch import Dispatcher
 from .sessions.manager import SessionManager
 from .sessions.state import Signals
 from .sessions.store import Store, default_url
-from .specs.directory import load_model_directory
+from .specs.registry import ModelRegistry
 
 logger = logging.getLogger("inferserver")
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings: Settings = app.state.settings or load_settings()
     app.state.settings = settings
+    if not logging.getLogger().handlers:  # `inferserver serve` configures logging itself; other hosts may not
+        configure_logging(settings.LOG_FORMAT)
 
-    directory = load_model_directory(settings.MODEL_PATH)
-    for error in directory.errors:
-        logger.error("model spec not served: %s", error)
+    registry = ModelRegistry(settings.MODEL_PATH)
+    directory = registry.directory
     logger.info("serving %d models from %s: %s", len(directory.models), settings.MODEL_PATH, ", ".join(sorted(directory.models)))
 
     settings.SESSION_PATH.mkdir(parents=True, exist_ok=True)
     store = Store(settings.DATABASE_URL or default_url(str(settings.SESSION_PATH)))
     await create_schema(store, settings.SESSION_PATH)
     backend = DockerBackend()
+    runner = Runner(backend, settings.GPUS, settings.CONTAINER_NETWORK)
     manager = SessionManager(settings, directory, store, Signals())
     manager.prepare_root()
-    dispatcher = Dispatcher(settings, store, manager, Runner(backend, settings.GPUS, settings.CONTAINER_NETWORK), backend)
+    dispatcher = Dispatcher(settings, store, manager, runner, backend)
+    metrics = Metrics()
+    dispatcher.run_ended = metrics.run_finished
     app.state.models = directory
     app.state.sessions = manager
     app.state.dispatcher = dispatcher
+    app.state.metrics = metrics
+    app.state.gpu_requests_on = lambda: runner.gpu_requests_on
+    app.state.readiness = Readiness(backend, directory, settings.MODEL_PATH, settings.SESSION_PATH)
 
     # Every worker process runs a dispatcher; the dispatch lock lets exactly one of them start runs.
-    dispatching = asyncio.create_task(dispatcher.run_forever(), name="inferserver-dispatcher")
+    tasks = [
+        asyncio.create_task(dispatcher.run_forever(), name="inferserver-dispatcher"),
+        asyncio.create_task(registry.watch(), name="inferserver-models"),
+    ]
     try:
         yield
     finally:
-        dispatching.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await dispatching
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await manager.close()
         await backend.close()
         await store.close()
@@ -83,10 +97,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         summary="Runs Docker-packaged medical-imaging models for 3D Slicer and the ablinfer client.",
         lifespan=lifespan,
+        # Operation ids are the handlers' names, so generated clients get `put_input`, not `put_input_sessions_...`.
+        generate_unique_id_function=lambda route: route.name,
     )
     app.state.settings = settings
     install_error_handlers(app)
-    for router in (root.router, models.router, sessions.router):
+    install_schema(app)
+    app.add_middleware(RequestLog)
+    for router in (root.router, models.router, sessions.router, health.router):
         app.include_router(router)
     return app
 

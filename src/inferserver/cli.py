@@ -1,13 +1,15 @@
-"""`inferserver serve`: run the server under uvicorn."""
+"""The command line: `inferserver serve | models check | models pull | run`."""
 
 from __future__ import annotations
 
 import argparse
-import logging
+import asyncio
 import sys
+from pathlib import Path
 
 from . import __version__
-from .config import SettingsError, load_settings
+from .config import Settings, SettingsError, load_settings
+from .logs import configure_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +26,30 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
     serve.add_argument("--workers", type=int, default=1, help="worker processes; any answers any request (default: %(default)s)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="default: %(default)s")
+
+    models = commands.add_parser("models", help="check the model specs, pull their images", description="Work on the model directory.")
+    model_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    check = model_commands.add_parser(
+        "check", help="validate every spec; exit 1 with 'file: reason' per failure",
+        description="Validate every *.json spec in DIR; print 'file: reason' for each that cannot be served and exit 1.",
+    )
+    check.add_argument("dir", nargs="?", type=Path, help="model directory (default: the MODEL_PATH setting)")
+    pull = model_commands.add_parser(
+        "pull", help="pull every model's image that is absent",
+        description="Pull every served model's image that the Docker engine does not have, with a progress bar; "
+        "exit 1 naming the images that failed.",
+    )
+    pull.add_argument("dir", nargs="?", type=Path, help="model directory (default: the MODEL_PATH setting)")
+
+    run = commands.add_parser(
+        "run", help="run one model on the local Docker engine, without a server",
+        description="Run one model on the local Docker engine through the server's own runner, printing the "
+        "model's log; exit 1 with the reason when the run fails.",
+    )
+    run.add_argument("model", metavar="SPEC_OR_ID", help="a spec file, or a model id in MODEL_PATH")
+    run.add_argument("--input", "-i", action="append", default=[], metavar="NAME=PATH", help="an input file (repeat per input)")
+    run.add_argument("--param", "-p", action="append", default=[], metavar="NAME=VALUE", help="a parameter value (repeat)")
+    run.add_argument("--output", "-o", action="append", default=[], metavar="NAME=PATH", help="where to write an output (repeat)")
     return parser
 
 
@@ -37,19 +63,52 @@ def serve(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"inferserver: cannot start: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.LOG_FORMAT, args.log_level)
     # Several workers need an import string (each process builds its app and reads the settings itself).
     target = "inferserver.app:app" if args.workers > 1 else create_app(settings)
+    # log_config=None: uvicorn's own lines go through our handler (and format); our middleware logs requests.
     uvicorn.run(target, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level,
-                timeout_graceful_shutdown=5)
+                log_config=None, access_log=False, timeout_graceful_shutdown=5)
     return 0
+
+
+def models(args: argparse.Namespace, settings: Settings) -> int:
+    from . import modeltools
+
+    directory = args.dir or settings.MODEL_PATH
+    if args.models_command == "check":
+        return modeltools.check(directory)
+    return asyncio.run(modeltools.pull(directory))
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from . import localrun
+
+    try:
+        spec = localrun.find_spec(args.model, settings.MODEL_PATH)
+        return asyncio.run(
+            localrun.run(
+                spec, settings,
+                localrun.pairs(args.input, "--input"), localrun.pairs(args.param, "--param"), localrun.pairs(args.output, "--output"),
+            )
+        )
+    except localrun.UsageError as exc:
+        print(f"inferserver run: {exc}", file=sys.stderr)
+        return 2
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return serve(args)
-    return 2
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"inferserver: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "models":
+        return models(args, settings)
+    return run(args, settings)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,14 @@
 """Prometheus metrics, one registry per application (several apps in one test process must not collide).
 
-Counters and histograms are updated where things happen (the scheduler's hooks, the api's uploads and
-downloads); session counts and the queue length are read from the session manager at scrape time, so they
-can never drift from the real state.
+Counters and histograms are updated where things happen (the dispatcher's end of a run, the api's uploads
+and downloads); session counts and the queue length are read from the session store at scrape time, so
+they can never drift from the real state. Counters are per process: with several workers, only the
+dispatching one counts runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -21,22 +22,21 @@ WAIT_BUCKETS = (0.01, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, float("inf"))
 
 
 class _StateCollector(Collector):
-    """Sessions by status, queue length and GPU requests, computed when Prometheus scrapes."""
+    """Sessions by status, queue length and GPU requests, as read just before this scrape."""
 
-    def __init__(self, count_by_status: Callable[[], Mapping[str, int]], gpu_requests: Callable[[], bool]) -> None:
-        self.count_by_status = count_by_status
-        self.gpu_requests = gpu_requests
+    def __init__(self) -> None:
+        self.counts: Mapping[str, int] = {}
+        self.gpu_requests = False
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        counts = self.count_by_status()
         sessions = GaugeMetricFamily("inferserver_sessions", "Sessions known to the server, by status.", labels=["status"])
         for status in STATUSES:
-            sessions.add_metric([status], counts.get(status, 0))
+            sessions.add_metric([status], self.counts.get(status, 0))
         yield sessions
-        yield GaugeMetricFamily("inferserver_queue_length", "Runs waiting for a free slot.", value=counts.get("ready", 0))
+        yield GaugeMetricFamily("inferserver_queue_length", "Runs waiting for a free slot.", value=self.counts.get("ready", 0))
         # Until the GPU pool exists (issue 4) "usage" is whether runs ask the engine for GPUs at all.
         yield GaugeMetricFamily(
-            "inferserver_gpu_requests_enabled", "1 when runs request GPUs from the Docker engine.", value=int(self.gpu_requests())
+            "inferserver_gpu_requests_enabled", "1 when runs request GPUs from the Docker engine.", value=int(self.gpu_requests)
         )
 
 
@@ -53,12 +53,17 @@ class Metrics:
         self.uploaded = Counter("inferserver_uploaded_bytes", "Bytes of input files received.", registry=self.registry)
         self.downloaded = Counter("inferserver_downloaded_bytes", "Bytes of output files sent.", registry=self.registry)
 
-    def watch_state(self, count_by_status: Callable[[], Mapping[str, int]], gpu_requests: Callable[[], bool]) -> None:
-        self.registry.register(_StateCollector(count_by_status, gpu_requests))
+        self.state = _StateCollector()
+        self.registry.register(self.state)
 
-    def run_finished(self, outcome: str, seconds: float) -> None:
+    def run_finished(self, outcome: str, queued_for: float | None, ran_for: float | None) -> None:
         self.runs.labels(outcome=outcome).inc()
-        self.run_seconds.observe(seconds)
+        if queued_for is not None:
+            self.queue_wait.observe(queued_for)
+        if ran_for is not None:
+            self.run_seconds.observe(ran_for)
 
-    def exposition(self) -> bytes:
+    def exposition(self, counts: Mapping[str, int], gpu_requests: bool) -> bytes:
+        """The text format, with the state gauges set from `counts` (no await in between: one consistent scrape)."""
+        self.state.counts, self.state.gpu_requests = counts, gpu_requests
         return generate_latest(self.registry)

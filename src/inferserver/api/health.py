@@ -53,4 +53,6 @@ async def readyz(request: Request) -> Response:
     summary="Prometheus metrics",
 )
 async def metrics(request: Request) -> Response:
-    return Response(request.app.state.metrics.exposition(), media_type=CONTENT_TYPE)
+    counts = await request.app.state.sessions.count_by_status()
+    body = request.app.state.metrics.exposition(counts, request.app.state.gpu_requests_on())
+    return Response(body, media_type=CONTENT_TYPE)

@@ -14,6 +14,7 @@ import socket
 import time
 import uuid
 from pathlib import Path
+from collections.abc import Callable
 from typing import IO
 
 from ..config import Settings
@@ -112,6 +113,8 @@ class Dispatcher:
         self.running: dict[str, asyncio.Task[None]] = {}
         self.engine_problem: str | None = None
         self._next_cleanup = time.monotonic() + max(settings.CLEANUP_TIMER, 0)
+        # Observer (metrics): outcome, seconds queued, seconds run.
+        self.run_ended: Callable[[str, float | None, float | None], None] = lambda outcome, queued, ran: None
 
     async def run_forever(self) -> None:
         try:
@@ -149,6 +152,7 @@ class Dispatcher:
             if await self.store.update(row.id, when={Status.READY}, status=Status.WORKING, info="starting",
                                        started=time.time()):
                 self.manager.status_changed(row.id)
+                logger.info("session %s working", row.id)
                 self._spawn(row)
         self.signals.notify_all()  # queue positions moved
 
@@ -215,6 +219,8 @@ class Dispatcher:
         await self.store.update(session_id, status=status, info=info, finished=time.time(), container_id=None)
         self.manager.status_changed(session_id)
         logger.info("session %s %s: %s", session_id, status.value, info)
+        queued_at = view.row.queued_at if view else None
+        self.run_ended(status.value, started - queued_at if queued_at else None, time.time() - started)
 
     # -- cancellation ---------------------------------------------------------------------
 

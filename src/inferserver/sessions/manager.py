@@ -194,6 +194,10 @@ class SessionManager:
 
     # -- housekeeping ---------------------------------------------------------------------
 
+    async def count_by_status(self) -> dict[str, int]:
+        """How many sessions are in each status (metrics read this at scrape time)."""
+        return {status.value: count for status, count in (await self.store.count_by_status()).items()}
+
     async def live_count(self) -> int:
         counts = await self.store.count_by_status()
         return sum(counts[s] for s in LIVE)
