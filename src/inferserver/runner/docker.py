@@ -6,7 +6,6 @@ archives and logs go through its `_query` helper here and are streamed as bytes.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from pathlib import Path
