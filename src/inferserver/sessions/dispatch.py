@@ -143,7 +143,7 @@ class Dispatcher:
         queue = await self.store.queue()
         if not queue:
             return
-        if not await self.engine_ready(queue[0]):
+        if not await self.engine_ready(queue):
             return  # runs wait for the engine; they are not failed for its absence
         for row in queue[:free]:
             if await self.store.update(row.id, when={Status.READY}, status=Status.WORKING, info="starting",
@@ -152,14 +152,18 @@ class Dispatcher:
                 self._spawn(row)
         self.signals.notify_all()  # queue positions moved
 
-    async def engine_ready(self, head: SessionRow) -> bool:
+    async def engine_ready(self, queue: list[SessionRow]) -> bool:
         try:
             await self.backend.ping()
         except RunFailed as exc:
             if self.engine_problem != str(exc):
                 logger.warning("runs are waiting: %s", exc)
                 self.engine_problem = str(exc)
-                await self.store.update(head.id, when={Status.READY}, info=f"waiting for the Docker engine ({exc})")
+            # Every queued session says why it waits, also one queued after the engine went away.
+            reason = f"waiting for the Docker engine ({exc})"
+            for row in queue:
+                if row.info != reason:
+                    await self.store.update(row.id, when={Status.READY}, info=reason)
             return False
         if self.engine_problem is not None:
             logger.info("the Docker engine answers again")
