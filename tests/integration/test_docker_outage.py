@@ -20,8 +20,9 @@ from .gpu_engine import (
 SLEEP_IMAGE = "inferserver-test/sleep:1"
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def engine(fixture_images: None) -> Iterator[Engine]:
+    """One private engine for the module: each test leaves it running."""
     try:
         engine = start_engine([SLEEP_IMAGE])
     except EngineError as exc:
