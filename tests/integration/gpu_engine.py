@@ -28,6 +28,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from ..conftest import REPO
 from .conftest import Server, start_server
 
@@ -103,6 +105,14 @@ def start_engine(images: list[str]) -> Engine:
         stop_engine(engine)
         raise
     return engine
+
+
+def start_engine_or_fail(images: list[str], what: str) -> Engine:
+    """`start_engine` for a fixture: a daemon that does not start fails the test, saying which and why."""
+    try:
+        return start_engine(images)
+    except EngineError as exc:
+        pytest.fail(f"{what} did not start: {exc}")
 
 
 def restart_engine(engine: Engine) -> None:

@@ -9,12 +9,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from .conftest import Server, stop_server, write_nifti
+from .conftest import Server, create_and_upload, stop_server, write_nifti
 from .gpu_engine import (
-    Engine, EngineError, leftover_containers, restart_engine, start_engine, start_server_on, stop_daemon, stop_engine,
+    Engine, leftover_containers, restart_engine, start_engine_or_fail, start_server_on, stop_daemon, stop_engine,
 )
 
 SLEEP_IMAGE = "inferserver-test/sleep:1"
@@ -23,10 +22,7 @@ SLEEP_IMAGE = "inferserver-test/sleep:1"
 @pytest.fixture(scope="module")
 def engine(fixture_images: None) -> Iterator[Engine]:
     """One private engine for the module: each test leaves it running."""
-    try:
-        engine = start_engine([SLEEP_IMAGE])
-    except EngineError as exc:
-        pytest.fail(f"the private dockerd did not start: {exc}")
+    engine = start_engine_or_fail([SLEEP_IMAGE], "the private dockerd")
     yield engine
     stop_engine(engine)
 
@@ -38,15 +34,6 @@ def server(engine: Engine, tmp_path: Path) -> Iterator[Server]:
     stop_server(server)
 
 
-def create_and_upload(client: httpx.Client, source: Path, seconds: int) -> str:
-    body = {"inputs": {}, "params": {"seconds": {"value": seconds}}, "outputs": {}}
-    session_id = client.post("/models/sleep", json=body).json()["data"]["session_id"]
-    upload = client.put(f"/sessions/{session_id}/inputs/input_vol", content=source.read_bytes(),
-                        headers={"Content-Type": "application/octet-stream"})
-    assert upload.status_code == 200, upload.text
-    return session_id
-
-
 def test_queued_runs_wait_for_the_engine_and_start_when_it_returns(
     engine: Engine, server: Server, tmp_path: Path
 ) -> None:
@@ -54,7 +41,7 @@ def test_queued_runs_wait_for_the_engine_and_start_when_it_returns(
     stop_daemon(engine)
     with server.client() as client:
         assert client.get("/").status_code == 200
-        sessions = [create_and_upload(client, source, seconds=0) for source in sources]
+        sessions = [create_and_upload(client, "sleep", source, seconds=0) for source in sources]
         time.sleep(3)  # several dispatcher ticks with no engine
         for position, session_id in enumerate(sessions, 1):
             status = client.get(f"/sessions/{session_id}").json()["data"]
@@ -77,7 +64,7 @@ def test_queued_runs_wait_for_the_engine_and_start_when_it_returns(
 def test_a_run_whose_engine_stops_fails_naming_the_engine(engine: Engine, server: Server, tmp_path: Path) -> None:
     source = write_nifti(tmp_path / "in.nii.gz", 0.05)
     with server.client() as client:
-        session_id = create_and_upload(client, source, seconds=60)
+        session_id = create_and_upload(client, "sleep", source, seconds=60)
         assert server.wait_status(session_id, {"working"})["status"] == "working"
         deadline = time.monotonic() + 30
         while client.get(f"/sessions/{session_id}").json()["data"]["info"] != "running":
@@ -93,7 +80,7 @@ def test_a_run_whose_engine_stops_fails_naming_the_engine(engine: Engine, server
 
         # The engine comes back with the stopped container in its data root: the server removes it, and runs again.
         restart_engine(engine)
-        again = create_and_upload(client, source, seconds=0)
+        again = create_and_upload(client, "sleep", source, seconds=0)
         assert server.wait_status(again, {"complete", "failed"})["status"] == "complete", server.output()
         deadline = time.monotonic() + 30
         while leftover_containers(engine):
