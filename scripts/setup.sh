@@ -22,7 +22,14 @@ apt_install() {
 # 1. Docker engine
 scripts/docker-engine.sh || die "no Docker engine (see the messages above)"
 
-# 2. Python environment
+# 2. PostgreSQL from Debian's packages: the integration tests run the server on it too (DATABASE_URL);
+#    they start a throwaway cluster of their own, so the packaged one need not run.
+if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+    say "installing postgresql"
+    apt_install postgresql || die "apt-get install postgresql failed"
+fi
+
+# 2b. Python environment
 command -v python3 >/dev/null || die "python3 is missing"
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || die "Python >= 3.11 is needed, found $(python3 -V)"
 if [[ ! -x $VENV/bin/python ]]; then

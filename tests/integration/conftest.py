@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import numpy as np
@@ -19,6 +20,9 @@ import pytest
 from ablinfer.remote import DispatchRemote
 
 from ..conftest import REPO, TEST_MODELS
+
+if TYPE_CHECKING:
+    from .postgres import Postgres
 
 SESSION_LABEL = "org.inferserver.session"
 
@@ -85,9 +89,23 @@ class Server:
                 time.sleep(0.1)
 
 
+Launcher = Callable[[int], list[str]]
+
+
+def serve_command(workers: int = 1) -> Launcher:
+    """`inferserver serve` on a port, with `workers` uvicorn worker processes."""
+    return lambda port: [sys.executable, "-m", "inferserver", "serve", "--port", str(port), "--workers", str(workers)]
+
+
+def gunicorn_command(workers: int, worker_class: str = "uvicorn.workers.UvicornWorker") -> Launcher:
+    """gunicorn with uvicorn workers, as a production deployment runs the module-level app."""
+    return lambda port: [sys.executable, "-m", "gunicorn", "-k", worker_class, "-w", str(workers),
+                         "-b", f"127.0.0.1:{port}", "--graceful-timeout", "5", "inferserver.app:app"]
+
+
 def start_server(
     tmp: Path, model_path: Path = TEST_MODELS, *, session_path: Path | None = None,
-    extra_env: dict[str, str] | None = None, **settings: str,
+    extra_env: dict[str, str] | None = None, command: Launcher = serve_command(), **settings: str,
 ) -> Server:
     """`inferserver serve` on a free port; with `session_path`, a restart on an existing session directory."""
     port = free_port()
@@ -103,7 +121,7 @@ def start_server(
     log_path = tmp / f"server-{port}.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "inferserver", "serve", "--port", str(port)],
+            command(port),
             env=env, stdout=log, stderr=subprocess.STDOUT,
         )
     server = Server(f"http://127.0.0.1:{port}", session_path, process, log_path, tmp, model_path, dict(settings))
@@ -167,8 +185,8 @@ class ServerFactory:
         self.tmp = tmp
         self.started: list[Server] = []
 
-    def __call__(self, **settings: str) -> Server:
-        return self._track(start_server(self.tmp / f"server{len(self.started)}", **settings))
+    def __call__(self, command: Launcher = serve_command(), **settings: str) -> Server:
+        return self._track(start_server(self.tmp / f"server{len(self.started)}", command=command, **settings))
 
     def restart(self, server: Server) -> Server:
         return self._track(restart_server(server))
@@ -184,6 +202,41 @@ def make_server(tmp_path: Path, fixture_images: None) -> Iterator[ServerFactory]
     factory = ServerFactory(tmp_path)
     yield factory
     stop_and_check(factory.started)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator["Postgres"]:
+    """One throwaway PostgreSQL cluster for the test run (tests/integration/postgres.py)."""
+    from .postgres import start_postgres, stop_postgres
+
+    pg = start_postgres()
+    yield pg
+    stop_postgres(pg)
+
+
+BACKENDS = ["sqlite", "postgresql"]
+
+
+def database_settings(backend: str, request: pytest.FixtureRequest) -> dict[str, str]:
+    """Server settings for a session database of this kind: SQLite is the default; PostgreSQL a fresh database."""
+    if backend == "sqlite":
+        return {}
+    return {"DATABASE_URL": request.getfixturevalue("postgres").create_database()}
+
+
+@pytest.fixture(params=BACKENDS)
+def database(request: pytest.FixtureRequest) -> dict[str, str]:
+    """Each test using it runs once per database backend: pass it to make_server(**database)."""
+    return database_settings(request.param, request)
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def backend_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+                   fixture_images: None) -> Iterator[Server]:
+    """A server per database backend, shared by a module's tests."""
+    server = start_server(tmp_path_factory.mktemp(f"server-{request.param}"), **database_settings(request.param, request))
+    yield server
+    stop_and_check([server])
 
 
 @pytest.fixture(scope="module")

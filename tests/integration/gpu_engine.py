@@ -1,4 +1,5 @@
-"""A private dockerd that believes it has NVIDIA GPUs, for tests of GPU requests on a host without one.
+"""A private dockerd that believes it has NVIDIA GPUs, for tests of GPU requests on a host without one, and
+of Docker outages (it can be stopped and started again on the same data root).
 
 dockerd registers its NVIDIA device driver at start-up only when an executable named
 `nvidia-container-runtime-hook` is on its PATH; the driver then accepts `DeviceRequests` for `gpu`, puts
@@ -26,6 +27,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 from ..conftest import REPO
 from .conftest import Server, start_server
@@ -93,9 +96,35 @@ def start_engine(images: list[str]) -> Engine:
     bin_dir.mkdir()
     shutil.copy(FAKE_HOOK, bin_dir / HOOK_NAME)
     (bin_dir / HOOK_NAME).chmod(0o755)
+    engine = Engine(root, _launch(root))
+    try:
+        _wait_until_up(engine)
+        for image in images:
+            _load_image(engine, image)
+    except BaseException:
+        stop_engine(engine)
+        raise
+    return engine
+
+
+def start_engine_or_fail(images: list[str], what: str) -> Engine:
+    """`start_engine` for a fixture: a daemon that does not start fails the test, saying which and why."""
+    try:
+        return start_engine(images)
+    except EngineError as exc:
+        pytest.fail(f"{what} did not start: {exc}")
+
+
+def restart_engine(engine: Engine) -> None:
+    """Start the daemon again on the same data root and socket, after `stop_daemon`: an engine coming back."""
+    engine.process = _launch(engine.root)
+    _wait_until_up(engine)
+
+
+def _launch(root: Path) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
-        "PATH": f"{bin_dir}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}",
+        "PATH": f"{root / 'bin'}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}",
         "FAKE_NVIDIA_HOOK_LOG": str(root / "hook.log"),  # dockerd passes its environment to the hook
     }
     command = [
@@ -108,19 +137,10 @@ def start_engine(images: list[str]) -> Engine:
         "--bridge=none", "--iptables=false", "--ip-masq=false", "--ip-forward=false",
         "--userland-proxy=false",
     ]
-    with open(root / "dockerd.log", "wb") as log:
+    with open(root / "dockerd.log", "ab") as log:
         # unshare execs dockerd (no --fork), so this pid is dockerd's.
-        process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                   cwd=root, start_new_session=True)
-    engine = Engine(root, process)
-    try:
-        _wait_until_up(engine)
-        for image in images:
-            _load_image(engine, image)
-    except BaseException:
-        stop_engine(engine)
-        raise
-    return engine
+        return subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                cwd=root, start_new_session=True)
 
 
 def _wait_until_up(engine: Engine) -> None:
@@ -153,11 +173,19 @@ def leftover_containers(engine: Engine) -> list[str]:
 
 
 def stop_engine(engine: Engine) -> None:
-    """Remove its containers, stop the daemon by pid (it stops its containerd), wait, remove its directory."""
+    """Remove its containers, stop the daemon, remove its directory."""
     if engine.process.poll() is None:
         left = leftover_containers(engine) if engine.socket.exists() else []
         if left:
             engine.docker("rm", "-f", *left)
+    stop_daemon(engine)
+    shutil.rmtree(engine.root, ignore_errors=True)
+
+
+def stop_daemon(engine: Engine) -> None:
+    """Stop the daemon by pid (it stops its containerd and, as `systemctl stop docker` does, its containers)
+    and wait; its data root stays for `restart_engine`."""
+    if engine.process.poll() is None:
         engine.process.send_signal(signal.SIGTERM)
         try:
             engine.process.wait(STOP_SECONDS)
@@ -169,7 +197,6 @@ def stop_engine(engine: Engine) -> None:
     # The mounts lived in the daemon's own mount namespace; anything still visible on the host is a leak.
     for mount in reversed(mounts_under(engine.root)):
         subprocess.run(["umount", "-l", mount], capture_output=True)
-    shutil.rmtree(engine.root, ignore_errors=True)
 
 
 def mounts_under(path: Path) -> list[str]:

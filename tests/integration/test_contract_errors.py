@@ -31,6 +31,12 @@ def new_session(client: httpx.Client, model_id: str = "record", **body: object) 
     return response.json()["data"]["session_id"]
 
 
+@pytest.fixture(scope="module")
+def module_server(backend_server: Server) -> Server:
+    """Every answer of the contract, on each session database (SQLite and PostgreSQL)."""
+    return backend_server
+
+
 @pytest.fixture
 def client(module_server: Server) -> Iterator[httpx.Client]:
     with module_server.client() as client:

@@ -15,7 +15,7 @@ import pytest
 
 from .conftest import SESSION_LABEL, Server, _docker, stop_server, write_nifti
 from .gpu_engine import (
-    Engine, EngineError, leftover_containers, mounts_under, start_engine, start_server_on, stop_engine,
+    Engine, leftover_containers, mounts_under, start_engine_or_fail, start_server_on, stop_engine,
 )
 
 RECORD_IMAGE = "inferserver-test/record:1"
@@ -26,10 +26,7 @@ GPU_ENV = ["NVIDIA_VISIBLE_DEVICES=all"]
 
 @pytest.fixture(scope="module")
 def gpu_engine(fixture_images: None) -> Iterator[Engine]:
-    try:
-        engine = start_engine([RECORD_IMAGE])
-    except EngineError as exc:
-        pytest.fail(f"the private GPU-capable dockerd did not start: {exc}")
+    engine = start_engine_or_fail([RECORD_IMAGE], "the private GPU-capable dockerd")
     try:
         yield engine
     finally:

@@ -14,12 +14,12 @@ from ablinfer.model import normalize_model_config
 from .conftest import QuietRemote, Server, load_spec, run_remote, write_nifti, write_nrrd
 
 
-def test_cli_copies_a_20mb_nifti_byte_for_byte(module_server: Server, tmp_path: Path) -> None:
+def test_cli_copies_a_20mb_nifti_byte_for_byte(backend_server: Server, tmp_path: Path) -> None:
     source = write_nifti(tmp_path / "ct.nii.gz", 23)  # float noise gzips to ~20 MB
     assert source.stat().st_size > 20_000_000
     result_path = tmp_path / "out.nii.gz"
     proc = subprocess.run(
-        [sys.executable, "-m", "ablinfer.cli", "-s", module_server.url, "copy", "-i", str(source), "-o", str(result_path)],
+        [sys.executable, "-m", "ablinfer.cli", "-s", backend_server.url, "copy", "-i", str(source), "-o", str(result_path)],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import httpx
 
-from .conftest import Server, create_and_upload, read_log, write_nifti
+from .conftest import SESSION_LABEL, Server, _docker, create_and_upload, read_log, write_nifti
 
 
-def test_second_session_waits_at_position_one_then_runs(make_server, tmp_path: Path) -> None:
-    server = make_server(WORKER_THREADS="1")
+def test_second_session_waits_at_position_one_then_runs(make_server, database: dict, tmp_path: Path) -> None:
+    server = make_server(WORKER_THREADS="1", **database)
     source = write_nifti(tmp_path / "in.nii.gz", 0.1)
     with server.client() as client:
         first = create_and_upload(client, "sleep", source, seconds=3)
@@ -71,3 +71,33 @@ def test_several_readers_each_get_the_whole_log(module_server: Server, tmp_path:
     assert results == [expected, expected, expected]
     # A finished session gives its whole log at once.
     assert [line for _, line in read_log(module_server, session_id) if line.startswith(b"line ")] == expected
+
+
+def test_cancel_stops_the_running_container_and_drops_the_queued_run(make_server, database: dict, tmp_path: Path) -> None:
+    server = make_server(WORKER_THREADS="1", **database)
+    source = write_nifti(tmp_path / "in.nii.gz", 0.1)
+    with server.client() as client:
+        running = create_and_upload(client, "sleep", source, seconds=60)
+        queued = create_and_upload(client, "sleep", source, seconds=0)
+        assert server.wait_status(running, {"working"})["status"] == "working"
+        deadline = time.monotonic() + 30
+        while not _docker("ps", "-q", "--filter", f"label={SESSION_LABEL}={running}").stdout.split():
+            assert time.monotonic() < deadline, "the run's container never started"
+            time.sleep(0.1)
+
+        answer = client.delete(f"/sessions/{queued}")
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["data"]["status"] == "failed" and answer.json()["data"]["info"] == "cancelled"
+        answer = client.delete(f"/sessions/{running}")
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["data"]["status"] == "failed" and answer.json()["data"]["info"] == "cancelled"
+
+        assert _docker("ps", "-aq", "--filter", f"label={SESSION_LABEL}={running}").stdout.split() == []
+        for session_id in (running, queued):
+            assert client.get(f"/sessions/{session_id}").json()["data"] == {
+                "status": "failed", "needed": [], "info": "cancelled"}
+            assert client.delete(f"/sessions/{session_id}").status_code == 409  # already final
+    # The cancelled queued run never started; the running one's log ends when it was stopped.
+    assert b"sleeping 0" not in b"\n".join(line for _, line in read_log(server, queued))
+    running_log = [line for _, line in read_log(server, running)]
+    assert b"sleeping 60" in running_log and b"done" not in running_log

@@ -14,6 +14,7 @@ import pytest
 
 from inferserver.config import GpuMode
 from inferserver.runner.docker import LABEL_SESSION, split_image
+from inferserver.runner import execute
 from inferserver.runner.execute import Runner
 from inferserver.runner.jobs import FileTransfer, RunFailed, RunJob, RunOutcome
 
@@ -103,6 +104,9 @@ class FakeBackend:
         dest.write_bytes(self.files[path])
         return len(self.files[path])
 
+    async def ping(self) -> None:
+        self._maybe_fail("ping")
+
     async def remove(self, container_id: str) -> None:
         self.calls.append("remove")
         self.removed.append(container_id)
@@ -174,10 +178,21 @@ async def test_oom_killed_run_says_so(tmp_path: Path) -> None:
     assert not any(c.startswith("get_file") for c in backend.calls)  # a failed run's outputs are not taken
 
 
-async def test_exit_137_without_oom_is_a_plain_exit_status(tmp_path: Path) -> None:
+async def test_exit_137_without_oom_is_a_plain_exit_status(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(execute, "ENGINE_GONE_SECONDS", 0.3)
     backend = FakeBackend(exit_code=137, oom_killed=False)
     outcome, _, _ = await run(backend, make_job(tmp_path))
     assert outcome.reason == "model exited with status 137"
+    assert backend.calls.count("ping") >= 2  # the engine kept answering: the model was killed, not the engine
+
+
+@pytest.mark.parametrize("exit_code", [137, 143])
+async def test_container_stopped_by_a_stopping_engine_names_the_engine(tmp_path: Path, exit_code: int) -> None:
+    backend = FakeBackend(exit_code=exit_code, fail={"ping": RunFailed("Docker engine unreachable: gone")})
+    outcome, _, _ = await run(backend, make_job(tmp_path))
+    assert outcome.ok is False and outcome.exit_code == exit_code
+    assert outcome.reason == f"the Docker engine stopped during the run (it stopped the container: exit status {exit_code})"
+    assert backend.removed == ["cid-1"]  # tried; when the engine is back the dispatcher removes what is left
 
 
 async def test_nonzero_exit_gives_its_status(tmp_path: Path) -> None:

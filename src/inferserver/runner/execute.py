@@ -20,6 +20,11 @@ LOG_DRAIN_SECONDS = 10.0
 OOM_EXIT = 137
 # Cancel a run's task with this message to leave its container running (server shutdown).
 DETACH = "detach"
+# Exit statuses of a container stopped by a signal from outside (SIGKILL, SIGTERM): maybe by a stopping engine.
+STOPPED_EXITS = {137, 143}
+# How long after such an exit the engine may take to stop answering, when it is the engine shutting down.
+ENGINE_GONE_SECONDS = 5.0
+ENGINE_GONE_POLL = 0.25
 # What dockerd answers when no device driver (NVIDIA container toolkit) can serve a GPU request.
 NO_GPU_DRIVER = "could not select device driver"
 
@@ -89,6 +94,9 @@ class Runner:
             log_copy = asyncio.create_task(self.backend.follow_logs(container_id, SkipLog(log, skip)))
             exit_code, oom_killed = await self.backend.wait(container_id)
             await self._drain(log_copy, log)
+            if exit_code in STOPPED_EXITS and not oom_killed and await self._engine_went_away():
+                return RunOutcome(False, f"the Docker engine stopped during the run (it stopped the container: "
+                                         f"exit status {exit_code})", exit_code)
             if exit_code != 0:
                 return RunOutcome(False, exit_reason(exit_code, oom_killed), exit_code)
             await self.collect(container_id, job)
@@ -142,6 +150,18 @@ class Runner:
             os.replace(partial, output.host)
         if missing:
             raise RunFailed("the model did not write output " + ", ".join(missing))
+
+    async def _engine_went_away(self) -> bool:
+        """A stopping dockerd stops its containers first and answers a little longer: wait for it to go."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ENGINE_GONE_SECONDS
+        while loop.time() < deadline:
+            try:
+                await self.backend.ping()
+            except RunFailed:
+                return True
+            await asyncio.sleep(ENGINE_GONE_POLL)
+        return False
 
     async def _drain(self, log_copy: asyncio.Task[None], log: LogSink) -> None:
         try:

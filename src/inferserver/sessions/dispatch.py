@@ -112,6 +112,8 @@ class Dispatcher:
         self.instance = instance_id(settings.SESSION_PATH)
         self.running: dict[str, asyncio.Task[None]] = {}
         self.engine_problem: str | None = None
+        # A run failed, perhaps with its engine away so that its container could not be removed: look again.
+        self.orphans_possible = False
         self._next_cleanup = time.monotonic() + max(settings.CLEANUP_TIMER, 0)
         # Observer (metrics): outcome, seconds queued, seconds run.
         self.run_ended: Callable[[str, float | None, float | None], None] = lambda outcome, queued, ran: None
@@ -133,6 +135,10 @@ class Dispatcher:
     async def step(self) -> None:
         await self.stop_cancelled()
         await self.start_queued()
+        if self.orphans_possible:
+            with contextlib.suppress(RunFailed):  # the engine is still away: next tick
+                await self.remove_orphans()
+                self.orphans_possible = False
         if self.settings.CLEANUP_TIMER != -1 and time.monotonic() >= self._next_cleanup:
             self._next_cleanup = time.monotonic() + self.settings.CLEANUP_TIMER
             await self.cleanup()
@@ -146,7 +152,7 @@ class Dispatcher:
         queue = await self.store.queue()
         if not queue:
             return
-        if not await self.engine_ready(queue[0]):
+        if not await self.engine_ready(queue):
             return  # runs wait for the engine; they are not failed for its absence
         for row in queue[:free]:
             if await self.store.update(row.id, when={Status.READY}, status=Status.WORKING, info="starting",
@@ -156,14 +162,18 @@ class Dispatcher:
                 self._spawn(row)
         self.signals.notify_all()  # queue positions moved
 
-    async def engine_ready(self, head: SessionRow) -> bool:
+    async def engine_ready(self, queue: list[SessionRow]) -> bool:
         try:
             await self.backend.ping()
         except RunFailed as exc:
             if self.engine_problem != str(exc):
                 logger.warning("runs are waiting: %s", exc)
                 self.engine_problem = str(exc)
-                await self.store.update(head.id, when={Status.READY}, info=f"waiting for the Docker engine ({exc})")
+            # Every queued session says why it waits, also one queued after the engine went away.
+            reason = f"waiting for the Docker engine ({exc})"
+            for row in queue:
+                if row.info != reason:
+                    await self.store.update(row.id, when={Status.READY}, info=reason)
             return False
         if self.engine_problem is not None:
             logger.info("the Docker engine answers again")
@@ -216,6 +226,7 @@ class Dispatcher:
         else:
             status, info = Status.FAILED, outcome.reason
             await log.write(f"inferserver: run failed: {outcome.reason}\n".encode())
+            self.orphans_possible = True
         await self.store.update(session_id, status=status, info=info, finished=time.time(), container_id=None)
         self.manager.status_changed(session_id)
         logger.info("session %s %s: %s", session_id, status.value, info)
@@ -252,12 +263,10 @@ class Dispatcher:
 
     async def _recover_once(self) -> None:
         working = await self.store.with_status(Status.WORKING)
-        followed: set[str] = set()
         for row in working:
             info = await self.backend.inspect(row.container_id) if row.container_id else None
             if info is not None:
                 logger.info("session %s: re-attaching to container %s", row.id, row.container_id[:12])
-                followed.add(row.container_id)
                 self._spawn(row, row.container_id)
                 continue
             attempts = row.attempts + 1
@@ -271,10 +280,14 @@ class Dispatcher:
                 logger.info("session %s: container gone, re-queued", row.id)
         await self._release_dead_claims()
         self._remove_partial_uploads(time.time())
+        await self.remove_orphans()
+
+    async def remove_orphans(self) -> None:
+        """Remove this server's containers whose session no run of this dispatcher follows (RunFailed: no engine)."""
         for container in await self.backend.containers_labelled(LABEL_INSTANCE, self.instance):
-            if container["Id"] not in followed:
-                logger.info("removing orphan container %s (session %s)", container["Id"][:12],
-                            container.get("Labels", {}).get(LABEL_SESSION, "?"))
+            session_id = container.get("Labels", {}).get(LABEL_SESSION, "?")
+            if session_id not in self.running:
+                logger.info("removing orphan container %s (session %s)", container["Id"][:12], session_id)
                 await self.backend.remove(container["Id"])
 
     async def detach_all(self) -> None:
