@@ -18,7 +18,8 @@ from fastapi import FastAPI
 
 from . import __version__
 from .api import models, root, sessions
-from .api.envelope import install_error_handlers
+from .api.auth import AccessControl, AuthMiddleware
+from .api.envelope import install_error_handlers, install_openapi
 from .config import Settings, load_settings
 from .runner.docker import DockerBackend
 from .runner.execute import Runner
@@ -37,6 +38,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings: Settings = app.state.settings or load_settings()
     app.state.settings = settings
+    app.state.access = AccessControl.from_settings(settings)  # a bad credentials file stops start-up
+    if app.state.access is not None:
+        logger.info("access control on: users %s, tokens %s", settings.AUTH_USERS_FILE, settings.AUTH_TOKENS_FILE)
 
     directory = load_model_directory(settings.MODEL_PATH)
     for error in directory.errors:
@@ -85,7 +89,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.add_middleware(AuthMiddleware)
     install_error_handlers(app)
+    install_openapi(app)
     for router in (root.router, models.router, sessions.router):
         app.include_router(router)
     return app
