@@ -77,11 +77,10 @@ def hash_token_line(args: argparse.Namespace) -> int:
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from .app import create_app
-    from .protocol import PROTOCOL
-
     from .api.auth import AccessControl
+    from .app import create_app
     from .credentials import CredentialsError
+    from .protocol import PROTOCOL
 
     try:
         settings = load_settings()
