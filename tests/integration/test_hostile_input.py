@@ -164,7 +164,7 @@ def test_malformed_request_is_400_in_the_envelope(module_server: Server) -> None
 
 @pytest.mark.parametrize(
     ("method", "target", "allowed"),
-    [(b"DELETE", b"/models", "GET"), (b"PUT", b"/models/copy", "GET, POST"), (b"POST", b"/sessions/" + SID.encode(), "DELETE, GET"),
+    [(b"DELETE", b"/models", "GET"), (b"PUT", b"/models/copy", "GET, POST"), (b"POST", b"/sessions/" + SID.encode(), "GET, DELETE"),
      (b"GET", b"/sessions/" + SID.encode() + b"/inputs/x", "PUT")],
 )
 def test_wrong_method_is_405_in_the_envelope(module_server: Server, method: bytes, target: bytes, allowed: str) -> None:
