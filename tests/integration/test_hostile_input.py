@@ -142,6 +142,8 @@ def test_client_leaving_mid_upload_leaves_the_session_waiting_and_no_file(module
         whole = write_nifti(tmp_path / "w.nii.gz", 0.1).read_bytes()
         assert client.put(f"/sessions/{session_id}/inputs/input_vol", content=whole,
                           headers={"Content-Type": "application/octet-stream"}).status_code == 200
+    # let the run end here: a server stopped mid-run keeps the container for the next start to re-attach
+    assert module_server.wait_status(session_id, {"complete", "failed"})["status"] == "complete"
     assert "Traceback" not in module_server.output()
 
 
