@@ -18,9 +18,9 @@ from fastapi import FastAPI
 
 from . import __version__
 from .api import health, models, root, sessions
-from .api.envelope import install_error_handlers
+from .api.auth import AccessControl, AuthMiddleware
+from .api.envelope import install_error_handlers, install_openapi
 from .api.requestlog import RequestLog
-from .api.schema import install_schema
 from .config import Settings, load_settings
 from .health import Readiness
 from .logs import configure_logging
@@ -42,6 +42,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.settings = settings
     if not logging.getLogger().handlers:  # `inferserver serve` configures logging itself; other hosts may not
         configure_logging(settings.LOG_FORMAT)
+    app.state.access = AccessControl.from_settings(settings)  # a bad credentials file stops start-up
+    if app.state.access is not None:
+        logger.info("access control on: users %s, tokens %s", settings.AUTH_USERS_FILE, settings.AUTH_TOKENS_FILE)
 
     registry = ModelRegistry(settings.MODEL_PATH)
     directory = registry.directory
@@ -101,8 +104,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         generate_unique_id_function=lambda route: route.name,
     )
     app.state.settings = settings
+    app.add_middleware(AuthMiddleware)
     install_error_handlers(app)
-    install_schema(app)
+    install_openapi(app)
     app.add_middleware(RequestLog)
     for router in (root.router, models.router, sessions.router, health.router):
         app.include_router(router)

@@ -1,4 +1,4 @@
-"""The command line: `inferserver serve | models check | models pull | run`."""
+"""The command line: `inferserver serve | models check | models pull | run | hash-password | hash-token`."""
 
 from __future__ import annotations
 
@@ -50,17 +50,68 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--input", "-i", action="append", default=[], metavar="NAME=PATH", help="an input file (repeat per input)")
     run.add_argument("--param", "-p", action="append", default=[], metavar="NAME=VALUE", help="a parameter value (repeat)")
     run.add_argument("--output", "-o", action="append", default=[], metavar="NAME=PATH", help="where to write an output (repeat)")
+
+    password = commands.add_parser(
+        "hash-password",
+        help="print a `user:hash` line for AUTH_USERS_FILE",
+        description="Read a password (from stdin when it is not a terminal, else at a prompt) and print the "
+        "`user:scrypt$...` line for AUTH_USERS_FILE.",
+    )
+    password.add_argument("user", help="the user name (no colon)")
+    token = commands.add_parser(
+        "hash-token",
+        help="print a new API token and its line for AUTH_TOKENS_FILE",
+        description="Print a new random API token (first line: give it to the client; it is stored nowhere) "
+        "and its line for AUTH_TOKENS_FILE (second line).",
+    )
+    token.add_argument("--comment", default="", help="a note to put after the hash, e.g. who holds the token")
     return parser
+
+
+def hash_password_line(args: argparse.Namespace) -> int:
+    import getpass
+
+    from .credentials import hash_password
+
+    if ":" in args.user or not args.user.strip():
+        print("inferserver: a user name must be non-empty and hold no colon", file=sys.stderr)
+        return 2
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print("inferserver: the passwords differ", file=sys.stderr)
+            return 1
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("inferserver: empty password refused", file=sys.stderr)
+        return 1
+    print(f"{args.user}:{hash_password(password)}")
+    return 0
+
+
+def hash_token_line(args: argparse.Namespace) -> int:
+    from .credentials import hash_token, new_token
+
+    token = new_token()
+    comment = f"  # {args.comment}" if args.comment else ""
+    print(token)
+    print(f"{hash_token(token)}{comment}")
+    return 0
 
 
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from .api.auth import AccessControl
     from .app import create_app
+    from .credentials import CredentialsError
+    from .protocol import PROTOCOL
 
     try:
         settings = load_settings()
-    except SettingsError as exc:
+        AccessControl.from_settings(settings)  # a bad credentials file: say so before uvicorn starts
+    except (SettingsError, CredentialsError) as exc:
         print(f"inferserver: cannot start: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.LOG_FORMAT, args.log_level)
@@ -68,7 +119,7 @@ def serve(args: argparse.Namespace) -> int:
     target = "inferserver.app:app" if args.workers > 1 else create_app(settings)
     # log_config=None: uvicorn's own lines go through our handler (and format); our middleware logs requests.
     uvicorn.run(target, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level,
-                log_config=None, access_log=False, timeout_graceful_shutdown=5)
+                log_config=None, access_log=False, timeout_graceful_shutdown=5, http=PROTOCOL)
     return 0
 
 
@@ -99,8 +150,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "serve":
-        return serve(args)
+    standalone = {"serve": serve, "hash-password": hash_password_line, "hash-token": hash_token_line}
+    if args.command in standalone:
+        return standalone[args.command](args)
     try:
         settings = load_settings()
     except SettingsError as exc:

@@ -77,6 +77,10 @@ class Settings(BaseSettings):
     GPUS: GpuMode = Field(GpuMode.AUTO, description="GPU requests: auto (when the engine has the NVIDIA runtime), none, all.")
     CONTAINER_NETWORK: str = Field("none", min_length=1, description="Docker network for model containers; none = no network.")
     LOG_FORMAT: Literal["text", "json"] = Field("text", description="Log lines as plain text, or one JSON object per line.")
+    MAX_JSON_BYTES: int = Field(1 << 20, ge=1024, description="Largest JSON request body (POST /models/{id}); larger is 413.")
+    MAX_HEADER_BYTES: int = Field(64 << 10, ge=4096, description="Largest request line plus headers; larger is 431 (inferserver serve).")
+    AUTH_USERS_FILE: Path | None = Field(None, description="File of `user:hash` lines; when set, HTTP Basic is accepted (and required).")
+    AUTH_TOKENS_FILE: Path | None = Field(None, description="File of sha256 hex API token hashes; when set, Bearer tokens are accepted (and required).")
 
     @field_validator("CLEANUP_TIMER")
     @classmethod
@@ -84,6 +88,11 @@ class Settings(BaseSettings):
         if value != -1 and value <= 0:
             raise ValueError("must be a positive number of seconds, or -1 to disable clean-up")
         return value
+
+    @field_validator("AUTH_USERS_FILE", "AUTH_TOKENS_FILE", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: Any) -> Any:
+        return None if value == "" else value  # `INFERSERVER_AUTH_USERS_FILE=` turns access control off
 
     @classmethod
     def settings_customise_sources(

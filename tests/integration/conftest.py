@@ -130,7 +130,7 @@ def start_server(
         if process.poll() is not None:
             raise AssertionError(f"inferserver exited with {process.returncode}:\n{server.output()}")
         try:
-            if httpx.get(server.url + "/", timeout=1).status_code == 200:
+            if httpx.get(server.url + "/", timeout=1).status_code in (200, 401):  # 401: access control on
                 return server
         except httpx.TransportError:
             pass

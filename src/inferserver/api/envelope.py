@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Generic, TypeVar
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.routing import Match
 
 from ..sessions.errors import Conflict, InvalidInput, NotFound, SessionError, WrongState
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -51,6 +57,16 @@ def _location(loc: tuple[Any, ...]) -> str:
     return "/".join(parts) or "request body"
 
 
+def _allowed_methods(request: Request) -> str:
+    """Every method some route takes for this path (routers may be nested, so ask each by matching)."""
+    scope = request.scope
+    return ", ".join(
+        method
+        for method in ("GET", "POST", "PUT", "PATCH", "DELETE")
+        if any(route.matches({**scope, "method": method})[0] is Match.FULL for route in request.app.routes)
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -72,4 +88,49 @@ def install_error_handlers(app: FastAPI) -> None:
         response = error_response(exc.status_code, detail)
         if exc.headers:
             response.headers.update(exc.headers)
+        if exc.status_code == 405:  # Starlette names only the first route that matched the path
+            response.headers["Allow"] = _allowed_methods(request)
         return response
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, exc: ClientDisconnect) -> Response:
+        # The client left mid-body: an upload's partial file is already gone and the input still
+        # needed. Nobody is left to read an answer; this one only keeps the log free of a traceback.
+        logger.info("%s %s: the client disconnected before its request body was complete", request.method, request.url.path)
+        return Response(status_code=400)
+
+
+UNAUTHORIZED = {
+    "description": "Access control is on (AUTH_USERS_FILE / AUTH_TOKENS_FILE) and the request carries no valid credential.",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}},
+}
+
+
+def install_openapi(app: FastAPI) -> None:
+    """The schema as served: validation errors are 400s in the envelope (declared per route), never
+    FastAPI's default 422, which this server does not send; every operation may answer 401 when
+    access control is on."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, summary=app.summary, routes=app.routes,
+            )
+            for path in schema.get("paths", {}).values():
+                for operation in path.values():
+                    responses = operation.setdefault("responses", {})
+                    if responses.pop("422", None) is not None:  # our handler answers those as 400
+                        responses.setdefault("400", {"description": "Bad request", "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}}})
+                    responses["401"] = UNAUTHORIZED
+                    operation["security"] = [{}, {"basic": []}, {"bearer": []}]  # {}: when access control is off
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "basic": {"type": "http", "scheme": "basic", "description": "A user of AUTH_USERS_FILE."},
+                "bearer": {"type": "http", "scheme": "bearer", "description": "A token of AUTH_TOKENS_FILE."},
+            }
+            for unused in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(unused, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -13,7 +13,9 @@ from ..specs.directory import ModelDirectory
 from ..specs.model import ModelSpec
 from ..specs.runconfig import SessionRequest
 from . import deps
+from .bodies import UPLOAD_TYPES, BoundedJsonRoute, require_media_type
 from .envelope import ApiError, Envelope, error_responses
+from .paths import InputName, ModelId, shown
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -36,7 +38,7 @@ class FiletypeCheck(BaseModel):
 def spec_of(directory: ModelDirectory, model_id: str) -> ModelSpec:
     loaded = directory.models.get(model_id)
     if loaded is None:
-        raise ApiError(404, f"unknown model {model_id!r}")
+        raise ApiError(404, f"unknown model {shown(model_id)}")
     return loaded.spec
 
 
@@ -57,31 +59,39 @@ async def list_models(directory: Models) -> ModelList:
     responses={200: {"model": Envelope[ModelSpec], "description": "The normalized spec."}, **error_responses(404)},
     summary="A model's spec, upgraded to json_version 1.3 and normalized as ablinfer does",
 )
-async def get_model(model_id: str, directory: Models) -> dict[str, Any]:
+async def get_model(model_id: ModelId, directory: Models) -> dict[str, Any]:
     return {"data": spec_of(directory, model_id).wire()}
 
 
-@router.post(
-    "/{model_id}",
-    response_model=Envelope[SessionCreated],
-    responses=error_responses(400, 404),
-    summary="Create a session with this run configuration",
-)
-async def create_session(model_id: str, body: SessionRequest, manager: Sessions) -> Envelope[SessionCreated]:
+async def create_session(model_id: ModelId, body: SessionRequest, manager: Sessions) -> Envelope[SessionCreated]:
     return Envelope(data=SessionCreated(session_id=await manager.create(model_id, body)))
+
+
+# Added by hand: only add_api_route takes a route class, and this route bounds its JSON body.
+router.add_api_route(
+    "/{model_id}",
+    create_session,
+    methods=["POST"],
+    response_model=Envelope[SessionCreated],
+    responses=error_responses(400, 404, 413, 415),
+    summary="Create a session with this run configuration",
+    route_class_override=BoundedJsonRoute,
+    strict_content_type=False,  # a body without Content-Type is read as JSON; other types are 415 (bodies.py)
+)
 
 
 @router.post(
     "/{model_id}/inputs/{name}/check",
     response_model=Envelope[FiletypeCheck],
-    responses=error_responses(404, 413),
+    responses=error_responses(404, 413, 415),
     openapi_extra=deps.RAW_BODY,
     summary="Check the first bytes (at most 4096) of a file about to be uploaded",
 )
-async def check_input(model_id: str, name: str, request: Request, directory: Models) -> Envelope[FiletypeCheck]:
+async def check_input(model_id: ModelId, name: InputName, request: Request, directory: Models) -> Envelope[FiletypeCheck]:
     spec = spec_of(directory, model_id)
     if name not in spec.inputs:
-        raise ApiError(404, f"model {model_id} has no input {name!r}")
+        raise ApiError(404, f"model {model_id} has no input {shown(name)}")
+    require_media_type(request, UPLOAD_TYPES)
     header = await deps.read_limited(request, CHECK_LIMIT)
     settings = request.app.state.settings
     result = check_filetype(

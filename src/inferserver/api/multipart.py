@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from ..sessions.errors import InvalidInput
@@ -68,12 +69,15 @@ async def file_part(content_type: str, body: AsyncIterator[bytes]) -> AsyncItera
     parts = _Parts()
     callbacks = {name: getattr(parts, name) for name in dir(_Parts) if name.startswith("on_")}
     parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
-    async for chunk in body:
-        parser.write(chunk)
-        if parts.data:
-            yield b"".join(parts.data)
-            parts.data.clear()
-    parser.finalize()
+    try:
+        async for chunk in body:
+            parser.write(chunk)
+            if parts.data:
+                yield b"".join(parts.data)
+                parts.data.clear()
+        parser.finalize()
+    except MultipartParseError as exc:
+        raise InvalidInput(f"multipart upload: not a valid multipart/form-data body ({exc})") from exc
     if parts.data:
         yield b"".join(parts.data)
     if not parts.ended or parts.parts == 0:

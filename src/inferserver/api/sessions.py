@@ -14,8 +14,10 @@ from ..sessions.errors import InvalidInput
 from ..sessions.manager import SessionManager
 from ..sessions.state import Status
 from . import deps
+from .bodies import UPLOAD_TYPES, require_media_type
 from .envelope import ApiError, Envelope, error_responses
 from .multipart import file_part, is_multipart
+from .paths import InputName, OutputName, SessionId
 
 router = APIRouter(prefix="/sessions", tags=["sessions"])
 
@@ -60,7 +62,7 @@ LOG_EXAMPLE = "Waiting, position in queue is 1\ncopy: wrote /data/output_vol.nii
     responses=error_responses(404),
     summary="A session's status",
 )
-async def get_session(session_id: str, manager: Sessions) -> Envelope[SessionStatus]:
+async def get_session(session_id: SessionId, manager: Sessions) -> Envelope[SessionStatus]:
     status, needed, info = await manager.describe(session_id)
     return Envelope(data=SessionStatus(status=status, needed=needed, info=info))
 
@@ -71,7 +73,7 @@ async def get_session(session_id: str, manager: Sessions) -> Envelope[SessionSta
     responses=error_responses(404, 409),
     summary="Cancel a waiting, queued or running session (it ends failed, info `cancelled`)",
 )
-async def cancel_session(session_id: str, manager: Sessions) -> Envelope[SessionStatus]:
+async def cancel_session(session_id: SessionId, manager: Sessions) -> Envelope[SessionStatus]:
     view = await manager.cancel(session_id)
     return Envelope(data=SessionStatus(status=view.status, needed=view.needed, info=view.row.info))
 
@@ -79,26 +81,27 @@ async def cancel_session(session_id: str, manager: Sessions) -> Envelope[Session
 @router.put(
     "/{session_id}/inputs/{name}",
     response_model=Envelope[UploadReceived],
-    responses=error_responses(400, 404, 409),
+    responses=error_responses(400, 404, 409, 415),
     openapi_extra=deps.RAW_BODY,
     summary="Upload an input file as the raw request body (streamed to disk)",
 )
-async def put_input(session_id: str, name: str, request: Request, manager: Sessions) -> Envelope[UploadReceived]:
+async def put_input(session_id: SessionId, name: InputName, request: Request, manager: Sessions) -> Envelope[UploadReceived]:
     return await _upload(session_id, name, request, manager)
 
 
 @router.post(
     "/{session_id}/inputs/{name}",
     response_model=Envelope[UploadReceived],
-    responses=error_responses(400, 404, 409),
+    responses=error_responses(400, 404, 409, 415),
     openapi_extra=MULTIPART_BODY,
     summary="Upload an input file as the one file part of a multipart/form-data body (streamed, never spooled)",
 )
-async def post_input(session_id: str, name: str, request: Request, manager: Sessions) -> Envelope[UploadReceived]:
+async def post_input(session_id: SessionId, name: InputName, request: Request, manager: Sessions) -> Envelope[UploadReceived]:
     return await _upload(session_id, name, request, manager)
 
 
 async def _upload(session_id: str, name: str, request: Request, manager: SessionManager) -> Envelope[UploadReceived]:
+    require_media_type(request, UPLOAD_TYPES)
     body = request.stream()
     content_type = request.headers.get("content-type")
     chunks = file_part(content_type or "", body) if is_multipart(content_type) else body
@@ -123,7 +126,7 @@ async def _upload(session_id: str, name: str, request: Request, manager: Session
     },
     summary="Follow the run's log until the run has ended",
 )
-async def get_logs(session_id: str, manager: Sessions) -> StreamingResponse:
+async def get_logs(session_id: SessionId, manager: Sessions) -> StreamingResponse:
     stream = await manager.log_stream(session_id)
     # X-Accel-Buffering: NGINX must pass each line on as it comes.
     return StreamingResponse(stream, media_type="text/plain; charset=utf-8", headers={"X-Accel-Buffering": "no"})
@@ -142,8 +145,8 @@ async def get_logs(session_id: str, manager: Sessions) -> StreamingResponse:
     summary="Download an output file, byte for byte as the model wrote it, or converted to another format",
 )
 async def get_output(
-    session_id: str,
-    name: str,
+    session_id: SessionId,
+    name: OutputName,
     request: Request,
     manager: Sessions,
     target: Annotated[
