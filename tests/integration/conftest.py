@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -68,6 +71,7 @@ class Server:
     tmp: Path
     model_path: Path
     settings: dict[str, str]
+    stop_signal: int = signal.SIGINT
 
     def client(self, **kwargs: object) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=60, **kwargs)
@@ -85,11 +89,22 @@ class Server:
                 time.sleep(0.1)
 
 
+def serve_command(port: int) -> list[str]:
+    return [sys.executable, "-m", "inferserver", "serve", "--port", str(port)]
+
+
+def gunicorn_command(port: int) -> list[str]:
+    """gunicorn with the shipped deploy/gunicorn.conf.py, as the systemd unit runs it."""
+    config = REPO / "deploy" / "gunicorn.conf.py"
+    return [sys.executable, "-m", "gunicorn", "-c", str(config), "--bind", f"127.0.0.1:{port}", "inferserver.app:app"]
+
+
 def start_server(
     tmp: Path, model_path: Path = TEST_MODELS, *, session_path: Path | None = None,
-    extra_env: dict[str, str] | None = None, **settings: str,
+    extra_env: dict[str, str] | None = None, command: Callable[[int], list[str]] = serve_command, **settings: str,
 ) -> Server:
-    """`inferserver serve` on a free port; with `session_path`, a restart on an existing session directory."""
+    """`command` (default `inferserver serve`) on a free port; with `session_path`, a restart on an existing
+    session directory."""
     port = free_port()
     session_path = session_path or tmp / "sessions"
     env = {
@@ -102,11 +117,10 @@ def start_server(
     tmp.mkdir(parents=True, exist_ok=True)
     log_path = tmp / f"server-{port}.log"
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "inferserver", "serve", "--port", str(port)],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
-    server = Server(f"http://127.0.0.1:{port}", session_path, process, log_path, tmp, model_path, dict(settings))
+        process = subprocess.Popen(command(port), env=env, stdout=log, stderr=subprocess.STDOUT)
+    # gunicorn treats SIGINT as a quick exit that skips the application's shutdown; SIGTERM is its graceful stop.
+    stop_signal = signal.SIGINT if command is serve_command else signal.SIGTERM
+    server = Server(f"http://127.0.0.1:{port}", session_path, process, log_path, tmp, model_path, dict(settings), stop_signal)
     deadline = time.monotonic() + 30
     while True:
         if process.poll() is not None:
@@ -134,9 +148,9 @@ def kill_server(server: Server) -> None:
 
 def stop_server(server: Server) -> None:
     if server.process.poll() is None:
-        server.process.send_signal(signal.SIGINT)
+        server.process.send_signal(server.stop_signal)
         try:
-            server.process.wait(20)
+            server.process.wait(40)
         except subprocess.TimeoutExpired:
             server.process.kill()
             server.process.wait()
@@ -203,6 +217,33 @@ def write_nifti(path: Path, megabytes: float, seed: int = 0) -> Path:
     return path
 
 
+def nifti_gz_like(path: Path, size_mib: int) -> str:
+    """A gzip member holding a NIfTI-1 header, then incompressible bytes: sniffs as .nii.gz, costs no CPU to make.
+
+    Returns the file's sha256.
+    """
+    header = bytearray(352)
+    struct.pack_into("<i", header, 0, 348)
+    header[344:348] = b"n+1\0"
+    head = gzip.compress(bytes(header))
+    block = os.urandom(1 << 20)
+    digest = hashlib.sha256(head)
+    with path.open("wb") as f:
+        f.write(head)
+        for _ in range(size_mib):
+            f.write(block)
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def write_nrrd(path: Path) -> Path:
     path.write_bytes(b"NRRD0004\ntype: uint8\ndimension: 1\nsizes: 4\nencoding: raw\n\n\x01\x02\x03\x04")
     return path
@@ -224,20 +265,26 @@ def create_and_upload(client: httpx.Client, model_id: str, source: Path, **param
     return session_id
 
 
-def read_log(server: Server, session_id: str) -> list[tuple[float, bytes]]:
-    """Each line of the log stream with the time it arrived."""
+def stream_log(base_url: str, session_id: str) -> tuple[httpx.Headers, list[tuple[float, bytes]]]:
+    """The log stream's headers, and each of its lines with the time it arrived."""
     lines = []
-    with httpx.Client(base_url=server.url, timeout=120) as client:
+    with httpx.Client(base_url=base_url, timeout=120) as client:
         with client.stream("GET", f"/sessions/{session_id}/logs") as response:
             assert response.status_code == 200
-            assert response.headers["x-accel-buffering"] == "no"
-            assert response.headers["content-type"].startswith("text/plain")
             buffer = b""
             for chunk in response.iter_raw():
                 buffer += chunk
                 while b"\n" in buffer:
                     line, buffer = buffer.split(b"\n", 1)
                     lines.append((time.monotonic(), line))
+    return response.headers, lines
+
+
+def read_log(server: Server, session_id: str) -> list[tuple[float, bytes]]:
+    """Each line of the log stream with the time it arrived, straight from the server."""
+    headers, lines = stream_log(server.url, session_id)
+    assert headers["x-accel-buffering"] == "no"  # NGINX consumes this header, so only a direct reader sees it
+    assert headers["content-type"].startswith("text/plain")
     return lines
 
 
