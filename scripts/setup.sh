@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up this checkout on a fresh Debian machine: a running Docker engine, the
-# Python environment in .venv (with the convert extra), the offline test images
-# and the example models' images. Safe to run again:
+# Python environment in .venv (with the convert extra), the offline test images,
+# the example models' images, and nginx and systemd-analyze for the deployment
+# tests. Safe to run again:
 # each step is skipped when it is already done.
 set -euo pipefail
 
