@@ -22,7 +22,8 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.integration.conftest import nifti_gz_like, start_server, stop_server  # noqa: E402
+from tests.files import nifti_gz_like  # noqa: E402
+from tests.integration.conftest import start_server, stop_server  # noqa: E402
 
 
 def memory_kib(pid: int, field: str) -> int:

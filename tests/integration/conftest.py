@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import json
 import os
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -215,33 +212,6 @@ def write_nifti(path: Path, megabytes: float, seed: int = 0) -> Path:
     data = np.random.default_rng(seed).standard_normal((side, side, side), dtype=np.float32)
     nib.save(nib.Nifti1Image(data, np.diag([0.5, 0.5, 1.0, 1.0])), str(path))
     return path
-
-
-def nifti_gz_like(path: Path, size_mib: int) -> str:
-    """A gzip member holding a NIfTI-1 header, then incompressible bytes: sniffs as .nii.gz, costs no CPU to make.
-
-    Returns the file's sha256.
-    """
-    header = bytearray(352)
-    struct.pack_into("<i", header, 0, 348)
-    header[344:348] = b"n+1\0"
-    head = gzip.compress(bytes(header))
-    block = os.urandom(1 << 20)
-    digest = hashlib.sha256(head)
-    with path.open("wb") as f:
-        f.write(head)
-        for _ in range(size_mib):
-            f.write(block)
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def write_nrrd(path: Path) -> Path:

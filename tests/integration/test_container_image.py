@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from ..conftest import REPO, TEST_MODELS
-from .conftest import Server, _docker, file_sha256, nifti_gz_like, start_server, stop_and_check
+from ..files import file_sha256, nifti_gz_like
+from .conftest import Server, _docker, start_server, stop_and_check
 
 IMAGE = "inferserver/server:test"
 IMAGE_UID = 10001  # the Dockerfile's inferserver user

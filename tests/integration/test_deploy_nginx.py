@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,9 +18,9 @@ import httpx
 import pytest
 
 from ..conftest import REPO
+from ..files import file_sha256, nifti_gz_like
 from .conftest import (
-    Server, create_and_upload, file_sha256, free_port, gunicorn_command, nifti_gz_like, start_server, stop_and_check,
-    stream_log, write_nifti,
+    Server, create_and_upload, free_port, gunicorn_command, start_server, stop_and_check, stream_log, write_nifti,
 )
 
 SITE = REPO / "deploy" / "nginx" / "inferserver.conf"
@@ -62,6 +63,7 @@ def start_nginx(prefix: Path, upstream_port: int) -> Nginx:
     # A private nginx: its own pid, logs and temp directories, in the foreground, the site file included as is.
     (prefix / "nginx.conf").write_text(f"""
 daemon off;
+user root;  # the workers must reach the temp prefix (pytest's tmp dirs are 0700); a warning when not root
 worker_processes 1;
 pid {prefix}/nginx.pid;
 error_log {prefix}/error.log info;
@@ -161,3 +163,35 @@ def test_log_stream_through_nginx_arrives_line_by_line(deployed: tuple[Server, N
     assert [line for _, line in timed] == [f"line {i}".encode() for i in range(1, 9)]
     spread = timed[-1][0] - timed[0][0]
     assert spread > 2.5, f"the lines arrived together through nginx ({spread:.2f} s apart), not as the model printed them"
+
+
+def test_gunicorn_stops_gracefully_while_a_log_stream_is_open(make_server, tmp_path: Path) -> None:
+    """SIGTERM (systemctl stop) with a client reading a log: the stream is cut after graceful_timeout - 10 s and the
+    worker shuts down cleanly instead of waiting for the run and being killed; the next start follows the run."""
+    server = make_server(command=gunicorn_command, GRACEFUL_TIMEOUT="12")
+    source = write_nifti(tmp_path / "in.nii.gz", 0.1)
+    with server.client() as client:
+        session_id = create_and_upload(client, "sleep", source, seconds=10)
+    assert server.wait_status(session_id, {"working"})["status"] == "working"
+    ended: list[str] = []
+
+    def read() -> None:
+        try:
+            stream_log(server.url, session_id)
+            ended.append("closed")
+        except httpx.HTTPError as exc:  # a stream cut mid-chunk
+            ended.append(type(exc).__name__)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    time.sleep(0.5)
+    stopped = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    server.process.wait(30)
+    took = time.monotonic() - stopped
+    assert took < 6, f"gunicorn took {took:.1f} s to stop (the stream held it up):\n{server.output()}"
+    assert "Application shutdown complete" in server.output()
+    reader.join(5)
+    assert ended, "the log stream was not ended by the stop"
+    restarted = make_server.restart(server)
+    assert restarted.wait_status(session_id, {"complete", "failed"})["status"] == "complete"
