@@ -28,10 +28,10 @@ def _env_int(name: str, default: int) -> int:
 
 bind = [b.strip() for b in os.environ.get("INFERSERVER_BIND", "127.0.0.1:8000").split(",") if b.strip()]
 
-# One worker: the session queue and WORKER_THREADS are per process until sessions move into a shared store
-# with a scheduler lock (the lead's work on issue 3). Raise INFERSERVER_WORKERS only once that has landed;
-# WORKER_THREADS is what runs more models at once today. Uploads, logs and downloads are async, so one
-# worker already serves many clients.
+# One worker by default: uploads, logs and downloads are async, so one process already serves many clients,
+# and WORKER_THREADS (not this) is what runs several models at once. More workers are safe (sessions live in
+# the database and one process dispatches runs: README, "Durable state"); raise INFERSERVER_WORKERS for more
+# concurrent requests.
 workers = _env_int("INFERSERVER_WORKERS", 1)
 
 # The maintained home of uvicorn's gunicorn worker (uvicorn.workers.UvicornWorker is the same class, and
@@ -43,8 +43,8 @@ worker_class = "uvicorn_worker.UvicornWorker"
 timeout = _env_int("INFERSERVER_WORKER_TIMEOUT", 300)
 
 # SIGTERM/SIGHUP: stop accepting, let open requests finish for this long, then SIGKILL. A log stream stays
-# open until its run ends, so uvicorn is told (post_worker_init) to give up on open connections earlier and
-# still run the application's shutdown, which stops the running containers.
+# open until its run ends, so uvicorn is told (post_worker_init) to give up on open connections 10 s earlier
+# and still run the application's shutdown instead of being killed in the middle of it.
 graceful_timeout = _env_int("INFERSERVER_GRACEFUL_TIMEOUT", 30)
 
 # Longer than NGINX's upstream keepalive_timeout (60 s), so NGINX, not gunicorn, closes idle connections.
