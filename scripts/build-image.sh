@@ -46,5 +46,6 @@ trap 'rm -f "$log"' EXIT
 "$PYTHON" -m pip wheel -q --disable-pip-version-check '.[deploy]' -w build/wheels >"$log" 2>&1 || { cat "$log" >&2; die "pip wheel failed"; }
 
 say "building $IMAGE from $BASE"
-docker build -q --build-arg BASE="$BASE" --label "$LABEL=$hash" -t "$IMAGE" . >"$log" 2>&1 || { cat "$log" >&2; die "docker build failed"; }
+# --network none: the build must not reach any index, so a missing wheel fails here instead of fetching it.
+docker build -q --network none --build-arg BASE="$BASE" --label "$LABEL=$hash" -t "$IMAGE" . >"$log" 2>&1 || { cat "$log" >&2; die "docker build failed"; }
 say "built $IMAGE"
