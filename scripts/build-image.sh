@@ -26,7 +26,7 @@ base_id=$(docker image inspect -f '{{.Id}}' "$BASE" 2>/dev/null) || die "no base
 
 hash=$( (
     echo "$base_id"
-    find Dockerfile .dockerignore pyproject.toml README.md deploy/gunicorn.conf.py src "${BASH_SOURCE[0]}" \
+    find Dockerfile .dockerignore pyproject.toml README.md deploy/gunicorn.conf.py src scripts/build-image.sh \
         -type f ! -path '*/__pycache__/*' ! -path '*.egg-info/*' -print0 | sort -z | xargs -0 sha256sum
 ) | sha256sum | cut -d' ' -f1)
 if [[ ${1:-} != --force ]] && [[ $(docker image inspect -f "{{ index .Config.Labels \"$LABEL\" }}" "$IMAGE" 2>/dev/null) == "$hash" ]]; then
