@@ -22,9 +22,9 @@ COPY pyproject.toml README.md /tmp/src/
 COPY src /tmp/src/src
 RUN python3 -m venv "$VIRTUAL_ENV" \
     && if ls /tmp/wheels/*.whl >/dev/null 2>&1; then \
-           pip install --no-cache-dir --disable-pip-version-check --no-index --find-links /tmp/wheels 'inferserver[deploy]'; \
+           pip install --no-cache-dir --disable-pip-version-check --no-index --find-links /tmp/wheels 'inferserver[deploy,convert]'; \
        else \
-           pip install --no-cache-dir --disable-pip-version-check '/tmp/src[deploy]'; \
+           pip install --no-cache-dir --disable-pip-version-check '/tmp/src[deploy,convert]'; \
        fi \
     && rm -rf /tmp/wheels /tmp/src
 

@@ -43,7 +43,7 @@ rm -rf build/wheels
 mkdir -p build/wheels
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-"$PYTHON" -m pip wheel -q --disable-pip-version-check '.[deploy]' -w build/wheels >"$log" 2>&1 || { cat "$log" >&2; die "pip wheel failed"; }
+"$PYTHON" -m pip wheel -q --disable-pip-version-check '.[deploy,convert]' -w build/wheels >"$log" 2>&1 || { cat "$log" >&2; die "pip wheel failed"; }
 
 say "building $IMAGE from $BASE"
 # --network none: the build must not reach any index, so a missing wheel fails here instead of fetching it.

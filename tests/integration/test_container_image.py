@@ -65,9 +65,11 @@ def container(server_image: str, tmp_path_factory: pytest.TempPathFactory) -> It
     _docker("rm", "-f", name)  # only if the stop above failed
 
 
-def test_the_image_runs_as_a_non_root_user_and_turns_healthy(container: tuple[Server, str]) -> None:
+def test_the_image_runs_as_a_non_root_user_with_conversion_and_turns_healthy(container: tuple[Server, str]) -> None:
     _, name = container
     assert _docker("exec", name, "id", "-un").stdout.strip() == "inferserver"
+    imported = _docker("exec", name, "python3", "-c", "import SimpleITK")  # the convert extra is installed
+    assert imported.returncode == 0, imported.stderr
     deadline = time.monotonic() + 30
     while (health := _docker("inspect", "-f", "{{.State.Health.Status}}", name).stdout.strip()) != "healthy":
         assert time.monotonic() < deadline, f"health check still {health!r} after 30 s"
