@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
-import struct
 import sys
 import tempfile
 import time
@@ -24,6 +22,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from tests.files import nifti_gz_like  # noqa: E402
 from tests.integration.conftest import start_server, stop_server  # noqa: E402
 
 
@@ -32,24 +31,6 @@ def memory_kib(pid: int, field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise KeyError(field)
-
-
-def nifti_gz_like(path: Path, size_mib: int) -> str:
-    """A gzip member holding a NIfTI-1 header, then incompressible bytes: sniffs as .nii.gz, costs no CPU to make."""
-    import gzip
-
-    header = bytearray(352)
-    struct.pack_into("<i", header, 0, 348)
-    header[344:348] = b"n+1\0"
-    head = gzip.compress(bytes(header))
-    block = os.urandom(1 << 20)
-    digest = hashlib.sha256(head)
-    with path.open("wb") as f:
-        f.write(head)
-        for _ in range(size_mib):
-            f.write(block)
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def main() -> None:

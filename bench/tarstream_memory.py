@@ -16,43 +16,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
-import os
 import resource
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from inferserver.runner.tarstream import TarMember, extract_single_file, tar_stream
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from inferserver.runner.tarstream import TarMember, extract_single_file, tar_stream  # noqa: E402
+from tests.files import file_sha256, random_file  # noqa: E402
 
 
 def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def _write_source(path: Path, size_mib: int) -> str:
-    """A size_mib file of one random MiB repeated (cheap to make, not trivially compressible)."""
-    block = os.urandom(1 << 20)
-    digest = hashlib.sha256()
-    with path.open("wb") as f:
-        for _ in range(size_mib):
-            f.write(block)
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 async def main(size_mib: int, chunk_size: int) -> None:
     with tempfile.TemporaryDirectory(prefix="tarstream-bench-") as tmp:
         src, dest = Path(tmp) / "src.bin", Path(tmp) / "dest.bin"
-        expected = _write_source(src, size_mib)
+        expected = random_file(src, size_mib)
 
         before = _peak_rss_mib()
         start = time.perf_counter()
@@ -62,7 +45,7 @@ async def main(size_mib: int, chunk_size: int) -> None:
         after = _peak_rss_mib()
 
         assert written == size_mib << 20, written
-        assert _sha256(dest) == expected, "round trip changed the bytes"
+        assert file_sha256(dest) == expected, "round trip changed the bytes"
         print(f"file size         : {size_mib} MiB, chunk {chunk_size >> 10} KiB")
         print(f"peak RSS before   : {before:.1f} MiB")
         print(f"peak RSS after    : {after:.1f} MiB")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up this checkout on a fresh Debian machine: a running Docker engine, the
-# Python environment in .venv (with the convert extra), the offline test images
-# and the example models' images. Safe to run again:
+# Python environment in .venv (with the convert extra), the offline test images,
+# the example models' images, and nginx and systemd-analyze for the deployment
+# tests. Safe to run again:
 # each step is skipped when it is already done.
 set -euo pipefail
 
@@ -60,3 +61,13 @@ tests/images/build.sh || die "building the test images failed"
 
 # 4. Example models (served by `make serve`, run by the tests on real data)
 examples/build.sh || die "building the example model images failed"
+
+# 5. Tools the deployment tests drive: Debian's nginx (the shipped site) and systemd-analyze (the unit).
+if ! command -v nginx >/dev/null && [[ ! -x /usr/sbin/nginx ]]; then
+    say "installing nginx"
+    apt_install nginx || die "apt-get install nginx failed"
+fi
+if ! command -v systemd-analyze >/dev/null; then
+    say "installing systemd (for systemd-analyze)"
+    apt_install systemd || die "apt-get install systemd failed"
+fi

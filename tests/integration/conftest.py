@@ -72,6 +72,7 @@ class Server:
     tmp: Path
     model_path: Path
     settings: dict[str, str]
+    stop_signal: int = signal.SIGINT
 
     def client(self, **kwargs: object) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=60, **kwargs)
@@ -103,11 +104,18 @@ def gunicorn_command(workers: int, worker_class: str = "uvicorn.workers.UvicornW
                          "-b", f"127.0.0.1:{port}", "--graceful-timeout", "5", "inferserver.app:app"]
 
 
+def shipped_gunicorn(port: int) -> list[str]:
+    """gunicorn with the shipped deploy/gunicorn.conf.py, as the systemd unit runs it."""
+    config = REPO / "deploy" / "gunicorn.conf.py"
+    return [sys.executable, "-m", "gunicorn", "-c", str(config), "--bind", f"127.0.0.1:{port}", "inferserver.app:app"]
+
+
 def start_server(
     tmp: Path, model_path: Path = TEST_MODELS, *, session_path: Path | None = None,
     extra_env: dict[str, str] | None = None, command: Launcher = serve_command(), **settings: str,
 ) -> Server:
-    """`inferserver serve` on a free port; with `session_path`, a restart on an existing session directory."""
+    """`command` (default `inferserver serve`) on a free port; with `session_path`, a restart on an existing
+    session directory."""
     port = free_port()
     session_path = session_path or tmp / "sessions"
     env = {
@@ -120,11 +128,11 @@ def start_server(
     tmp.mkdir(parents=True, exist_ok=True)
     log_path = tmp / f"server-{port}.log"
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            command(port),
-            env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
-    server = Server(f"http://127.0.0.1:{port}", session_path, process, log_path, tmp, model_path, dict(settings))
+        argv = command(port)
+        process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+    # gunicorn treats SIGINT as a quick exit that skips the application's shutdown; SIGTERM is its graceful stop.
+    stop_signal = signal.SIGTERM if "gunicorn" in argv else signal.SIGINT
+    server = Server(f"http://127.0.0.1:{port}", session_path, process, log_path, tmp, model_path, dict(settings), stop_signal)
     deadline = time.monotonic() + 30
     while True:
         if process.poll() is not None:
@@ -152,9 +160,9 @@ def kill_server(server: Server) -> None:
 
 def stop_server(server: Server) -> None:
     if server.process.poll() is None:
-        server.process.send_signal(signal.SIGINT)
+        server.process.send_signal(server.stop_signal)
         try:
-            server.process.wait(20)
+            server.process.wait(40)
         except subprocess.TimeoutExpired:
             server.process.kill()
             server.process.wait()
@@ -277,20 +285,26 @@ def create_and_upload(client: httpx.Client, model_id: str, source: Path, **param
     return session_id
 
 
-def read_log(server: Server, session_id: str) -> list[tuple[float, bytes]]:
-    """Each line of the log stream with the time it arrived."""
+def stream_log(base_url: str, session_id: str) -> tuple[httpx.Headers, list[tuple[float, bytes]]]:
+    """The log stream's headers, and each of its lines with the time it arrived."""
     lines = []
-    with httpx.Client(base_url=server.url, timeout=120) as client:
+    with httpx.Client(base_url=base_url, timeout=120) as client:
         with client.stream("GET", f"/sessions/{session_id}/logs") as response:
             assert response.status_code == 200
-            assert response.headers["x-accel-buffering"] == "no"
-            assert response.headers["content-type"].startswith("text/plain")
             buffer = b""
             for chunk in response.iter_raw():
                 buffer += chunk
                 while b"\n" in buffer:
                     line, buffer = buffer.split(b"\n", 1)
                     lines.append((time.monotonic(), line))
+    return response.headers, lines
+
+
+def read_log(server: Server, session_id: str) -> list[tuple[float, bytes]]:
+    """Each line of the log stream with the time it arrived, straight from the server."""
+    headers, lines = stream_log(server.url, session_id)
+    assert headers["x-accel-buffering"] == "no"  # NGINX consumes this header, so only a direct reader sees it
+    assert headers["content-type"].startswith("text/plain")
     return lines
 
 

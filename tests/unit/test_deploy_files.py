@@ -1,0 +1,81 @@
+"""The shipped systemd unit and gunicorn config, checked by the tools that will read them."""
+
+from __future__ import annotations
+
+import re
+import runpy
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ..conftest import REPO
+
+UNIT = REPO / "deploy" / "inferserver.service"
+GUNICORN_CONF = REPO / "deploy" / "gunicorn.conf.py"
+
+
+def systemd_analyze() -> str:
+    binary = shutil.which("systemd-analyze")
+    if binary is None:
+        pytest.fail("systemd-analyze is missing: scripts/setup.sh installs Debian's systemd package")
+    return binary
+
+
+def unit_for_this_checkout(tmp_path: Path) -> Path:
+    """The unit with /srv/inferserver pointed at this checkout, whose .venv has gunicorn, so verify can find it."""
+    text = UNIT.read_text()
+    assert "ExecStart=/srv/inferserver/.venv/bin/gunicorn -c /srv/inferserver/deploy/gunicorn.conf.py" in text
+    path = tmp_path / "inferserver.service"
+    path.write_text(text.replace("/srv/inferserver", str(REPO)))
+    return path
+
+
+def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
+    result = subprocess.run([systemd_analyze(), "verify", str(unit_for_this_checkout(tmp_path))],
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+def test_the_unit_is_hardened_and_still_reaches_docker(tmp_path: Path) -> None:
+    result = subprocess.run([systemd_analyze(), "security", "--offline=yes", str(unit_for_this_checkout(tmp_path))],
+                            capture_output=True, text=True)
+    match = re.search(r"Overall exposure level for inferserver\.service: ([\d.]+)", result.stdout)
+    assert match, result.stdout + result.stderr
+    assert float(match.group(1)) <= 2.0, result.stdout  # systemd rates 0-2 "OK", 10 "UNSAFE"
+    directives = UNIT.read_text().splitlines()
+    for line in ("SupplementaryGroups=docker", "ReadWritePaths=/var/inferserver", "ProtectSystem=strict",
+                 "NoNewPrivileges=yes", "EnvironmentFile=-/etc/inferserver/inferserver.env"):
+        assert line in directives
+    # The socket families the Docker socket and the clients need stay allowed.
+    assert "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6" in directives
+
+
+def gunicorn_settings(monkeypatch: pytest.MonkeyPatch, **env: str) -> dict:
+    for name in ("INFERSERVER_BIND", "INFERSERVER_WORKERS", "INFERSERVER_WORKER_TIMEOUT", "INFERSERVER_GRACEFUL_TIMEOUT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return runpy.run_path(str(GUNICORN_CONF))
+
+
+def test_gunicorn_config_defaults_to_one_uvicorn_worker_on_the_nginx_upstream(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = gunicorn_settings(monkeypatch)
+    assert settings["workers"] == 1
+    assert settings["worker_class"] == "uvicorn_worker.UvicornWorker"
+    assert settings["bind"] == ["127.0.0.1:8000"]
+    upstream = re.search(r"^\s*server (\S+);", (REPO / "deploy" / "nginx" / "inferserver.conf").read_text(), re.M)
+    assert upstream and upstream.group(1) == settings["bind"][0]
+    assert settings["timeout"] >= 120 and settings["graceful_timeout"] > 10
+
+
+def test_gunicorn_config_takes_overrides_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = gunicorn_settings(monkeypatch, INFERSERVER_WORKERS="3", INFERSERVER_BIND="unix:/run/inferserver/inferserver.sock, 0.0.0.0:8000")
+    assert settings["workers"] == 3
+    assert settings["bind"] == ["unix:/run/inferserver/inferserver.sock", "0.0.0.0:8000"]
+
+
+def test_gunicorn_config_names_a_bad_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(SystemExit, match=r"INFERSERVER_WORKERS='many' is not a whole number"):
+        gunicorn_settings(monkeypatch, INFERSERVER_WORKERS="many")
