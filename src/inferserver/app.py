@@ -12,6 +12,7 @@ import fcntl
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -22,6 +23,7 @@ from .api.envelope import install_error_handlers
 from .api.requestlog import RequestLog
 from .api.schema import install_schema
 from .config import Settings, load_settings
+from .limits import limits_for
 from .health import Readiness
 from .logs import configure_logging
 from .metrics import Metrics
@@ -43,7 +45,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if not logging.getLogger().handlers:  # `inferserver serve` configures logging itself; other hosts may not
         configure_logging(settings.LOG_FORMAT)
 
-    registry = ModelRegistry(settings.MODEL_PATH)
+    registry = ModelRegistry(settings.MODEL_PATH, check=partial(limits_for, settings))
     directory = registry.directory
     logger.info("serving %d models from %s: %s", len(directory.models), settings.MODEL_PATH, ", ".join(sorted(directory.models)))
 
