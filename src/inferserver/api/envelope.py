@@ -10,7 +10,16 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..sessions.errors import Conflict, InvalidInput, NotFound, SessionError, WrongState
+from ..sessions.errors import (
+    AtCapacity,
+    Conflict,
+    InsufficientStorage,
+    InvalidInput,
+    NotFound,
+    SessionError,
+    TooLarge,
+    WrongState,
+)
 
 T = TypeVar("T")
 
@@ -34,7 +43,15 @@ class ApiError(Exception):
         self.detail = detail
 
 
-STATUS_FOR: dict[type[SessionError], int] = {NotFound: 404, WrongState: 400, Conflict: 409, InvalidInput: 400}
+STATUS_FOR: dict[type[SessionError], int] = {
+    NotFound: 404,
+    WrongState: 400,
+    Conflict: 409,
+    InvalidInput: 400,
+    TooLarge: 413,
+    InsufficientStorage: 507,
+    AtCapacity: 503,
+}
 
 
 def error_response(status: int, *details: str) -> JSONResponse:

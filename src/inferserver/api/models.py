@@ -64,8 +64,9 @@ async def get_model(model_id: str, directory: Models) -> dict[str, Any]:
 @router.post(
     "/{model_id}",
     response_model=Envelope[SessionCreated],
-    responses=error_responses(400, 404),
+    responses=error_responses(400, 404, 503),
     summary="Create a session with this run configuration",
+    description="503 when the server already holds MAX_SESSIONS live sessions.",
 )
 async def create_session(model_id: str, body: SessionRequest, manager: Sessions) -> Envelope[SessionCreated]:
     return Envelope(data=SessionCreated(session_id=await manager.create(model_id, body)))
