@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -47,6 +48,7 @@ class FakeBackend:
         self.configs: list[dict[str, Any]] = []
         self.names: list[str] = []
         self.put: list[list[FileTransfer]] = []
+        self.dirs_for: list[list[str]] = []
         self.removed: list[str] = []
         self.following = False  # a follow_logs call is still in progress
         self.exited = asyncio.Event()
@@ -70,9 +72,10 @@ class FakeBackend:
         self.names.append(name)
         return "cid-1"
 
-    async def put_files(self, container_id: str, files: list[FileTransfer]) -> None:
+    async def put_files(self, container_id: str, files: list[FileTransfer], dirs_for: Sequence[str] = ()) -> None:
         self._maybe_fail("put_files")
         self.put.append(list(files))
+        self.dirs_for.append(list(dirs_for))
 
     async def start(self, container_id: str) -> None:
         self._maybe_fail("start")
@@ -170,6 +173,7 @@ async def test_a_good_run_collects_every_output_and_removes_the_container(tmp_pa
     assert (tmp_path / "outputs" / "vol.nii.gz").read_bytes() == b"volume"
     assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == ["seg.nii.gz", "vol.nii.gz"]  # no partials
     assert backend.put == [job.inputs]
+    assert backend.dirs_for == [["/data/seg.nii.gz", "/data/vol.nii.gz"]]  # their directory exists before the start
     assert b"model says hello\n" in log.data
     assert backend.removed == ["cid-1"]
     # Inputs are in place before the model starts; outputs are taken after it exits.

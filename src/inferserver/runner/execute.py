@@ -145,7 +145,7 @@ class Runner:
         """Create, stage the inputs, start; in `auto` mode, an engine without a GPU driver gets a CPU run."""
         container_id = await self.backend.create(self.container_config(job, gpus), name=f"inferserver-{job.job_id}")
         try:
-            await self.backend.put_files(container_id, job.inputs)
+            await self.backend.put_files(container_id, job.inputs, [o.container for o in job.outputs])
             await self.backend.start(container_id)
         except BaseException as exc:  # the container is not the caller's yet: remove it here
             await self.backend.remove(container_id)
