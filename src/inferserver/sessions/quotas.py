@@ -6,14 +6,13 @@ Each refusal names the limit, so the user knows what to ask the operator for.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Settings
 from ..sizes import human_size, rough_size
 from .errors import AtCapacity, InsufficientStorage, TooLarge
-from .state import Session
 
 # A chunked upload does not say how big it is: the free space is looked at again after each this many bytes.
 DISK_CHECK_BYTES = 64 << 20
@@ -65,9 +64,8 @@ async def limited_upload(
         yield chunk
 
 
-def check_room(sessions: Iterable[Session], limit: int) -> None:
-    """AtCapacity when `limit` sessions are live (not complete or failed) already."""
-    live = sum(1 for session in sessions if not session.status.final)
+def check_room(live: int, limit: int) -> None:
+    """AtCapacity when `live` sessions (not complete or failed) already fill the `limit`."""
     if live >= limit:
         raise AtCapacity(
             f"the server holds its limit of {limit} live sessions (MAX_SESSIONS); try again once some have finished"
