@@ -113,7 +113,7 @@ async def test_a_refused_upload_leaves_no_partial_and_keeps_the_earlier_file(tmp
     with pytest.raises(TooLarge):
         await receive_file(
             limited_upload(aiter(Body(20)), None, limits(), "input volume"),
-            dest, label="input volume", expected_ext=".nii", check_types=False,
+            dest, label="input volume", expected_ext=".nii", check_types=False, convert=False,
         )
     assert dest.read_bytes() == b"the earlier upload"
     assert [p.name for p in tmp_path.iterdir()] == ["volume.nii"]
