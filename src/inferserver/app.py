@@ -12,6 +12,7 @@ import fcntl
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -22,6 +23,7 @@ from .api.auth import AccessControl, AuthMiddleware
 from .api.envelope import install_error_handlers, install_openapi
 from .api.requestlog import RequestLog
 from .config import Settings, load_settings
+from .limits import limits_for
 from .health import Readiness
 from .logs import configure_logging
 from .metrics import Metrics
@@ -46,7 +48,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if app.state.access is not None:
         logger.info("access control on: users %s, tokens %s", settings.AUTH_USERS_FILE, settings.AUTH_TOKENS_FILE)
 
-    registry = ModelRegistry(settings.MODEL_PATH)
+    registry = ModelRegistry(settings.MODEL_PATH, check=partial(limits_for, settings))
     directory = registry.directory
     logger.info("serving %d models from %s: %s", len(directory.models), settings.MODEL_PATH, ", ".join(sorted(directory.models)))
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 import os
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import BeforeValidator, Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from .sizes import DOCKER_MIN_MEMORY, parse_size_at_least
 
 ENV_PREFIX = "INFERSERVER_"
 SETTINGS_FILE_VAR = "INFERSERVER_SETTINGS"
@@ -27,6 +29,18 @@ class GpuMode(StrEnum):
     AUTO = "auto"  # all GPUs when the engine reports the NVIDIA runtime, none otherwise
     NONE = "none"
     ALL = "all"
+
+
+GiB = 1 << 30
+MiB = 1 << 20
+
+
+def size_at_least(minimum: int) -> BeforeValidator:
+    """A byte count written as people do ("8g", "512MiB", "2GB" or plain bytes; see sizes.py), >= minimum."""
+    return BeforeValidator(lambda value: parse_size_at_least(value, minimum))
+
+
+Size = Annotated[int, size_at_least(1)]
 
 
 class PythonFileSource(PydanticBaseSettingsSource):
@@ -81,6 +95,16 @@ class Settings(BaseSettings):
     MAX_HEADER_BYTES: int = Field(64 << 10, ge=4096, description="Largest request line plus headers; larger is 431 (inferserver serve).")
     AUTH_USERS_FILE: Path | None = Field(None, description="File of `user:hash` lines; when set, HTTP Basic is accepted (and required).")
     AUTH_TOKENS_FILE: Path | None = Field(None, description="File of sha256 hex API token hashes; when set, Bearer tokens are accepted (and required).")
+    # Limits. The container ones are also the ceilings of what a spec's `inferserver` section may ask for.
+    MAX_UPLOAD_BYTES: Size = Field(16 * GiB, description="Largest input upload; a bigger one is refused with 413.")
+    DISK_RESERVE_BYTES: Annotated[int, size_at_least(0)] = Field(2 * GiB, description="Free space SESSION_PATH keeps; an upload eating into it is refused with 507.")
+    RUN_TIMEOUT: int = Field(21600, gt=0, description="Seconds a model container may run before it is stopped and the session fails.")
+    CONTAINER_MEMORY: Annotated[int, size_at_least(DOCKER_MIN_MEMORY)] = Field(8 * GiB, description="Memory limit of a model container (no swap beyond it).")
+    CONTAINER_CPUS: float = Field(0.0, ge=0, description="CPUs a model container may use; 0 = no limit.")
+    CONTAINER_PIDS: int = Field(4096, gt=0, description="Processes and threads a model container may have.")
+    CONTAINER_SHM: Size = Field(2 * GiB, description="Size of a model container's /dev/shm.")
+    LOG_MAX_BYTES: Size = Field(64 * MiB, description="A session log stops growing past this size.")
+    MAX_SESSIONS: int = Field(200, gt=0, description="Live (not complete or failed) sessions the server holds at once.")
 
     @field_validator("CLEANUP_TIMER")
     @classmethod

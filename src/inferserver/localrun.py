@@ -103,7 +103,10 @@ async def run(spec: ModelSpec, settings: Settings, inputs: dict[str, str], param
         plan.files.create()
         for name in config.enabled_inputs():
             plan.input_path(name).symlink_to(Path(inputs[name]).resolve())
-        job = job_for(plan, LOCAL_INSTANCE)
+        try:
+            job = job_for(plan, LOCAL_INSTANCE, settings)
+        except SpecError as exc:  # the spec asks above this machine's limits
+            raise UsageError(f"{spec.id}: {exc}") from exc
         backend = DockerBackend()
         runner = Runner(backend, settings.GPUS, settings.CONTAINER_NETWORK)
         print(f"inferserver: running {spec.id} {spec.version} ({job.image}): {' '.join(job.argv)}", file=err)

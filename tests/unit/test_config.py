@@ -12,12 +12,7 @@ import pytest
 from inferserver.config import GpuMode, Settings, SettingsError, load_settings
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No INFERSERVER_* variable of the machine running the tests may leak into them."""
-    for name in list(os.environ):
-        if name.startswith("INFERSERVER_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 def _settings_file(tmp_path: Path, text: str) -> Path:
@@ -245,3 +240,67 @@ def test_serve_with_a_broken_settings_file_exits_2_naming_it(tmp_path: Path) -> 
     assert done.returncode == 2, done.stderr
     assert "cannot start" in done.stderr
     assert str(path) in done.stderr
+
+
+# -- limits --------------------------------------------------------------------------------------
+
+GiB, MiB = 1 << 30, 1 << 20
+
+
+def test_limits_have_safe_defaults() -> None:
+    s = load_settings()
+    assert s.MAX_UPLOAD_BYTES == 16 * GiB
+    assert s.DISK_RESERVE_BYTES == 2 * GiB
+    assert s.RUN_TIMEOUT == 21600
+    assert s.CONTAINER_MEMORY == 8 * GiB
+    assert s.CONTAINER_CPUS == 0
+    assert s.CONTAINER_PIDS == 4096
+    assert s.CONTAINER_SHM == 2 * GiB  # nnU-Net needs about 1 GiB; Docker's own default is 64 MiB
+    assert s.LOG_MAX_BYTES == 64 * MiB
+    assert s.MAX_SESSIONS == 200
+    assert s.CONTAINER_NETWORK == "none"
+
+
+def test_sizes_in_env_take_human_units(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INFERSERVER_CONTAINER_MEMORY", "512MiB")
+    monkeypatch.setenv("INFERSERVER_CONTAINER_SHM", "1g")
+    monkeypatch.setenv("INFERSERVER_MAX_UPLOAD_BYTES", "2GB")
+    monkeypatch.setenv("INFERSERVER_LOG_MAX_BYTES", "1048576")
+    monkeypatch.setenv("INFERSERVER_DISK_RESERVE_BYTES", "0")
+    monkeypatch.setenv("INFERSERVER_CONTAINER_CPUS", "1.5")
+    s = load_settings()
+    assert s.CONTAINER_MEMORY == 512 * MiB
+    assert s.CONTAINER_SHM == GiB
+    assert s.MAX_UPLOAD_BYTES == 2 * 10**9
+    assert s.LOG_MAX_BYTES == MiB
+    assert s.DISK_RESERVE_BYTES == 0
+    assert s.CONTAINER_CPUS == 1.5
+
+
+def test_sizes_in_the_file_take_numbers_or_human_units(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    text = 'CONTAINER_MEMORY = 4 * 1024**3\nCONTAINER_SHM = "256m"\nRUN_TIMEOUT = 3600\nMAX_SESSIONS = 10\n'
+    monkeypatch.setenv("INFERSERVER_SETTINGS", str(_settings_file(tmp_path, text)))
+    s = load_settings()
+    assert (s.CONTAINER_MEMORY, s.CONTAINER_SHM, s.RUN_TIMEOUT, s.MAX_SESSIONS) == (4 * GiB, 256 * MiB, 3600, 10)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("CONTAINER_MEMORY", "8 gigs", "is not a size"),
+        ("CONTAINER_MEMORY", "1m", "must be at least 6 MiB"),  # Docker refuses less
+        ("MAX_UPLOAD_BYTES", "0", "must be at least 1 byte"),
+        ("CONTAINER_SHM", "-1", "is not a size"),
+        ("LOG_MAX_BYTES", "lots", "is not a size"),
+        ("RUN_TIMEOUT", "0", "greater than 0"),
+        ("CONTAINER_CPUS", "-1", "greater than or equal to 0"),
+        ("CONTAINER_PIDS", "0", "greater than 0"),
+        ("MAX_SESSIONS", "many", "valid integer"),
+    ],
+)
+def test_a_wrong_limit_names_the_setting(monkeypatch: pytest.MonkeyPatch, name: str, value: str, says: str) -> None:
+    monkeypatch.setenv(f"INFERSERVER_{name}", value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert f"setting {name}={value!r} is invalid" in str(caught.value)
+    assert says in str(caught.value)

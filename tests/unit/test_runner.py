@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from inferserver.config import GpuMode
 from inferserver.runner.docker import LABEL_SESSION, split_image
 from inferserver.runner import execute
 from inferserver.runner.execute import Runner
-from inferserver.runner.jobs import FileTransfer, RunFailed, RunJob, RunOutcome
+from inferserver.runner.jobs import FileTransfer, RunFailed, RunJob, RunLimits, RunOutcome
 
 GPU_REQUEST = [{"Driver": "", "Count": -1, "Capabilities": [["gpu"]]}]
 NO_DRIVER = 'Docker engine error 500: could not select device driver "" with capabilities: [[gpu]]'
@@ -47,6 +48,7 @@ class FakeBackend:
         self.configs: list[dict[str, Any]] = []
         self.names: list[str] = []
         self.put: list[list[FileTransfer]] = []
+        self.dirs_for: list[list[str]] = []
         self.removed: list[str] = []
         self.following = False  # a follow_logs call is still in progress
         self.exited = asyncio.Event()
@@ -70,9 +72,10 @@ class FakeBackend:
         self.names.append(name)
         return "cid-1"
 
-    async def put_files(self, container_id: str, files: list[FileTransfer]) -> None:
+    async def put_files(self, container_id: str, files: list[FileTransfer], dirs_for: Sequence[str] = ()) -> None:
         self._maybe_fail("put_files")
         self.put.append(list(files))
+        self.dirs_for.append(list(dirs_for))
 
     async def start(self, container_id: str) -> None:
         self._maybe_fail("start")
@@ -120,7 +123,16 @@ class MemoryLog:
         self.data += data
 
 
-def make_job(tmp_path: Path, outputs: tuple[str, ...] = ("seg", "vol"), labels: dict[str, str] | None = None) -> RunJob:
+GiB = 1 << 30
+LIMITS = RunLimits(memory=8 * GiB, cpus=0, pids=4096, shm_size=2 * GiB, timeout=600, log_bytes=1 << 20)
+
+
+def make_job(
+    tmp_path: Path,
+    outputs: tuple[str, ...] = ("seg", "vol"),
+    labels: dict[str, str] | None = None,
+    limits: RunLimits = LIMITS,
+) -> RunJob:
     inputs_dir = tmp_path / "inputs"
     outputs_dir = tmp_path / "outputs"
     inputs_dir.mkdir(exist_ok=True)
@@ -132,6 +144,7 @@ def make_job(tmp_path: Path, outputs: tuple[str, ...] = ("seg", "vol"), labels: 
         argv=["-i", "/data/in.nii.gz", "-o", "/data/seg.nii.gz", "--threshold", "0.5"],
         inputs=[FileTransfer("in", inputs_dir / "in.nii.gz", "/data/in.nii.gz")],
         outputs=[FileTransfer(name, outputs_dir / f"{name}.nii.gz", f"/data/{name}.nii.gz") for name in outputs],
+        limits=limits,
         labels=labels or {},
     )
 
@@ -160,6 +173,7 @@ async def test_a_good_run_collects_every_output_and_removes_the_container(tmp_pa
     assert (tmp_path / "outputs" / "vol.nii.gz").read_bytes() == b"volume"
     assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == ["seg.nii.gz", "vol.nii.gz"]  # no partials
     assert backend.put == [job.inputs]
+    assert backend.dirs_for == [["/data/seg.nii.gz", "/data/vol.nii.gz"]]  # their directory exists before the start
     assert b"model says hello\n" in log.data
     assert backend.removed == ["cid-1"]
     # Inputs are in place before the model starts; outputs are taken after it exits.
@@ -168,11 +182,11 @@ async def test_a_good_run_collects_every_output_and_removes_the_container(tmp_pa
     assert order.index("wait") < order.index("get_file /data/seg.nii.gz") < order.index("remove")
 
 
-async def test_oom_killed_run_says_so(tmp_path: Path) -> None:
+async def test_oom_killed_run_names_the_memory_limit(tmp_path: Path) -> None:
     backend = FakeBackend(exit_code=137, oom_killed=True, files=ALL_OUTPUTS)
     outcome, _, _ = await run(backend, make_job(tmp_path))
     assert outcome.ok is False
-    assert outcome.reason == "killed: out of memory (exit status 137)"
+    assert outcome.reason == "exceeded the memory limit of 8 GiB"
     assert outcome.exit_code == 137
     assert backend.removed == ["cid-1"]
     assert not any(c.startswith("get_file") for c in backend.calls)  # a failed run's outputs are not taken
@@ -391,6 +405,61 @@ async def test_fixed_gpu_modes_never_ask_the_engine(tmp_path: Path) -> None:
         backend = FakeBackend(files=ALL_OUTPUTS, fail={"has_nvidia_runtime": RunFailed("must not be asked")})
         outcome, _, _ = await run(backend, make_job(tmp_path), mode)
         assert outcome.ok, outcome.reason
+
+
+# -- limits --------------------------------------------------------------------------------------
+
+
+async def test_config_carries_the_limits_and_drops_every_privilege(tmp_path: Path) -> None:
+    backend = FakeBackend(files=ALL_OUTPUTS)
+    limits = RunLimits(memory=16 << 20, cpus=1.5, pids=64, shm_size=1 * GiB, timeout=600, log_bytes=1 << 20)
+    await run(backend, make_job(tmp_path, limits=limits))
+    [config] = backend.configs
+    host = config["HostConfig"]
+    assert host["Memory"] == 16 << 20
+    assert host["MemorySwap"] == 16 << 20  # equal to Memory: no swap on top
+    assert host["NanoCpus"] == 1_500_000_000
+    assert host["PidsLimit"] == 64
+    assert host["ShmSize"] == 1 * GiB
+    assert host["CapDrop"] == ["ALL"]
+    assert host["SecurityOpt"] == ["no-new-privileges"]
+    assert host["Init"] is True
+    assert host["NetworkMode"] == "none"
+
+
+async def test_no_cpu_limit_sets_no_nanocpus(tmp_path: Path) -> None:
+    backend = FakeBackend(files=ALL_OUTPUTS)
+    await run(backend, make_job(tmp_path))  # LIMITS.cpus == 0
+    assert "NanoCpus" not in backend.configs[0]["HostConfig"]
+
+
+async def test_oom_reason_names_the_runs_own_limit(tmp_path: Path) -> None:
+    backend = FakeBackend(exit_code=137, oom_killed=True)
+    limits = RunLimits(memory=16 << 20, cpus=0, pids=64, shm_size=GiB, timeout=600, log_bytes=1 << 20)
+    outcome, _, _ = await run(backend, make_job(tmp_path, limits=limits))
+    assert outcome == RunOutcome(False, "exceeded the memory limit of 16 MiB", 137)
+
+
+async def test_a_run_over_its_time_is_stopped_and_fails_saying_so(tmp_path: Path) -> None:
+    backend = FakeBackend(files=ALL_OUTPUTS, fail={"wait_forever": RuntimeError()})
+    limits = RunLimits(memory=GiB, cpus=0, pids=64, shm_size=GiB, timeout=1, log_bytes=1 << 20)
+    outcome, started, log = await run(backend, make_job(tmp_path, limits=limits))
+    assert outcome == RunOutcome(False, "timed out after 1 s", None)
+    assert started == ["cid-1"]
+    assert backend.removed == ["cid-1"]  # removed with force: the engine kills it first
+    assert not any(c.startswith("get_file") for c in backend.calls)
+    assert b"model says hello\n" in log.data  # what it said before the limit stays in the log
+    await asyncio.sleep(0)
+    assert backend.following is False  # and nothing writes into the log after the outcome
+
+
+async def test_the_run_log_is_capped(tmp_path: Path) -> None:
+    backend = FakeBackend(files=ALL_OUTPUTS, log_lines=(b"0123456789" * 10 + b"\n",) * 50)
+    limits = RunLimits(memory=GiB, cpus=0, pids=64, shm_size=GiB, timeout=600, log_bytes=1024)
+    outcome, _, log = await run(backend, make_job(tmp_path, limits=limits))
+    assert outcome.ok  # a long log is no failure
+    assert log.data.endswith(b"\ninferserver: log truncated at 1 KiB (LOG_MAX_BYTES)\n")
+    assert len(log.data) == 1024 + len(b"\ninferserver: log truncated at 1 KiB (LOG_MAX_BYTES)\n")
 
 
 # -- image names ---------------------------------------------------------------------------------

@@ -19,10 +19,16 @@ def models(request: Request) -> ModelDirectory:
     return request.app.state.models
 
 
+def content_length(request: Request) -> int | None:
+    """The body size the client declared; None for a chunked body (or a header that is no number)."""
+    declared = request.headers.get("content-length")
+    return int(declared) if declared is not None and declared.isdigit() else None
+
+
 async def read_limited(request: Request, limit: int) -> bytes:
     """The whole (small) body, or 413 naming the limit as soon as it is exceeded."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    declared = content_length(request)
+    if declared is not None and declared > limit:
         raise ApiError(413, f"request body is {declared} bytes; the limit is {limit} bytes")
     body = bytearray()
     async for chunk in request.stream():

@@ -14,7 +14,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
-from ..sessions.errors import Conflict, InvalidInput, NotFound, SessionError, WrongState
+from ..sessions.errors import (
+    AtCapacity,
+    Conflict,
+    InsufficientStorage,
+    InvalidInput,
+    NotFound,
+    SessionError,
+    TooLarge,
+    WrongState,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +49,15 @@ class ApiError(Exception):
         self.detail = detail
 
 
-STATUS_FOR: dict[type[SessionError], int] = {NotFound: 404, WrongState: 400, Conflict: 409, InvalidInput: 400}
+STATUS_FOR: dict[type[SessionError], int] = {
+    NotFound: 404,
+    WrongState: 400,
+    Conflict: 409,
+    InvalidInput: 400,
+    TooLarge: 413,
+    InsufficientStorage: 507,
+    AtCapacity: 503,
+}
 
 
 def error_response(status: int, *details: str) -> JSONResponse:

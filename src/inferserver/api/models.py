@@ -73,8 +73,9 @@ router.add_api_route(
     create_session,
     methods=["POST"],
     response_model=Envelope[SessionCreated],
-    responses=error_responses(400, 404, 413, 415),
+    responses=error_responses(400, 404, 413, 415, 503),
     summary="Create a session with this run configuration",
+    description="503 when the server already holds MAX_SESSIONS live sessions.",
     route_class_override=BoundedJsonRoute,
     strict_content_type=False,  # a body without Content-Type is read as JSON; other types are 415 (bodies.py)
 )

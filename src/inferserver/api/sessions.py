@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from .. import convert
 from ..sessions.errors import InvalidInput
 from ..sessions.manager import SessionManager
+from ..sessions.quotas import UploadLimits, limited_upload
 from ..sessions.state import Status
 from . import deps
 from .bodies import UPLOAD_TYPES, require_media_type
@@ -81,9 +82,10 @@ async def cancel_session(session_id: SessionId, manager: Sessions) -> Envelope[S
 @router.put(
     "/{session_id}/inputs/{name}",
     response_model=Envelope[UploadReceived],
-    responses=error_responses(400, 404, 409, 415),
+    responses=error_responses(400, 404, 409, 413, 415, 507),
     openapi_extra=deps.RAW_BODY,
     summary="Upload an input file as the raw request body (streamed to disk)",
+    description="413 when it is over MAX_UPLOAD_BYTES; 507 when it would leave less than DISK_RESERVE_BYTES free.",
 )
 async def put_input(session_id: SessionId, name: InputName, request: Request, manager: Sessions) -> Envelope[UploadReceived]:
     return await _upload(session_id, name, request, manager)
@@ -92,7 +94,7 @@ async def put_input(session_id: SessionId, name: InputName, request: Request, ma
 @router.post(
     "/{session_id}/inputs/{name}",
     response_model=Envelope[UploadReceived],
-    responses=error_responses(400, 404, 409, 415),
+    responses=error_responses(400, 404, 409, 413, 415, 507),
     openapi_extra=MULTIPART_BODY,
     summary="Upload an input file as the one file part of a multipart/form-data body (streamed, never spooled)",
 )
@@ -102,13 +104,16 @@ async def post_input(session_id: SessionId, name: InputName, request: Request, m
 
 async def _upload(session_id: str, name: str, request: Request, manager: SessionManager) -> Envelope[UploadReceived]:
     require_media_type(request, UPLOAD_TYPES)
-    body = request.stream()
+    raw = request.stream()
+    # The limits hold for the request body as it comes, so a Content-Length over them is refused up front.
+    limits = UploadLimits.from_settings(request.app.state.settings)
+    body = limited_upload(raw, deps.content_length(request), limits, label=f"input {name}")
     content_type = request.headers.get("content-type")
     chunks = file_part(content_type or "", body) if is_multipart(content_type) else body
     try:
         result = await manager.upload(session_id, name, chunks)
     except InvalidInput:
-        await deps.drain(body)
+        await deps.drain(raw)
         raise
     request.app.state.metrics.uploaded.inc(result.size)
     return Envelope(data=UploadReceived(sha256=result.sha256))

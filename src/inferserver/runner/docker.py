@@ -6,10 +6,11 @@ archives and logs go through its `_query` helper here and are streamed as bytes.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from pathlib import Path
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import aiodocker
@@ -29,6 +30,9 @@ ARCHIVE_CHUNK = 1 << 20
 # aiohttp offers gzip by default and dockerd then gzips the archive on the fly: 8x slower for a volume
 # that is usually compressed already. Ask for the bytes as they are.
 IDENTITY = {"Accept-Encoding": "identity"}
+SIGKILL_EXIT = 137  # 128 + SIGKILL: what an OOM kill looks like from the exit status
+OOM_FLAG_POLLS = 10
+OOM_FLAG_INTERVAL = 0.1
 
 
 class EngineUnavailable(RunFailed):
@@ -139,18 +143,23 @@ class DockerBackend:
             raise engine_error(exc) from exc
         return container.id
 
-    async def put_files(self, container_id: str, files: list[FileTransfer]) -> None:
-        """Place host files at their container paths from one tar stream generated on the fly."""
+    async def put_files(self, container_id: str, files: list[FileTransfer], dirs_for: Sequence[str] = ()) -> None:
+        """Place host files at their container paths from one tar stream generated on the fly.
+
+        The directories of `dirs_for` (the outputs' paths) are made too: a model without inputs must
+        still find the directory it writes its outputs into.
+        """
         members: list[TarMember] = []
         seen_dirs: set[str] = set()
-        for transfer in files:
-            arcname = transfer.container.lstrip("/")
+        for path, source in [(t.container, t.host) for t in files] + [(p, None) for p in dirs_for]:
+            arcname = path.lstrip("/")
             for parent in parents_of(arcname):
                 if parent not in seen_dirs:
                     seen_dirs.add(parent)
                     # World-writable and sticky like /tmp: the model may run as any user and writes its outputs here.
                     members.append(TarMember(arcname=parent, source=None, mode=0o1777))
-            members.append(TarMember(arcname=arcname, source=transfer.host, mode=0o644))
+            if source is not None:
+                members.append(TarMember(arcname=arcname, source=source, mode=0o644))
         await self._request(
             f"containers/{container_id}/archive",
             "PUT",
@@ -198,9 +207,17 @@ class DockerBackend:
             container = docker_container(self.client(), container_id)
             result = await container.wait(timeout=None)
             state = (await container.show())["State"]
+            exit_code = int(result.get("StatusCode", state.get("ExitCode", -1)))
+            # dockerd may record the OOM event just after the exit (seen on a busy host): a SIGKILLed
+            # container gets a short while for the flag to show before we call it a plain kill.
+            for _ in range(OOM_FLAG_POLLS):
+                if exit_code != SIGKILL_EXIT or state.get("OOMKilled"):
+                    break
+                await asyncio.sleep(OOM_FLAG_INTERVAL)
+                state = (await container.show())["State"]
         except (DockerError, aiohttp.ClientError, OSError) as exc:
             raise engine_error(exc) from exc
-        return int(result.get("StatusCode", state.get("ExitCode", -1))), bool(state.get("OOMKilled"))
+        return exit_code, bool(state.get("OOMKilled"))
 
     async def ping(self) -> None:
         """RunFailed (EngineUnavailable) when the engine does not answer."""

@@ -10,14 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from ..config import GpuMode
+from ..sizes import human_size
 from .docker import LABEL_SESSION, DockerBackend
-from .jobs import LogSink, RunFailed, RunJob, RunOutcome, StartedCallback
+from .jobs import LogSink, RunFailed, RunJob, RunLimits, RunOutcome, StartedCallback
+from .logcap import CappedLog
 
 logger = logging.getLogger(__name__)
 
 # How long the log copy may trail the container's exit before we stop waiting for it.
 LOG_DRAIN_SECONDS = 10.0
-OOM_EXIT = 137
 # Cancel a run's task with this message to leave its container running (server shutdown).
 DETACH = "detach"
 # Exit statuses of a container stopped by a signal from outside (SIGKILL, SIGTERM): maybe by a stopping engine.
@@ -29,10 +30,27 @@ ENGINE_GONE_POLL = 0.25
 NO_GPU_DRIVER = "could not select device driver"
 
 
-def exit_reason(exit_code: int, oom_killed: bool) -> str:
+def exit_reason(exit_code: int, oom_killed: bool, memory: int) -> str:
     if oom_killed:
-        return f"killed: out of memory (exit status {exit_code})"
+        return f"exceeded the memory limit of {human_size(memory)}"
     return f"model exited with status {exit_code}"
+
+
+def limits_config(limits: RunLimits) -> dict[str, Any]:
+    """HostConfig fields that bound what the container may use and do."""
+    config: dict[str, Any] = {
+        "Memory": limits.memory,
+        "MemorySwap": limits.memory,  # equal to Memory: no swap on top of it
+        "PidsLimit": limits.pids,
+        "ShmSize": limits.shm_size,
+        # A model needs no privileges: no capabilities, no setuid gains; an init reaps its zombies.
+        "CapDrop": ["ALL"],
+        "SecurityOpt": ["no-new-privileges"],
+        "Init": True,
+    }
+    if limits.cpus:
+        config["NanoCpus"] = round(limits.cpus * 1e9)
+    return config
 
 
 class Runner:
@@ -59,7 +77,7 @@ class Runner:
 
     def container_config(self, job: RunJob, gpus: bool) -> dict[str, Any]:
         # No network unless the operator allows one: a model has no business calling out with patient data.
-        host_config: dict[str, Any] = {"NetworkMode": self.network}
+        host_config: dict[str, Any] = {"NetworkMode": self.network, **limits_config(job.limits)}
         if gpus:
             host_config["DeviceRequests"] = [{"Driver": "", "Count": -1, "Capabilities": [["gpu"]]}]
         return {
@@ -73,6 +91,7 @@ class Runner:
     async def run(self, job: RunJob, log: LogSink, on_started: StartedCallback) -> RunOutcome:
         """A whole run. Cancelled with DETACH, the container is left running for a later `attach`."""
         container_id: str | None = None
+        log = CappedLog(log, job.limits.log_bytes)
         try:
             await self.backend.ensure_image(job.image, log)
             container_id = await self._start(job, log, await self.wants_gpus())
@@ -84,21 +103,29 @@ class Runner:
             if isinstance(exc, RunFailed):
                 return RunOutcome(False, str(exc))
             raise
-        return await self.attach(job, container_id, log)
+        return await self._follow(job, container_id, log)
 
     async def attach(self, job: RunJob, container_id: str, log: LogSink, skip: int = 0) -> RunOutcome:
         """Follow a started container to its end: log (after the first `skip` bytes), wait, collect, remove."""
+        return await self._follow(job, container_id, CappedLog(log, job.limits.log_bytes, written=skip), skip)
+
+    async def _follow(self, job: RunJob, container_id: str, log: LogSink, skip: int = 0) -> RunOutcome:
         log_copy: asyncio.Task[None] | None = None
         detached = False
         try:
             log_copy = asyncio.create_task(self.backend.follow_logs(container_id, SkipLog(log, skip)))
-            exit_code, oom_killed = await self.backend.wait(container_id)
+            try:
+                # A re-attached run gets its whole time again from here: the engine's start time is not asked for.
+                exit_code, oom_killed = await asyncio.wait_for(self.backend.wait(container_id), job.limits.timeout)
+            except TimeoutError:
+                # The container is killed and removed below, like every container whose run has ended.
+                return RunOutcome(False, f"timed out after {job.limits.timeout} s")
             await self._drain(log_copy, log)
             if exit_code in STOPPED_EXITS and not oom_killed and await self._engine_went_away():
                 return RunOutcome(False, f"the Docker engine stopped during the run (it stopped the container: "
                                          f"exit status {exit_code})", exit_code)
             if exit_code != 0:
-                return RunOutcome(False, exit_reason(exit_code, oom_killed), exit_code)
+                return RunOutcome(False, exit_reason(exit_code, oom_killed, job.limits.memory), exit_code)
             await self.collect(container_id, job)
             return RunOutcome(True, "", exit_code)
         except RunFailed as exc:
@@ -118,7 +145,7 @@ class Runner:
         """Create, stage the inputs, start; in `auto` mode, an engine without a GPU driver gets a CPU run."""
         container_id = await self.backend.create(self.container_config(job, gpus), name=f"inferserver-{job.job_id}")
         try:
-            await self.backend.put_files(container_id, job.inputs)
+            await self.backend.put_files(container_id, job.inputs, [o.container for o in job.outputs])
             await self.backend.start(container_id)
         except BaseException as exc:  # the container is not the caller's yet: remove it here
             await self.backend.remove(container_id)

@@ -17,12 +17,25 @@ class FileTransfer:
 
 
 @dataclass(frozen=True)
+class RunLimits:
+    """What one run may use: the server's settings, or less where the model's spec asks for less."""
+
+    memory: int  # bytes; swap is not allowed beyond it
+    cpus: float  # 0: no limit
+    pids: int
+    shm_size: int  # bytes of /dev/shm
+    timeout: int  # seconds from the container's start to its exit
+    log_bytes: int  # the session log stops growing past this
+
+
+@dataclass(frozen=True)
 class RunJob:
     job_id: str
     image: str
     argv: list[str]
     inputs: list[FileTransfer]
     outputs: list[FileTransfer]
+    limits: RunLimits
     labels: dict[str, str] = field(default_factory=dict)
 
 

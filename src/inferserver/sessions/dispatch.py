@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import IO
 
 from ..config import Settings
+from ..limits import limits_for
 from ..runner.docker import LABEL_INSTANCE, LABEL_MODEL, LABEL_SESSION, DockerBackend
 from ..runner.execute import DETACH, Runner
 from ..runner.jobs import FileTransfer, RunFailed, RunJob, RunOutcome
@@ -86,7 +87,7 @@ def instance_id(session_path: Path) -> str:
     return marker.read_text().strip()
 
 
-def job_for(plan: SessionPlan, instance: str) -> RunJob:
+def job_for(plan: SessionPlan, instance: str, settings: Settings) -> RunJob:
     spec, config = plan.spec, plan.config
     return RunJob(
         job_id=plan.id,
@@ -94,6 +95,7 @@ def job_for(plan: SessionPlan, instance: str) -> RunJob:
         argv=build_argv(spec, config),
         inputs=[FileTransfer(n, plan.input_path(n), container_path(spec, n)) for n in config.enabled_inputs()],
         outputs=[FileTransfer(n, plan.output_path(n), container_path(spec, n)) for n in config.enabled_outputs()],
+        limits=limits_for(settings, spec),
         labels={LABEL_MODEL: spec.id, LABEL_INSTANCE: instance},
     )
 
@@ -195,7 +197,7 @@ class Dispatcher:
     async def execute(self, row: SessionRow, attach_to: str | None) -> None:
         """Run (or follow a recovered container to its end) and record the outcome."""
         plan = self.manager.plan(row)
-        job = job_for(plan, self.instance)
+        job = job_for(plan, self.instance, self.settings)
         log = SessionLog(plan.files.log, self.signals, row.id)
 
         async def started(container_id: str) -> None:

@@ -19,3 +19,15 @@ class Conflict(SessionError):
 
 class InvalidInput(SessionError):
     """The request's content is not acceptable (bad configuration, wrong file type)."""
+
+
+class TooLarge(SessionError):
+    """An upload over the size limit."""
+
+
+class InsufficientStorage(SessionError):
+    """The session disk would fall below its free-space reserve."""
+
+
+class AtCapacity(SessionError):
+    """The server already holds as many live sessions as it may."""

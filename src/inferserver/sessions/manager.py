@@ -23,6 +23,7 @@ from ..specs.model import ModelSpec
 from ..specs.runconfig import RunConfig, SessionRequest, validate_run_config
 from .errors import Conflict, InvalidInput, NotFound, WrongState
 from .logstream import follow_log
+from .quotas import check_room
 from .state import LIVE, SessionFiles, SessionPlan, Signal, Signals, Status
 from .store import SessionRow, SessionView, Store
 from .uploads import UploadResult, receive_file
@@ -58,6 +59,7 @@ class SessionManager:
             config = validate_run_config(loaded.spec, request)
         except ConfigError as exc:
             raise InvalidInput(str(exc)) from exc
+        check_room(await self.live_count(), self.settings.MAX_SESSIONS)
         session_id = str(uuid.uuid4())  # random: ids are unguessable
         SessionFiles(self.root / session_id).create()
         now = time.time()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,8 +32,15 @@ class ModelDirectory:
     errors: list[SpecLoadError] = field(default_factory=list)
 
 
-def load_spec_file(path: Path) -> ModelSpec:
-    """Read and validate one spec file; SpecError says why it cannot be served."""
+SpecCheck = Callable[[ModelSpec], object]
+
+
+def load_spec_file(path: Path, check: SpecCheck | None = None) -> ModelSpec:
+    """Read and validate one spec file; SpecError says why it cannot be served.
+
+    ``check`` is the server's own test of a valid spec (its limits against the server's ceilings); the
+    SpecError it raises makes the file one that is reported and not served.
+    """
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -43,10 +51,13 @@ def load_spec_file(path: Path) -> ModelSpec:
         raise SpecError(f"not valid JSON: {e}") from None
     if not isinstance(raw, dict):
         raise SpecError(f"the spec must be a JSON object, not {type(raw).__name__}")
-    return ModelSpec.from_raw(raw)
+    spec = ModelSpec.from_raw(raw)
+    if check is not None:
+        check(spec)
+    return spec
 
 
-def load_model_directory(path: Path) -> ModelDirectory:
+def load_model_directory(path: Path, check: SpecCheck | None = None) -> ModelDirectory:
     """Load every ``*.json`` in ``path`` (sorted, not recursive)."""
     if not path.is_dir():
         return ModelDirectory(errors=[SpecLoadError(path, "model directory does not exist or is not a directory")])
@@ -54,7 +65,7 @@ def load_model_directory(path: Path) -> ModelDirectory:
     errors: list[SpecLoadError] = []
     for file in spec_files(path):
         try:
-            loaded.append(LoadedModel(load_spec_file(file), file))
+            loaded.append(LoadedModel(load_spec_file(file, check), file))
         except SpecError as e:
             errors.append(SpecLoadError(file, str(e)))
     return assemble(loaded, errors)

@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from .errors import SpecError
+from .limits import ModelLimits
 from .upgrade import CURRENT_VERSION, upgrade_spec
 
 Status = Literal["required", "suggested", "optional"]
@@ -208,6 +209,8 @@ class ModelSpec(_SpecPart):
     outputs: dict[str, IOSpec]
     params: dict[str, ParamSpec] = Field(default_factory=dict)
     order: list[str] | None = None
+    # inferserver's own, optional: run limits within the server's ceilings. Not ablinfer's, which keeps it as is.
+    inferserver: ModelLimits | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -321,6 +324,7 @@ __all__ = [
     "FloatParam",
     "IOSpec",
     "IntParam",
+    "ModelLimits",
     "ModelSpec",
     "ParamSpec",
     "ProcessingStep",

@@ -12,7 +12,7 @@ import asyncio
 import logging
 from pathlib import Path
 
-from .directory import LoadedModel, ModelDirectory, SpecLoadError, assemble, load_spec_file, spec_files
+from .directory import LoadedModel, ModelDirectory, SpecCheck, SpecLoadError, assemble, load_spec_file, spec_files
 from .errors import SpecError
 
 logger = logging.getLogger(__name__)
@@ -25,8 +25,9 @@ Stamp = tuple[int, int, int]
 class ModelRegistry:
     """Owns `directory` (the object the api and the session manager read) and updates it in place."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, check: SpecCheck | None = None) -> None:
         self.path = path
+        self.check = check  # see load_spec_file
         self.directory = ModelDirectory()
         self._stamps: dict[Path, Stamp] = {}
         self._good: dict[Path, LoadedModel] = {}  # the last version of each file that loaded
@@ -55,7 +56,7 @@ class ModelRegistry:
             self._bad.pop(file, None)
         for file in changed:
             try:
-                self._good[file] = LoadedModel(load_spec_file(file), file)
+                self._good[file] = LoadedModel(load_spec_file(file, self.check), file)
                 self._bad.pop(file, None)
             except SpecError as exc:
                 self._bad[file] = SpecLoadError(file, str(exc))

@@ -1,0 +1,72 @@
+"""What clients may put on the server: upload size, the session disk's free-space reserve, live sessions.
+
+Each refusal names the limit, so the user knows what to ask the operator for.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import Settings
+from ..sizes import human_size, rough_size
+from .errors import AtCapacity, InsufficientStorage, TooLarge
+
+# A chunked upload does not say how big it is: the free space is looked at again after each this many bytes.
+DISK_CHECK_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    max_bytes: int
+    disk_reserve: int
+    disk: Path  # any path on the session disk
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> UploadLimits:
+        return cls(settings.MAX_UPLOAD_BYTES, settings.DISK_RESERVE_BYTES, settings.SESSION_PATH)
+
+    def check_disk(self, label: str, coming: int) -> None:
+        """InsufficientStorage when `coming` more bytes would leave less free than the reserve."""
+        st = os.statvfs(self.disk)
+        free = st.f_bavail * st.f_frsize
+        if free - coming < self.disk_reserve:
+            raise InsufficientStorage(
+                f"not enough disk space for {label}: the server keeps {human_size(self.disk_reserve)} free "
+                f"(DISK_RESERVE_BYTES) and has {rough_size(free)} free"
+            )
+
+
+async def limited_upload(
+    chunks: AsyncIterator[bytes], declared: int | None, limits: UploadLimits, label: str
+) -> AsyncIterator[bytes]:
+    """`chunks` passed through until the upload breaks a limit, then TooLarge or InsufficientStorage.
+
+    With a Content-Length (`declared`) both limits are decided before the first byte is taken; either
+    way they are checked again as the bytes arrive. The receiver removes its partial file on the error.
+    """
+    over = f"{label} is over the upload limit of {human_size(limits.max_bytes)} (MAX_UPLOAD_BYTES)"
+    if declared is not None and declared > limits.max_bytes:
+        raise TooLarge(f"{over}: its Content-Length is {declared} bytes")
+    limits.check_disk(label, declared if declared is not None else DISK_CHECK_BYTES)
+    received = 0
+    next_disk_check = DISK_CHECK_BYTES
+    async for chunk in chunks:
+        received += len(chunk)
+        if received > limits.max_bytes:
+            raise TooLarge(over)
+        if received >= next_disk_check:
+            # Other uploads share the disk: what was free at the start may be gone now.
+            limits.check_disk(label, max(declared - received, 0) if declared is not None else DISK_CHECK_BYTES)
+            next_disk_check = received + DISK_CHECK_BYTES
+        yield chunk
+
+
+def check_room(live: int, limit: int) -> None:
+    """AtCapacity when `live` sessions (not complete or failed) already fill the `limit`."""
+    if live >= limit:
+        raise AtCapacity(
+            f"the server holds its limit of {limit} live sessions (MAX_SESSIONS); try again once some have finished"
+        )
