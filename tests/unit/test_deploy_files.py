@@ -6,6 +6,7 @@ import re
 import runpy
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,11 +25,12 @@ def systemd_analyze() -> str:
 
 
 def unit_for_this_checkout(tmp_path: Path) -> Path:
-    """The unit with /srv/inferserver pointed at this checkout, whose .venv has gunicorn, so verify can find it."""
+    """The unit with /srv/inferserver pointed at this checkout and its venv at the running one (which has gunicorn),
+    so verify can find them."""
     text = UNIT.read_text()
     assert "ExecStart=/srv/inferserver/.venv/bin/gunicorn -c /srv/inferserver/deploy/gunicorn.conf.py" in text
     path = tmp_path / "inferserver.service"
-    path.write_text(text.replace("/srv/inferserver", str(REPO)))
+    path.write_text(text.replace("/srv/inferserver/.venv", sys.prefix).replace("/srv/inferserver", str(REPO)))
     return path
 
 
