@@ -7,13 +7,14 @@ named by `INFERSERVER_SETTINGS` (existing Flask-era deployments keep their file)
 from __future__ import annotations
 
 import os
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, ValidationError, field_validator
+from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .sizes import DOCKER_MIN_MEMORY, parse_size_at_least
 
@@ -41,6 +42,35 @@ def size_at_least(minimum: int) -> BeforeValidator:
 
 
 Size = Annotated[int, size_at_least(1)]
+
+
+# A GPU's id as NVIDIA_VISIBLE_DEVICES takes it: an index (0, or 0:1 for a MIG slice) or a UUID (GPU-…, MIG-…).
+_DEVICE_ID = re.compile(r"^(\d+(:\d+)?|(GPU|MIG)-[A-Za-z0-9/-]+)$")
+
+
+def _parse_gpus(value: Any) -> Any:
+    """`auto`/`none`/`all`, or device ids listed as `0,1,2,3` (a list in the settings file): a pool."""
+    if isinstance(value, GpuMode):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in {m.value for m in GpuMode}:
+            return GpuMode(word)
+        value = value.split(",")
+    if not isinstance(value, (list, tuple)):
+        raise ValueError("must be auto, none, all or a list of GPU ids such as 0,1,2,3")
+    devices = tuple(str(item).strip() for item in value)
+    if not devices or not all(_DEVICE_ID.match(d) for d in devices):
+        raise ValueError("must be auto, none, all or a list of GPU ids such as 0,1,2,3 (indices or GPU-… UUIDs)")
+    if len(set(devices)) != len(devices):
+        raise ValueError("lists a GPU more than once")
+    return devices
+
+
+# NoDecode: `0,1,2,3` in the environment is this setting's own syntax, not JSON.
+GpuSetting = Annotated[GpuMode | tuple[str, ...], NoDecode, BeforeValidator(_parse_gpus)]
 
 
 class PythonFileSource(PydanticBaseSettingsSource):
@@ -88,7 +118,14 @@ class Settings(BaseSettings):
     DATABASE_URL: str | None = Field(
         None, description="SQLAlchemy async URL of the session database; default: SQLite in SESSION_PATH."
     )
-    GPUS: GpuMode = Field(GpuMode.AUTO, description="GPU requests: auto (when the engine has the NVIDIA runtime), none, all.")
+    GPUS: GpuSetting = Field(
+        GpuMode.AUTO,
+        description="GPU requests: auto (when the engine has the NVIDIA runtime), none, all (every run shares "
+        "every GPU), or device ids such as 0,1,2,3: a pool from which each run gets its own GPUS_PER_RUN.",
+    )
+    GPUS_PER_RUN: int | None = Field(
+        None, ge=1, description="GPUs each run gets from the GPUS pool (default: all of them); a spec may ask otherwise."
+    )
     CONTAINER_NETWORK: str = Field("none", min_length=1, description="Docker network for model containers; none = no network.")
     LOG_FORMAT: Literal["text", "json"] = Field("text", description="Log lines as plain text, or one JSON object per line.")
     MAX_JSON_BYTES: int = Field(1 << 20, ge=1024, description="Largest JSON request body (POST /models/{id}); larger is 413.")
@@ -118,6 +155,30 @@ class Settings(BaseSettings):
     def _unset_when_empty(cls, value: Any) -> Any:
         return None if value == "" else value  # `INFERSERVER_AUTH_USERS_FILE=` turns access control off
 
+    @model_validator(mode="after")
+    def _gpus_per_run(self) -> Settings:
+        if self.GPUS_PER_RUN is None:
+            return self
+        if not isinstance(self.GPUS, tuple):
+            raise ValueError(
+                f"setting GPUS_PER_RUN={self.GPUS_PER_RUN!r} needs GPUS to list the device ids (e.g. 0,1,2,3), "
+                f"not {self.GPUS.value!r}: only a pool of known devices can be shared out"
+            )
+        if self.GPUS_PER_RUN > len(self.GPUS):
+            raise ValueError(
+                f"setting GPUS_PER_RUN={self.GPUS_PER_RUN!r} is more than the {len(self.GPUS)} GPUs GPUS lists"
+            )
+        return self
+
+    @property
+    def gpu_pool(self) -> tuple[str, ...]:
+        """The devices runs get their own share of; empty when GPUS is a mode (no pool)."""
+        return self.GPUS if isinstance(self.GPUS, tuple) else ()
+
+    @property
+    def gpus_per_run(self) -> int:
+        return self.GPUS_PER_RUN or len(self.gpu_pool)
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -137,6 +198,9 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
+            if not err["loc"]:  # a check across settings: its message names them
+                problems.append(err["msg"].removeprefix("Value error, "))
+                continue
             name = ".".join(str(p) for p in err["loc"])
             problems.append(f"setting {name}={err.get('input')!r} is invalid: {err['msg']}")
         raise SettingsError("; ".join(problems)) from exc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -304,3 +305,37 @@ def test_a_wrong_limit_names_the_setting(monkeypatch: pytest.MonkeyPatch, name: 
         load_settings()
     assert f"setting {name}={value!r} is invalid" in str(caught.value)
     assert says in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "devices"),
+    [("0,1,2,3", ("0", "1", "2", "3")), (" 1 , 3", ("1", "3")), ("GPU-4b2c-77,MIG-9a/1/0", ("GPU-4b2c-77", "MIG-9a/1/0"))],
+)
+def test_gpus_lists_a_pool_of_device_ids(monkeypatch: pytest.MonkeyPatch, value: str, devices: tuple[str, ...]) -> None:
+    monkeypatch.setenv("INFERSERVER_GPUS", value)
+    s = load_settings()
+    assert s.GPUS == devices and s.gpu_pool == devices
+    assert s.gpus_per_run == len(devices)  # default: all of them
+
+
+def test_gpus_from_a_settings_file_list(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INFERSERVER_SETTINGS", str(_settings_file(tmp_path, "GPUS = [0, 1]\nGPUS_PER_RUN = 1\n")))
+    s = load_settings()
+    assert s.GPUS == ("0", "1") and s.gpus_per_run == 1
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"GPUS": "0,0"}, "more than once"),
+        ({"GPUS": "0,,1"}, "GPUS='0,,1'"),
+        ({"GPUS_PER_RUN": "1"}, "GPUS_PER_RUN=1 needs GPUS to list the device ids"),
+        ({"GPUS": "0,1", "GPUS_PER_RUN": "3"}, "GPUS_PER_RUN=3 is more than the 2 GPUs"),
+        ({"GPUS": "0,1", "GPUS_PER_RUN": "0"}, "GPUS_PER_RUN='0'"),
+    ],
+)
+def test_a_wrong_gpu_pool_is_named(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], says: str) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(f"INFERSERVER_{name}", value)
+    with pytest.raises(SettingsError, match=re.escape(says)):
+        load_settings()
