@@ -294,3 +294,21 @@ def test_convenience() -> None:
     assert spec.image == "toy:1"
     assert spec.field_names() == ["vol", "seg"]
     assert spec.argument_order() == ["seg", "vol"]
+
+
+@pytest.mark.parametrize("gpus", [0, 2])
+def test_the_inferserver_section_asks_for_gpus_and_goes_out_as_written(gpus: int) -> None:
+    raw = {**base_1_3(), "inferserver": {"gpus": gpus}}
+    spec = ModelSpec.from_raw(raw)
+    assert spec.gpus == gpus
+    assert spec.wire()["inferserver"] == {"gpus": gpus}
+    assert ModelSpec.from_raw(base_1_3()).gpus is None
+
+
+@pytest.mark.parametrize(
+    ("section", "says"),
+    [({"gpus": -1}, "inferserver/gpus"), ({"gpus": "2"}, "inferserver/gpus"), ({"gpu": 1}, "inferserver/gpu")],
+)
+def test_a_wrong_gpu_count_names_the_field(section: dict[str, Any], says: str) -> None:
+    with pytest.raises(SpecError, match=says):
+        ModelSpec.from_raw({**base_1_3(), "inferserver": section})

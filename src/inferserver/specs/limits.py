@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, ConfigDict, Field
 
 from ..sizes import DOCKER_MIN_MEMORY, parse_size, parse_size_at_least
+from .gpus import GpuDemand
 
 
 def _size_at_least(minimum: int) -> AfterValidator:
@@ -27,8 +28,8 @@ def _size_at_least(minimum: int) -> AfterValidator:
 SizeValue = Annotated[int | str, _size_at_least(1)]
 
 
-class ModelLimits(BaseModel):
-    """Each field is optional; an absent one takes the server's setting."""
+class ModelLimits(GpuDemand):
+    """Each field is optional; an absent one takes the server's setting. The GPU count comes from GpuDemand."""
 
     # forbid: a misspelt limit ("memroy") must not silently leave the model unlimited by it.
     model_config = ConfigDict(extra="forbid", strict=True)

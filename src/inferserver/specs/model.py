@@ -268,6 +268,11 @@ class ModelSpec(_SpecPart):
         """Every input, output and param name."""
         return [*self.inputs, *self.outputs, *self.params]
 
+    @property
+    def gpus(self) -> int | None:
+        """GPUs one run asks for (None: the server's GPUS_PER_RUN)."""
+        return self.inferserver.gpus if self.inferserver else None
+
     def argument_order(self) -> list[str]:
         """The order arguments are passed in: the spec's ``order``, else the names sorted."""
         return list(self.order) if self.order else sorted(self.field_names())
