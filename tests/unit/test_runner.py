@@ -7,6 +7,7 @@ test wants it to; the fake below has DockerBackend's async methods and records e
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
@@ -479,3 +480,30 @@ async def test_the_run_log_is_capped(tmp_path: Path) -> None:
 )
 def test_split_image(image: str, expected: tuple[str, str]) -> None:
     assert split_image(image) == expected
+
+
+@pytest.mark.parametrize("mode", list(GpuMode))
+async def test_a_job_with_pool_devices_asks_for_exactly_those_whatever_the_mode(tmp_path: Path, mode: GpuMode) -> None:
+    backend = FakeBackend(files=ALL_OUTPUTS)
+    job = dataclasses.replace(make_job(tmp_path), gpu_ids=["2", "GPU-aa"])
+    outcome, _, _ = await run(backend, job, mode)
+    assert outcome.ok
+    assert backend.configs[0]["HostConfig"]["DeviceRequests"] == [
+        {"Driver": "", "DeviceIDs": ["2", "GPU-aa"], "Capabilities": [["gpu"]]}
+    ]
+
+
+@pytest.mark.parametrize("mode", list(GpuMode))
+async def test_a_cpu_only_job_asks_for_no_gpu_whatever_the_mode(tmp_path: Path, mode: GpuMode) -> None:
+    backend = FakeBackend(files=ALL_OUTPUTS, nvidia=True)
+    outcome, _, _ = await run(backend, dataclasses.replace(make_job(tmp_path), gpu_ids=[]), mode)
+    assert outcome.ok
+    assert "DeviceRequests" not in backend.configs[0]["HostConfig"]
+
+
+async def test_pool_devices_refused_by_the_engine_fail_the_run_with_its_reason(tmp_path: Path) -> None:
+    # No CPU fallback: the operator listed the GPUs, so a refusal is a real problem to show.
+    backend = FakeBackend(files=ALL_OUTPUTS, gpu_driver=False)
+    outcome, started, _ = await run(backend, dataclasses.replace(make_job(tmp_path), gpu_ids=["0"]), GpuMode.AUTO)
+    assert not outcome.ok and "could not select device driver" in outcome.reason
+    assert started == []

@@ -65,7 +65,9 @@ class Runner:
         """Whether runs ask for GPUs now (in `auto` mode: once the engine has shown it can serve them)."""
         return self.gpus is GpuMode.ALL or (self.gpus is GpuMode.AUTO and self._engine_gpus is True)
 
-    async def wants_gpus(self) -> bool:
+    async def wants_gpus(self, job: RunJob | None = None) -> bool:
+        if job is not None and job.gpu_ids is not None:
+            return bool(job.gpu_ids)
         if self.gpus is GpuMode.ALL:
             return True
         if self.gpus is GpuMode.NONE:
@@ -78,7 +80,9 @@ class Runner:
     def container_config(self, job: RunJob, gpus: bool) -> dict[str, Any]:
         # No network unless the operator allows one: a model has no business calling out with patient data.
         host_config: dict[str, Any] = {"NetworkMode": self.network, **limits_config(job.limits)}
-        if gpus:
+        if gpus and job.gpu_ids:  # these devices and no others: another run holds the rest
+            host_config["DeviceRequests"] = [{"Driver": "", "DeviceIDs": list(job.gpu_ids), "Capabilities": [["gpu"]]}]
+        elif gpus:
             host_config["DeviceRequests"] = [{"Driver": "", "Count": -1, "Capabilities": [["gpu"]]}]
         return {
             "Image": job.image,
@@ -94,7 +98,7 @@ class Runner:
         log = CappedLog(log, job.limits.log_bytes)
         try:
             await self.backend.ensure_image(job.image, log)
-            container_id = await self._start(job, log, await self.wants_gpus())
+            container_id = await self._start(job, log, await self.wants_gpus(job))
             await on_started(container_id)
         except BaseException as exc:
             detaching = isinstance(exc, asyncio.CancelledError) and exc.args == (DETACH,)
@@ -149,12 +153,13 @@ class Runner:
             await self.backend.start(container_id)
         except BaseException as exc:  # the container is not the caller's yet: remove it here
             await self.backend.remove(container_id)
-            if isinstance(exc, RunFailed) and gpus and self.gpus is GpuMode.AUTO and NO_GPU_DRIVER in str(exc):
+            if (isinstance(exc, RunFailed) and gpus and self.gpus is GpuMode.AUTO and job.gpu_ids is None
+                    and NO_GPU_DRIVER in str(exc)):
                 self._engine_gpus = False
                 await log.write(b"inferserver: the Docker engine has no GPU support; running on the CPU\n")
                 return await self._start(job, log, gpus=False)
             raise
-        if gpus and self.gpus is GpuMode.AUTO:
+        if gpus and self.gpus is GpuMode.AUTO and job.gpu_ids is None:
             self._engine_gpus = True
         return container_id
 

@@ -37,6 +37,8 @@ class RunJob:
     outputs: list[FileTransfer]
     limits: RunLimits
     labels: dict[str, str] = field(default_factory=dict)
+    # GPUs of the pool for this run only, [] for none; None: no pool, the runner's GPUS mode decides.
+    gpu_ids: list[str] | None = None
 
 
 @dataclass(frozen=True)
