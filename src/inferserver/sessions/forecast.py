@@ -1,0 +1,107 @@
+"""Where each queued run stands and when it should start: the scheduling policy played forward in time.
+
+The runs now going end after the recent run time of their model; at each end the same `pick` the dispatcher
+uses starts what it would start. The order runs start in is the queue position a client sees, and the time
+is its estimate. A start that waits on a run of a model with no recent run time has no estimate (its place
+is still given, with a guessed run time).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .gpupool import OVERTAKE_LIMIT, Demand, pick
+
+HISTORY = 5  # recent runs of a model that make its estimate
+GUESS_SECONDS = 60.0  # only to order starts behind a model never seen yet; never shown
+
+
+@dataclass(frozen=True)
+class QueuePlace:
+    """A queued session's place: 1 starts next; `starts_at` is a wall-clock estimate, None when unknown."""
+
+    position: int
+    starts_at: float | None = None
+
+    def line(self, now: float) -> str:
+        text = f"Waiting, position in queue is {self.position}"
+        if self.starts_at is None:
+            return text
+        return f"{text} (about {about(self.starts_at - now)})"
+
+
+def about(seconds: float) -> str:
+    minutes = max(1, math.ceil(seconds / 60))
+    return f"{minutes} min" if minutes < 120 else f"{round(minutes / 60)} h"
+
+
+class RunTimes:
+    """Recent run times per model (complete runs only: a failure says little about the next run)."""
+
+    def __init__(self) -> None:
+        self._seconds: dict[str, deque[float]] = {}
+
+    def add(self, model_id: str, seconds: float) -> None:
+        self._seconds.setdefault(model_id, deque(maxlen=HISTORY)).append(max(seconds, 0.0))
+
+    def estimate(self, model_id: str) -> float | None:
+        recent = self._seconds.get(model_id)
+        return sum(recent) / len(recent) if recent else None
+
+
+@dataclass(frozen=True)
+class Going:
+    """A run in progress: its devices and how long it should still take (None: unknown)."""
+
+    devices: tuple[str, ...]
+    left: float | None
+
+
+@dataclass(frozen=True)
+class Queued:
+    demand: Demand
+    takes: float | None  # expected run time; None: unknown
+
+
+def forecast(
+    going: Sequence[Going],
+    queue: Sequence[Queued],
+    devices: Sequence[str],
+    slots: int,
+    overtaken: dict[str, int],
+    now: float,
+    limit: int = OVERTAKE_LIMIT,
+) -> dict[str, QueuePlace]:
+    """Each queued session's place, by playing `pick` forward from `now` (`slots`: runs at once in all)."""
+    known = [g.left for g in going if g.left is not None] + [q.takes for q in queue if q.takes is not None]
+    guess = sum(known) / len(known) if known else GUESS_SECONDS
+    # (end time, devices, whether the end time is known)
+    active = [(now + (g.left if g.left is not None else guess), g.devices, g.left is not None) for g in going]
+    held = {d for g in going for d in g.devices}
+    free = [d for d in devices if d not in held]
+    pending = list(queue)
+    counts = dict(overtaken)
+    t, certain = now, True
+    places: dict[str, QueuePlace] = {}
+    while pending:
+        starts = pick([q.demand for q in pending], free, slots - len(active), counts, limit)
+        started = {s.session_id for s in starts}
+        for start in starts:
+            item = next(q for q in pending if q.demand.session_id == start.session_id)
+            places[start.session_id] = QueuePlace(len(places) + 1, t if certain else None)
+            free = [d for d in free if d not in start.devices]
+            takes = item.takes if item.takes is not None else guess
+            active.append((t + takes, start.devices, item.takes is not None))
+        pending = [q for q in pending if q.demand.session_id not in started]
+        if not pending or not active:
+            break
+        active.sort(key=lambda a: a[0])
+        end, freed, end_known = active.pop(0)
+        t, certain = max(t, end), certain and end_known
+        free = [d for d in devices if d in set(free) | set(freed)]
+    for item in pending:  # cannot start at all (nothing running frees enough): last, no estimate
+        places[item.demand.session_id] = QueuePlace(len(places) + 1)
+    return places
