@@ -18,11 +18,11 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from . import __version__
-from .api import health, models, root, sessions
+from .api import gpus, health, models, root, sessions
 from .api.auth import AccessControl, AuthMiddleware
 from .api.envelope import install_error_handlers, install_openapi
 from .api.requestlog import RequestLog
-from .config import Settings, load_settings
+from .config import GpuMode, Settings, load_settings
 from .limits import limits_for
 from .health import Readiness
 from .logs import configure_logging
@@ -56,9 +56,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     store = Store(settings.DATABASE_URL or default_url(str(settings.SESSION_PATH)))
     await create_schema(store, settings.SESSION_PATH)
     backend = DockerBackend()
-    runner = Runner(backend, settings.GPUS, settings.CONTAINER_NETWORK)
+    # With a pool every job names its own devices; the runner's mode only matters without one.
+    runner = Runner(backend, settings.GPUS if isinstance(settings.GPUS, GpuMode) else GpuMode.NONE,
+                    settings.CONTAINER_NETWORK)
     manager = SessionManager(settings, directory, store, Signals())
     manager.prepare_root()
+    if settings.gpu_pool and settings.WORKER_THREADS * settings.gpus_per_run < len(settings.gpu_pool):
+        logger.warning("WORKER_THREADS=%d runs at once with %d GPUs each leaves GPUs of GPUS=%s idle",
+                       settings.WORKER_THREADS, settings.gpus_per_run, ",".join(settings.gpu_pool))
     dispatcher = Dispatcher(settings, store, manager, runner, backend)
     metrics = Metrics()
     dispatcher.run_ended = metrics.run_finished
@@ -66,7 +71,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.sessions = manager
     app.state.dispatcher = dispatcher
     app.state.metrics = metrics
-    app.state.gpu_requests_on = lambda: runner.gpu_requests_on
+    app.state.gpu_requests_on = lambda: bool(settings.gpu_pool) or runner.gpu_requests_on
     app.state.readiness = Readiness(backend, directory, settings.MODEL_PATH, settings.SESSION_PATH)
 
     # Every worker process runs a dispatcher; the dispatch lock lets exactly one of them start runs.
@@ -110,7 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     install_openapi(app)
     app.add_middleware(RequestLog)
-    for router in (root.router, models.router, sessions.router, health.router):
+    for router in (root.router, models.router, sessions.router, health.router, gpus.router):
         app.include_router(router)
     return app
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from inferserver.sessions.forecast import QueuePlace
 from inferserver.sessions.logstream import KEEPALIVE, follow_log
 from inferserver.sessions.state import SessionFiles, Signal, Status
 
@@ -51,8 +52,9 @@ class Reader:
         async def status() -> Status:
             return session.status
 
-        async def where() -> int | None:
-            return position()
+        async def where() -> QueuePlace | None:
+            place = position()
+            return QueuePlace(place) if isinstance(place, int) else place
 
         async def touch() -> None:
             session.touched += 1

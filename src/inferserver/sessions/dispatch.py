@@ -23,6 +23,8 @@ from ..runner.docker import LABEL_INSTANCE, LABEL_MODEL, LABEL_SESSION, DockerBa
 from ..runner.execute import DETACH, Runner
 from ..runner.jobs import FileTransfer, RunFailed, RunJob, RunOutcome
 from ..specs.command import build_argv, container_path
+from .forecast import Going, QueuePlace, Queued, RunTimes, forecast
+from .gpupool import Demand, GpuPool, pick
 from .manager import UPLOAD_STALE, SessionManager
 from .state import SessionPlan, Signals, Status
 from .store import SessionRow, Store
@@ -34,6 +36,8 @@ TICK = 0.5  # how often the queue is looked at when nothing in this process says
 LOCK_RETRY = 1.0
 ENGINE_RETRY = 2.0
 MAX_ATTEMPTS = 3  # a run interrupted this many times (server restarts, vanished containers) fails
+RUN_TIMES_SEED = 200  # complete runs read back at start for the start-time estimates
+ESTIMATE_SLACK = 15.0  # seconds an estimate may drift before the published forecast is rewritten
 
 
 class DispatchLock:
@@ -87,7 +91,7 @@ def instance_id(session_path: Path) -> str:
     return marker.read_text().strip()
 
 
-def job_for(plan: SessionPlan, instance: str, settings: Settings) -> RunJob:
+def job_for(plan: SessionPlan, instance: str, settings: Settings, gpu_ids: list[str] | None = None) -> RunJob:
     spec, config = plan.spec, plan.config
     return RunJob(
         job_id=plan.id,
@@ -97,6 +101,7 @@ def job_for(plan: SessionPlan, instance: str, settings: Settings) -> RunJob:
         outputs=[FileTransfer(n, plan.output_path(n), container_path(spec, n)) for n in config.enabled_outputs()],
         limits=limits_for(settings, spec),
         labels={LABEL_MODEL: spec.id, LABEL_INSTANCE: instance},
+        gpu_ids=gpu_ids,
     )
 
 
@@ -116,6 +121,11 @@ class Dispatcher:
         self.engine_problem: str | None = None
         # A run failed, perhaps with its engine away so that its container could not be removed: look again.
         self.orphans_possible = False
+        self.pool = GpuPool(settings.gpu_pool)
+        self.overtaken: dict[str, int] = {}  # queued session -> later runs that took GPUs before it
+        self.run_times = RunTimes()
+        self._running_since: dict[str, tuple[str, float]] = {}  # session -> (model id, start time)
+        self._published: dict[str, QueuePlace] | None = None
         self._next_cleanup = time.monotonic() + max(settings.CLEANUP_TIMER, 0)
         # Observer (metrics): outcome, seconds queued, seconds run.
         self.run_ended: Callable[[str, float | None, float | None], None] = lambda outcome, queued, ran: None
@@ -149,20 +159,79 @@ class Dispatcher:
 
     async def start_queued(self) -> None:
         free = self.settings.WORKER_THREADS - len(self.running)
-        if free <= 0:
-            return
         queue = await self.store.queue()
-        if not queue:
+        # Runs wait for the engine; they are not failed for its absence.
+        if queue and free > 0 and await self.engine_ready(queue):
+            rows = {row.id: row for row in queue}
+            demands = await self.demands(queue)
+            for start in pick(demands, self.pool.free(), free, self.overtaken):
+                await self._start(rows[start.session_id], start.devices)
+            self.signals.notify_all()  # queue positions moved
+        await self.publish_forecast()
+
+    def gpus_needed(self, row: SessionRow) -> int:
+        """GPUs of the pool the run needs: its spec's `inferserver.gpus`, else GPUS_PER_RUN; 0 without a pool."""
+        asked = self.manager.plan(row).spec.gpus
+        if not self.pool.size:
+            return 0
+        return self.settings.gpus_per_run if asked is None else asked
+
+    async def demands(self, queue: list[SessionRow]) -> list[Demand]:
+        """The queue as the pool sees it; a run needing more GPUs than the pool has fails: it could never start."""
+        demands = []
+        for row in queue:
+            need = self.gpus_needed(row)
+            if need > self.pool.size:
+                reason = (f"model {row.model_id} asks for {need} GPUs; this server has {self.pool.size} "
+                          f"(GPUS={','.join(self.pool.devices)})")
+                if await self.store.update(row.id, when={Status.READY}, status=Status.FAILED, info=reason,
+                                           finished=time.time()):
+                    self.manager.status_changed(row.id)
+                    logger.info("session %s failed: %s", row.id, reason)
+                continue
+            demands.append(Demand(row.id, need))
+        return demands
+
+    async def _start(self, row: SessionRow, devices: tuple[str, ...]) -> None:
+        # Held (and recorded) before the run is `working`: a recovery never sees a run without its GPUs.
+        self.pool.hold(row.id, devices)
+        await self.store.hold_gpus(row.id, devices)
+        self.overtaken.pop(row.id, None)
+        if await self.store.update(row.id, when={Status.READY}, status=Status.WORKING, info="starting",
+                                   started=time.time()):
+            self.manager.status_changed(row.id)
+            logger.info("session %s working%s", row.id, f" on GPU {','.join(devices)}" if devices else "")
+            self._spawn(row, gpu_ids=self.job_gpus(row, devices))
+        else:  # cancelled meanwhile
+            await self.release_gpus(row.id)
+
+    def job_gpus(self, row: SessionRow, devices: tuple[str, ...]) -> list[str] | None:
+        """The run's device request: its own devices from the pool; without one, none for a CPU-only model
+        and otherwise whatever the GPUS mode gives (None)."""
+        if self.pool.size:
+            return list(devices)
+        return [] if self.manager.plan(row).spec.gpus == 0 else None
+
+    async def release_gpus(self, session_id: str) -> None:
+        self.pool.release(session_id)
+        await self.store.release_gpus(session_id)
+
+    async def publish_forecast(self) -> None:
+        """Write each queued session's place and estimated start for every worker's log streams."""
+        queue = await self.store.queue()
+        now = time.time()
+        going = []
+        for session_id, (model_id, since) in self._running_since.items():
+            takes = self.run_times.estimate(model_id)
+            going.append(Going(self.pool.held_by(session_id), None if takes is None else max(takes - (now - since), 0)))
+        queued = [Queued(Demand(row.id, min(self.gpus_needed(row), self.pool.size)),
+                         self.run_times.estimate(row.model_id)) for row in queue]
+        self.overtaken = {k: v for k, v in self.overtaken.items() if k in {row.id for row in queue}}
+        places = forecast(going, queued, self.pool.devices, self.settings.WORKER_THREADS, self.overtaken, now)
+        if self._published is not None and same_forecast(self._published, places):
             return
-        if not await self.engine_ready(queue):
-            return  # runs wait for the engine; they are not failed for its absence
-        for row in queue[:free]:
-            if await self.store.update(row.id, when={Status.READY}, status=Status.WORKING, info="starting",
-                                       started=time.time()):
-                self.manager.status_changed(row.id)
-                logger.info("session %s working", row.id)
-                self._spawn(row)
-        self.signals.notify_all()  # queue positions moved
+        await self.store.set_forecast(places)
+        self._published = places
 
     async def engine_ready(self, queue: list[SessionRow]) -> bool:
         try:
@@ -184,20 +253,22 @@ class Dispatcher:
                 await self.store.update(row.id, when={Status.READY}, info="")
         return True
 
-    def _spawn(self, row: SessionRow, container_id: str | None = None) -> None:
-        task = asyncio.create_task(self.execute(row, container_id), name=f"inferserver-run-{row.id}")
+    def _spawn(self, row: SessionRow, container_id: str | None = None, gpu_ids: list[str] | None = None) -> None:
+        task = asyncio.create_task(self.execute(row, container_id, gpu_ids), name=f"inferserver-run-{row.id}")
         self.running[row.id] = task
+        self._running_since[row.id] = (row.model_id, row.started if container_id and row.started else time.time())
 
         def done(_: asyncio.Task[None]) -> None:
             self.running.pop(row.id, None)
+            self._running_since.pop(row.id, None)
             self.manager.dispatch_wakeup.notify()  # a slot is free
 
         task.add_done_callback(done)
 
-    async def execute(self, row: SessionRow, attach_to: str | None) -> None:
+    async def execute(self, row: SessionRow, attach_to: str | None, gpu_ids: list[str] | None = None) -> None:
         """Run (or follow a recovered container to its end) and record the outcome."""
         plan = self.manager.plan(row)
-        job = job_for(plan, self.instance, self.settings)
+        job = job_for(plan, self.instance, self.settings, gpu_ids)
         log = SessionLog(plan.files.log, self.signals, row.id)
 
         async def started(container_id: str) -> None:
@@ -225,11 +296,14 @@ class Dispatcher:
         started = view.row.started if view and view.row.started else time.time()
         if outcome.ok:
             status, info = Status.COMPLETE, f"finished in {time.time() - started:.1f} s"
+            if view is not None:
+                self.run_times.add(view.row.model_id, time.time() - started)
         else:
             status, info = Status.FAILED, outcome.reason
             await log.write(f"inferserver: run failed: {outcome.reason}\n".encode())
             self.orphans_possible = True
         await self.store.update(session_id, status=status, info=info, finished=time.time(), container_id=None)
+        await self.release_gpus(session_id)
         self.manager.status_changed(session_id)
         logger.info("session %s %s: %s", session_id, status.value, info)
         queued_at = view.row.queued_at if view else None
@@ -249,6 +323,7 @@ class Dispatcher:
                     await self.backend.remove(row.container_id)
                 await self.store.update(row.id, when={Status.WORKING}, status=Status.FAILED, info="cancelled",
                                         finished=time.time(), container_id=None)
+                await self.release_gpus(row.id)
                 self.manager.status_changed(row.id)
 
     # -- recovery after a restart ---------------------------------------------------------
@@ -265,12 +340,20 @@ class Dispatcher:
 
     async def _recover_once(self) -> None:
         working = await self.store.with_status(Status.WORKING)
+        holds = await self.store.gpu_holds()
+        for session_id in set(holds) - {row.id for row in working}:  # its run ended while the holds were written
+            await self.store.release_gpus(session_id)
+        for model_id, seconds in await self.store.run_times(RUN_TIMES_SEED):
+            self.run_times.add(model_id, seconds)
         for row in working:
             info = await self.backend.inspect(row.container_id) if row.container_id else None
             if info is not None:
                 logger.info("session %s: re-attaching to container %s", row.id, row.container_id[:12])
+                # The container keeps the GPUs it was given; GPUS may have changed since: keep what is still ours.
+                self.pool.hold(row.id, [d for d in holds.get(row.id, []) if d in self.pool.devices])
                 self._spawn(row, row.container_id)
                 continue
+            await self.release_gpus(row.id)  # re-queued or failed: a new start gets devices anew
             attempts = row.attempts + 1
             if attempts >= MAX_ATTEMPTS:
                 await self.store.update(row.id, status=Status.FAILED, finished=time.time(), container_id=None,
@@ -298,6 +381,7 @@ class Dispatcher:
         for task in tasks:
             task.cancel(DETACH)
         await asyncio.gather(*tasks, return_exceptions=True)
+        # The runs left going keep their GPUs (in the store) for the next dispatcher to re-attach with.
 
     # -- clean-up -------------------------------------------------------------------------
 
@@ -339,6 +423,19 @@ class Dispatcher:
             pid = rest.partition(":")[0]
             if owner_host == host and pid.isdigit() and not process_alive(int(pid)):
                 await self.store.release_upload(session_id, name, owner, landed=False)
+
+
+def same_forecast(old: dict[str, QueuePlace], new: dict[str, QueuePlace]) -> bool:
+    """Same places, and no estimate moved by more than ESTIMATE_SLACK (or appeared or vanished)."""
+    if old.keys() != new.keys():
+        return False
+    for session_id, place in new.items():
+        before = old[session_id]
+        if before.position != place.position or (before.starts_at is None) != (place.starts_at is None):
+            return False
+        if place.starts_at is not None and abs(place.starts_at - before.starts_at) > ESTIMATE_SLACK:  # type: ignore[operator]
+            return False
+    return True
 
 
 def process_alive(pid: int) -> bool:

@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+from .forecast import QueuePlace
 from .state import Signal, Status
 
 KEEPALIVE = b"\0\n"  # the ablinfer client skips this line
@@ -23,7 +24,7 @@ READ_BLOCK = 1 << 16
 async def follow_log(
     log_path: Path,
     status: Callable[[], Awaitable[Status | None]],
-    position: Callable[[], Awaitable[int | None]],
+    position: Callable[[], Awaitable[QueuePlace | None]],
     signal: Signal,
     touch: Callable[[], Awaitable[None]],
     *,
@@ -33,9 +34,10 @@ async def follow_log(
     """Yield whole lines until the session is final (or gone) and every byte of its log has been sent."""
     last_touch = time.monotonic()
     while (await status()) is Status.READY:
-        queued_at = await position()
-        if queued_at is not None:
-            yield f"Waiting, position in queue is {queued_at}\n".encode()
+        place = await position()
+        if place is not None:
+            # The client prints this line as it is; "Waiting, position in queue is N" must lead it.
+            yield f"{place.line(time.time())}\n".encode()
         deadline = time.monotonic() + QUEUE_LINE_SECONDS
         while (left := deadline - time.monotonic()) > 0:
             token = signal.token()

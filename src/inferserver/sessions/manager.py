@@ -150,7 +150,7 @@ class SessionManager:
         stream = follow_log(
             plan.files.log,
             status=lambda: self.watch.status(session_id),
-            position=lambda: self.store.position(session_id),
+            position=lambda: self.store.queue_place(session_id),
             signal=self.signals.of(session_id),
             touch=lambda: self.store.touch(session_id),
         )

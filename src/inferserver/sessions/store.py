@@ -32,6 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from .forecast import QueuePlace
 from .state import Status
 
 
@@ -70,6 +71,26 @@ class InputRow(Base):
     landed: Mapped[bool] = mapped_column(Boolean, default=False)
     owner: Mapped[str | None] = mapped_column(String(80), nullable=True)
     heartbeat: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class GpuHold(Base):
+    """A GPU of the pool held by a run. Its own table (not a column of `sessions`): create_all adds a new table
+    to an existing database but never a new column. The device is the key: no GPU has two holders."""
+
+    __tablename__ = "gpu_holds"
+
+    device: Mapped[str] = mapped_column(String(100), primary_key=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), index=True)
+
+
+class QueueSlot(Base):
+    """The dispatcher's forecast for a queued session, read by every worker: its place and estimated start."""
+
+    __tablename__ = "queue_forecast"
+
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer)
+    starts_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 @dataclass(frozen=True)
@@ -149,6 +170,8 @@ class Store:
 
     async def remove(self, session_id: str) -> None:
         async with self.sessionmaker.begin() as db:
+            await db.execute(delete(QueueSlot).where(QueueSlot.session_id == session_id))
+            await db.execute(delete(GpuHold).where(GpuHold.session_id == session_id))
             await db.execute(delete(InputRow).where(InputRow.session_id == session_id))
             await db.execute(delete(SessionRow).where(SessionRow.id == session_id))
 
@@ -176,17 +199,63 @@ class Store:
 
     async def position(self, session_id: str) -> int | None:
         """1 for the next session to start; None when not queued."""
+        place = await self.queue_place(session_id)
+        return place.position if place else None
+
+    async def queue_place(self, session_id: str) -> QueuePlace | None:
+        """The dispatcher's forecast; until it has one for this session, its place in FIFO order."""
         async with self.sessionmaker() as db:
             me = await db.get(SessionRow, session_id)
             if me is None or me.status != Status.READY.value or me.queued_at is None:
                 return None
+            slot = await db.get(QueueSlot, session_id)
+            if slot is not None:
+                return QueuePlace(slot.position, slot.starts_at)
             ahead = await db.scalar(
                 select(func.count()).where(
                     SessionRow.status == Status.READY.value,
                     tuple_(SessionRow.queued_at, SessionRow.id) < tuple_(me.queued_at, me.id),
                 )
             )
-            return int(ahead or 0) + 1
+            return QueuePlace(int(ahead or 0) + 1)
+
+    async def set_forecast(self, places: dict[str, QueuePlace]) -> None:
+        """Replace the whole forecast (the queue is short; one transaction keeps readers consistent)."""
+        async with self.sessionmaker.begin() as db:
+            await db.execute(delete(QueueSlot))
+            live = set(await db.scalars(select(SessionRow.id).where(SessionRow.id.in_(list(places)))))
+            db.add_all(QueueSlot(session_id=sid, position=p.position, starts_at=p.starts_at)
+                       for sid, p in places.items() if sid in live)
+
+    # -- GPUs -------------------------------------------------------------------------------
+
+    async def hold_gpus(self, session_id: str, devices: tuple[str, ...]) -> None:
+        async with self.sessionmaker.begin() as db:
+            db.add_all(GpuHold(device=d, session_id=session_id) for d in devices)
+
+    async def release_gpus(self, session_id: str) -> None:
+        async with self.sessionmaker.begin() as db:
+            await db.execute(delete(GpuHold).where(GpuHold.session_id == session_id))
+
+    async def gpu_holds(self) -> dict[str, list[str]]:
+        """Session id -> the devices it holds."""
+        async with self.sessionmaker() as db:
+            held: dict[str, list[str]] = {}
+            for device, session_id in await db.execute(select(GpuHold.device, GpuHold.session_id)):
+                held.setdefault(session_id, []).append(device)
+            return held
+
+    async def run_times(self, limit: int) -> list[tuple[str, float]]:
+        """(model id, seconds) of the latest complete runs, oldest first: the seed of the run-time estimates."""
+        async with self.sessionmaker() as db:
+            rows = await db.execute(
+                select(SessionRow.model_id, SessionRow.finished - SessionRow.started)
+                .where(SessionRow.status == Status.COMPLETE.value, SessionRow.started.is_not(None),
+                       SessionRow.finished.is_not(None))
+                .order_by(SessionRow.finished.desc())
+                .limit(limit)
+            )
+            return [(model_id, float(seconds)) for model_id, seconds in reversed(list(rows))]
 
     # -- uploads ----------------------------------------------------------------------------
 
