@@ -24,14 +24,14 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from ..conftest import REPO
-from .conftest import Server, start_server
+from .conftest import Server, start_server, stop_server
 
 FAKE_HOOK = REPO / "tests" / "images" / "fake-nvidia-hook"
 HOOK_NAME = "nvidia-container-runtime-hook"
@@ -143,6 +143,26 @@ def _launch(root: Path) -> subprocess.Popen[bytes]:
                                 cwd=root, start_new_session=True)
 
 
+def engine_fixture(images: list[str]) -> Callable[..., Iterator[Engine]]:
+    """A module-scoped `gpu_engine` fixture holding `images`; its teardown proves nothing was left behind."""
+
+    @pytest.fixture(scope="module")
+    def gpu_engine(fixture_images: None) -> Iterator[Engine]:
+        engine = start_engine_or_fail(images, "the private GPU-capable dockerd")
+        try:
+            yield engine
+        finally:
+            left = leftover_containers(engine)
+            root = engine.root
+            stop_engine(engine)
+            assert not left, f"containers left behind on the GPU engine: {left}"
+            assert engine.process.returncode is not None
+            assert not mounts_under(root), f"mounts left under {root}: {mounts_under(root)}"
+            assert not root.exists(), f"{root} was not removed"
+
+    return gpu_engine
+
+
 def _wait_until_up(engine: Engine) -> None:
     deadline = time.monotonic() + START_SECONDS
     while True:
@@ -235,3 +255,12 @@ def start_server_on(engine_host: str | None, tmp: Path, **settings: str) -> Serv
                 os.environ["DOCKER_HOST"] = saved
     with environ(DOCKER_HOST=engine_host):
         return start_server(tmp, **settings)
+
+
+@pytest.fixture
+def servers() -> Iterator[list[Server]]:
+    """Servers a test starts (on any engine); stopped at its end."""
+    started: list[Server] = []
+    yield started
+    for server in started:
+        stop_server(server)

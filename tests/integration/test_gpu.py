@@ -8,15 +8,12 @@ There is no GPU here. The GPU-capable engine is a private dockerd with a fake NV
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .conftest import SESSION_LABEL, Server, _docker, stop_server, write_nifti
-from .gpu_engine import (
-    Engine, leftover_containers, mounts_under, start_engine_or_fail, start_server_on, stop_engine,
-)
+from .conftest import SESSION_LABEL, Server, _docker, write_nifti
+from .gpu_engine import Engine, engine_fixture, leftover_containers, servers, start_server_on  # noqa: F401
 
 RECORD_IMAGE = "inferserver-test/record:1"
 # What dockerd 20.10's NVIDIA driver puts into the environment for DeviceRequests [{Count: -1, Capabilities:
@@ -24,27 +21,7 @@ RECORD_IMAGE = "inferserver-test/record:1"
 GPU_ENV = ["NVIDIA_VISIBLE_DEVICES=all"]
 
 
-@pytest.fixture(scope="module")
-def gpu_engine(fixture_images: None) -> Iterator[Engine]:
-    engine = start_engine_or_fail([RECORD_IMAGE], "the private GPU-capable dockerd")
-    try:
-        yield engine
-    finally:
-        left = leftover_containers(engine)
-        root = engine.root
-        stop_engine(engine)
-        assert not left, f"containers left behind on the GPU engine: {left}"
-        assert engine.process.returncode is not None
-        assert not mounts_under(root), f"mounts left under {root}: {mounts_under(root)}"
-        assert not root.exists(), f"{root} was not removed"
-
-
-@pytest.fixture
-def servers() -> Iterator[list[Server]]:
-    started: list[Server] = []
-    yield started
-    for server in started:
-        stop_server(server)
+gpu_engine = engine_fixture([RECORD_IMAGE])
 
 
 def run_record(server: Server, source: Path) -> tuple[str, dict, str | None]:
