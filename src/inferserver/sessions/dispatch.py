@@ -166,8 +166,10 @@ class Dispatcher:
             demands = await self.demands(queue)
             for start in pick(demands, self.pool.free(), free, self.overtaken):
                 await self._start(rows[start.session_id], start.devices)
+            queue = [rows[d.session_id] for d in demands if d.session_id not in self.running]
             self.signals.notify_all()  # queue positions moved
-        await self.publish_forecast()
+        # Only what this step looked at: a session queued since keeps its FIFO place until the next step.
+        await self.publish_forecast(queue)
 
     def gpus_needed(self, row: SessionRow) -> int:
         """GPUs of the pool the run needs: its spec's `inferserver.gpus`, else GPUS_PER_RUN; 0 without a pool."""
@@ -216,9 +218,8 @@ class Dispatcher:
         self.pool.release(session_id)
         await self.store.release_gpus(session_id)
 
-    async def publish_forecast(self) -> None:
+    async def publish_forecast(self, queue: list[SessionRow]) -> None:
         """Write each queued session's place and estimated start for every worker's log streams."""
-        queue = await self.store.queue()
         now = time.time()
         going = []
         for session_id, (model_id, since) in self._running_since.items():
