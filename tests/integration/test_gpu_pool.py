@@ -94,13 +94,11 @@ def wall_times(request: pytest.FixtureRequest) -> dict[str, float]:
     """Wall times of the eight-run tests, written to the terminal at the end of the module (for the issue note)."""
     times: dict[str, float] = {}
     yield times
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    for name, seconds in times.items():
-        line = f"8 runs of {WORK_SECONDS} s, {name}: {seconds:.1f} s wall time"
-        if reporter is not None:
-            reporter.write_line(line)
-        else:
-            print(line)
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():  # shown in a normal (captured, -q) run too
+        for name, seconds in times.items():
+            print(f"\n8 runs of {WORK_SECONDS} s, {name}: {seconds:.1f} s wall time", end="")
+        print()
 
 
 def test_one_gpu_each_four_at_once_never_two_on_a_device(
