@@ -22,7 +22,7 @@ from .api import gpus, health, models, root, sessions
 from .api.auth import AccessControl, AuthMiddleware
 from .api.envelope import install_error_handlers, install_openapi
 from .api.requestlog import RequestLog
-from .config import GpuMode, Settings, load_settings
+from .config import Settings, load_settings
 from .limits import limits_for
 from .health import Readiness
 from .logs import configure_logging
@@ -56,9 +56,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     store = Store(settings.DATABASE_URL or default_url(str(settings.SESSION_PATH)))
     await create_schema(store, settings.SESSION_PATH)
     backend = DockerBackend()
-    # With a pool every job names its own devices; the runner's mode only matters without one.
-    runner = Runner(backend, settings.GPUS if isinstance(settings.GPUS, GpuMode) else GpuMode.NONE,
-                    settings.CONTAINER_NETWORK)
+    runner = Runner(backend, settings.runner_gpu_mode, settings.CONTAINER_NETWORK)
     manager = SessionManager(settings, directory, store, Signals())
     manager.prepare_root()
     if settings.gpu_pool and settings.WORKER_THREADS * settings.gpus_per_run < len(settings.gpu_pool):

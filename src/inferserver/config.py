@@ -176,6 +176,11 @@ class Settings(BaseSettings):
         return self.GPUS if isinstance(self.GPUS, tuple) else ()
 
     @property
+    def runner_gpu_mode(self) -> GpuMode:
+        """The runner's own mode; with a pool each job names its devices, so the mode only matters without one."""
+        return self.GPUS if isinstance(self.GPUS, GpuMode) else GpuMode.NONE
+
+    @property
     def gpus_per_run(self) -> int:
         return self.GPUS_PER_RUN or len(self.gpu_pool)
 

@@ -103,12 +103,15 @@ async def run(spec: ModelSpec, settings: Settings, inputs: dict[str, str], param
         plan.files.create()
         for name in config.enabled_inputs():
             plan.input_path(name).symlink_to(Path(inputs[name]).resolve())
+        # Alone, with no server's pool to share: the first devices of GPUS when it lists them.
+        need = settings.gpus_per_run if spec.gpus is None else spec.gpus
+        gpu_ids = list(settings.gpu_pool[:need]) if settings.gpu_pool else ([] if spec.gpus == 0 else None)
         try:
-            job = job_for(plan, LOCAL_INSTANCE, settings)
+            job = job_for(plan, LOCAL_INSTANCE, settings, gpu_ids)
         except SpecError as exc:  # the spec asks above this machine's limits
             raise UsageError(f"{spec.id}: {exc}") from exc
         backend = DockerBackend()
-        runner = Runner(backend, settings.GPUS, settings.CONTAINER_NETWORK)
+        runner = Runner(backend, settings.runner_gpu_mode, settings.CONTAINER_NETWORK)
         print(f"inferserver: running {spec.id} {spec.version} ({job.image}): {' '.join(job.argv)}", file=err)
 
         async def started(container_id: str) -> None:
