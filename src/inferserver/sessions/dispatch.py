@@ -1,21 +1,17 @@
 """The dispatcher: the one process holding the dispatch lock starts queued runs, recovers runs after a
-restart, stops cancelled runs and cleans up. Every worker process runs one; all but one wait for the lock.
+restart, stops cancelled runs and has the janitor clean up. Every worker process runs one; all but one wait
+for the lock.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
-import shutil
-import socket
 import time
-import uuid
 from pathlib import Path
 from collections.abc import Callable
-from typing import IO
 
 from ..config import Settings
 from ..limits import limits_for
@@ -25,10 +21,11 @@ from ..runner.jobs import FileTransfer, RunFailed, RunJob, RunOutcome
 from ..specs.command import build_argv, container_path
 from .forecast import Going, QueuePlace, Queued, RunTimes, forecast
 from .gpupool import Demand, GpuPool, pick
-from .manager import UPLOAD_STALE, SessionManager
+from .instance import DispatchLock, instance_id
+from .janitor import Janitor
+from .manager import SessionManager
 from .state import SessionPlan, Signals, Status
 from .store import SessionRow, Store
-from .uploads import partial_owner_pid
 
 logger = logging.getLogger(__name__)
 
@@ -38,29 +35,6 @@ ENGINE_RETRY = 2.0
 MAX_ATTEMPTS = 3  # a run interrupted this many times (server restarts, vanished containers) fails
 RUN_TIMES_SEED = 200  # complete runs read back at start for the start-time estimates
 ESTIMATE_SLACK = 15.0  # seconds an estimate may drift before the published forecast is rewritten
-
-
-class DispatchLock:
-    """An exclusive flock on a file in SESSION_PATH: one dispatcher per session directory, held until exit."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._file: IO[bytes] | None = None
-
-    def try_acquire(self) -> bool:
-        handle = open(self.path, "ab")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            return False
-        self._file = handle
-        return True
-
-    def release(self) -> None:
-        if self._file is not None:
-            self._file.close()  # closing drops the lock
-            self._file = None
 
 
 class SessionLog:
@@ -76,19 +50,6 @@ class SessionLog:
         with open(self.path, "ab") as log:
             log.write(data)
         self.signals.notify(self.session_id)
-
-
-def instance_id(session_path: Path) -> str:
-    """A stable id for this session directory, labelled on its containers: other servers' are not ours."""
-    marker = session_path / ".instance"
-    with contextlib.suppress(FileNotFoundError):
-        return marker.read_text().strip()
-    candidate = session_path / f".instance.{uuid.uuid4().hex}"
-    candidate.write_text(uuid.uuid4().hex)
-    with contextlib.suppress(FileExistsError):
-        os.link(candidate, marker)  # atomic: the first worker's id wins
-    candidate.unlink()
-    return marker.read_text().strip()
 
 
 def job_for(plan: SessionPlan, instance: str, settings: Settings, gpu_ids: list[str] | None = None) -> RunJob:
@@ -117,6 +78,7 @@ class Dispatcher:
         self.signals = manager.signals
         self.lock = DispatchLock(settings.SESSION_PATH / ".dispatch.lock")
         self.instance = instance_id(settings.SESSION_PATH)
+        self.janitor = Janitor(settings, store, manager)
         self.running: dict[str, asyncio.Task[None]] = {}
         self.engine_problem: str | None = None
         # A run failed, perhaps with its engine away so that its container could not be removed: look again.
@@ -153,7 +115,7 @@ class Dispatcher:
                 self.orphans_possible = False
         if self.settings.CLEANUP_TIMER != -1 and time.monotonic() >= self._next_cleanup:
             self._next_cleanup = time.monotonic() + self.settings.CLEANUP_TIMER
-            await self.cleanup()
+            await self.janitor.cleanup()
 
     # -- starting runs --------------------------------------------------------------------
 
@@ -364,8 +326,8 @@ class Dispatcher:
                 await self.store.update(row.id, status=Status.READY, container_id=None, attempts=attempts,
                                         info="re-queued: its container was gone after a server restart")
                 logger.info("session %s: container gone, re-queued", row.id)
-        await self._release_dead_claims()
-        self._remove_partial_uploads(time.time())
+        await self.janitor.release_dead_claims()
+        self.janitor.remove_partial_uploads(time.time())
         await self.remove_orphans()
 
     async def remove_orphans(self) -> None:
@@ -384,48 +346,6 @@ class Dispatcher:
         await asyncio.gather(*tasks, return_exceptions=True)
         # The runs left going keep their GPUs (in the store) for the next dispatcher to re-attach with.
 
-    # -- clean-up -------------------------------------------------------------------------
-
-    async def cleanup(self, now: float | None = None) -> list[str]:
-        """Forget idle sessions the settings allow to go; never one a client is still using."""
-        now = time.time() if now is None else now
-        statuses = [Status.WAITING]
-        if self.settings.CLEANUP_FINISHED:
-            statuses += [Status.COMPLETE, Status.FAILED]
-        gone = []
-        for row in await self.store.with_status(*statuses):
-            if now - row.updated < self.settings.CLEANUP_SECONDS:
-                continue
-            if await self.store.active_uploads(row.id, now - UPLOAD_STALE):
-                continue
-            await self.store.remove(row.id)
-            self.manager.forget(row.id)
-            if self.settings.CLEANUP_FILES:
-                shutil.rmtree(self.settings.SESSION_PATH / row.id, ignore_errors=True)
-            gone.append(row.id)
-        self._remove_partial_uploads(now)
-        if gone:
-            logger.info("cleaned up %d idle sessions", len(gone))
-        return gone
-
-    def _remove_partial_uploads(self, now: float) -> None:
-        """Partial files of uploads whose process died, or that stopped growing long ago."""
-        for partial in self.settings.SESSION_PATH.glob("*/inputs/.*.upload-*"):
-            pid = partial_owner_pid(partial)
-            with contextlib.suppress(FileNotFoundError):
-                if (pid is not None and not process_alive(pid)) or now - partial.stat().st_mtime > UPLOAD_STALE:
-                    partial.unlink()
-
-    async def _release_dead_claims(self) -> None:
-        """Upload claims of processes on this host that no longer exist: their inputs can be uploaded again."""
-        host = socket.gethostname()
-        for session_id, name, owner in await self.store.upload_claims():
-            owner_host, _, rest = owner.partition(":")
-            pid = rest.partition(":")[0]
-            if owner_host == host and pid.isdigit() and not process_alive(int(pid)):
-                await self.store.release_upload(session_id, name, owner, landed=False)
-
-
 def same_forecast(old: dict[str, QueuePlace], new: dict[str, QueuePlace]) -> bool:
     """Same places, and no estimate moved by more than ESTIMATE_SLACK (or appeared or vanished)."""
     if old.keys() != new.keys():
@@ -436,14 +356,4 @@ def same_forecast(old: dict[str, QueuePlace], new: dict[str, QueuePlace]) -> boo
             return False
         if place.starts_at is not None and abs(place.starts_at - before.starts_at) > ESTIMATE_SLACK:  # type: ignore[operator]
             return False
-    return True
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True

@@ -1,0 +1,74 @@
+"""Clean-up: idle sessions per the CLEANUP_* settings, and what dead upload processes left behind."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import socket
+import time
+
+from ..config import Settings
+from .manager import UPLOAD_STALE, SessionManager
+from .state import Status
+from .store import Store
+from .uploads import partial_owner_pid
+
+logger = logging.getLogger(__name__)
+
+
+class Janitor:
+    def __init__(self, settings: Settings, store: Store, manager: SessionManager) -> None:
+        self.settings = settings
+        self.store = store
+        self.manager = manager
+
+    async def cleanup(self, now: float | None = None) -> list[str]:
+        """Forget idle sessions the settings allow to go; never one a client is still using."""
+        now = time.time() if now is None else now
+        statuses = [Status.WAITING]
+        if self.settings.CLEANUP_FINISHED:
+            statuses += [Status.COMPLETE, Status.FAILED]
+        gone = []
+        for row in await self.store.with_status(*statuses):
+            if now - row.updated < self.settings.CLEANUP_SECONDS:
+                continue
+            if await self.store.active_uploads(row.id, now - UPLOAD_STALE):
+                continue
+            await self.store.remove(row.id)
+            self.manager.forget(row.id)
+            if self.settings.CLEANUP_FILES:
+                shutil.rmtree(self.settings.SESSION_PATH / row.id, ignore_errors=True)
+            gone.append(row.id)
+        self.remove_partial_uploads(now)
+        if gone:
+            logger.info("cleaned up %d idle sessions", len(gone))
+        return gone
+
+    def remove_partial_uploads(self, now: float) -> None:
+        """Partial files of uploads whose process died, or that stopped growing long ago."""
+        for partial in self.settings.SESSION_PATH.glob("*/inputs/.*.upload-*"):
+            pid = partial_owner_pid(partial)
+            with contextlib.suppress(FileNotFoundError):
+                if (pid is not None and not process_alive(pid)) or now - partial.stat().st_mtime > UPLOAD_STALE:
+                    partial.unlink()
+
+    async def release_dead_claims(self) -> None:
+        """Upload claims of processes on this host that no longer exist: their inputs can be uploaded again."""
+        host = socket.gethostname()
+        for session_id, name, owner in await self.store.upload_claims():
+            owner_host, _, rest = owner.partition(":")
+            pid = rest.partition(":")[0]
+            if owner_host == host and pid.isdigit() and not process_alive(int(pid)):
+                await self.store.release_upload(session_id, name, owner, landed=False)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
