@@ -28,6 +28,8 @@ def test_cancel_waiting_queued_and_running_sessions(make_server, tmp_path: Path)
         working = create_and_upload(client, "sleep", source, seconds=60)
         queued = create_and_upload(client, "sleep", source, seconds=0)
         wait_until(lambda: running(server, working), what="the run to start")
+        log_file = server.session_path / working / "log"
+        wait_until(lambda: b"sleeping 60" in log_file.read_bytes(), what="the model's first line in the log")
 
         for session_id in (waiting, queued):
             answer = client.delete(f"/sessions/{session_id}")
