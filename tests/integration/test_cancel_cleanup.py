@@ -51,12 +51,17 @@ def test_cancel_waiting_queued_and_running_sessions(make_server, tmp_path: Path)
         assert again.status_code == 409 and "already failed" in again.json()["errors"][0]["detail"]
 
 
-def test_finished_sessions_are_cleaned_up_with_their_files(make_server, tmp_path: Path) -> None:
-    server = make_server(CLEANUP_TIMER="1", CLEANUP_SECONDS="2", CLEANUP_FILES="true")
-    source = write_nifti(tmp_path / "in.nii.gz", 0.1)
+def finished_copy(server: Server, source: Path) -> str:
+    """A complete session of the copy model."""
     with server.client() as client:
         session_id = create_and_upload(client, "copy", source)
     assert server.wait_status(session_id, {"complete"})["status"] == "complete"
+    return session_id
+
+
+def test_finished_sessions_are_cleaned_up_with_their_files(make_server, tmp_path: Path) -> None:
+    server = make_server(CLEANUP_TIMER="1", CLEANUP_SECONDS="2", CLEANUP_FILES="true")
+    session_id = finished_copy(server, write_nifti(tmp_path / "in.nii.gz", 0.1))
     wait_until(lambda: status_of(server, session_id).status_code == 404, timeout=15, what="the clean-up")
     assert not (server.session_path / session_id).exists()
 
@@ -64,9 +69,8 @@ def test_finished_sessions_are_cleaned_up_with_their_files(make_server, tmp_path
 def test_cleanup_keeps_files_by_default_and_spares_what_is_in_use(make_server, tmp_path: Path) -> None:
     server = make_server(CLEANUP_TIMER="1", CLEANUP_SECONDS="2", WORKER_THREADS="1")
     source = write_nifti(tmp_path / "in.nii.gz", 0.1)
+    done = finished_copy(server, source)
     with server.client() as client:
-        done = create_and_upload(client, "copy", source)
-        assert server.wait_status(done, {"complete"})["status"] == "complete"
         long_run = create_and_upload(client, "sleep", source, seconds=6)
         uploading = client.post("/models/copy", json={}).json()["data"]["session_id"]
 

@@ -287,7 +287,8 @@ async def test_an_unexpected_error_after_create_still_removes_once(tmp_path: Pat
     assert backend.removed == ["cid-1"]
 
 
-async def test_cancelling_a_run_removes_the_container_once(tmp_path: Path) -> None:
+async def cancel_while_waiting(tmp_path: Path) -> FakeBackend:
+    """A run cancelled while it waits for its container (server shutdown or DELETE); its fake engine."""
     backend = FakeBackend(fail={"wait_forever": RuntimeError()})
     task = asyncio.create_task(run(backend, make_job(tmp_path)))
     async with asyncio.timeout(2):
@@ -295,6 +296,11 @@ async def test_cancelling_a_run_removes_the_container_once(tmp_path: Path) -> No
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+    return backend
+
+
+async def test_cancelling_a_run_removes_the_container_once(tmp_path: Path) -> None:
+    backend = await cancel_while_waiting(tmp_path)
     assert backend.removed == ["cid-1"]
 
 
@@ -306,12 +312,6 @@ async def test_a_broken_log_stream_is_noted_but_the_run_goes_on(tmp_path: Path) 
     assert backend.removed == ["cid-1"]
 
 
-LEAK_NOTE = (
-    "BUG: Runner.run creates the follow_logs task and only awaits/cancels it in _drain after wait() returns; "
-    "when wait() raises (or the run is cancelled) the task is left running and keeps writing to the log"
-)
-
-
 async def test_after_an_engine_failure_in_wait_nothing_still_follows_the_log(tmp_path: Path) -> None:
     """Once run() has reported the outcome, no task of it may still write into the session's log."""
     backend = FakeBackend(fail={"wait": RunFailed("Docker engine unreachable: connection reset")})
@@ -321,17 +321,11 @@ async def test_after_an_engine_failure_in_wait_nothing_still_follows_the_log(tmp
     try:
         assert backend.following is False
     finally:
-        backend.exited.set()  # let the leaked task end so it does not outlive the test
+        backend.exited.set()  # were a task leaked, let it end rather than outlive the test
 
 
 async def test_after_a_cancelled_run_nothing_still_follows_the_log(tmp_path: Path) -> None:
-    backend = FakeBackend(fail={"wait_forever": RuntimeError()})
-    task = asyncio.create_task(run(backend, make_job(tmp_path)))
-    async with asyncio.timeout(2):
-        await backend.wait_entered.wait()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    backend = await cancel_while_waiting(tmp_path)
     await asyncio.sleep(0)
     try:
         assert backend.following is False
