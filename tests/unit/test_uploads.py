@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from inferserver.filetypes import SNIFF_BYTES
+from inferserver.filewriter import WRITE_BLOCK
 from inferserver.sessions.errors import InvalidInput
-from inferserver.sessions.uploads import WRITE_BLOCK, UploadResult, receive_file
+from inferserver.sessions.uploads import UploadResult, receive_file
 
 
 def nifti_bytes(tmp_path: Path, shape: tuple[int, ...], name: str = "v.nii") -> bytes:

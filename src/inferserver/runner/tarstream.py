@@ -19,6 +19,8 @@ from pathlib import Path, PurePosixPath
 import aiofiles
 import aiofiles.os
 
+from ..filewriter import BlockWriter
+
 BLOCK = tarfile.BLOCKSIZE  # 512
 _ENCODING = "utf-8"
 _ERRORS = "surrogateescape"  # round-trips any file name bytes
@@ -257,11 +259,9 @@ async def extract_single_file(chunks: AsyncIterator[bytes], dest: Path) -> int:
         kind = _KINDS.get(info.type, f"has unsupported tar type {info.type!r}")
         raise NotARegularFile(info.name.rstrip("/"), kind)
 
-    written = 0
-    async with aiofiles.open(dest, "wb") as f:
+    async with BlockWriter(dest) as out:
         async for piece in reader.stream(info.size):
-            await f.write(piece)
-            written += len(piece)
+            await out.write(piece)
     async for _ in reader.stream(-info.size % BLOCK):  # a missing padding means a cut stream too
         pass
-    return written
+    return out.size
