@@ -29,6 +29,7 @@ from .logs import configure_logging
 from .metrics import Metrics
 from .runner.docker import DockerBackend
 from .runner.execute import Runner
+from .sessions.changes import ChangeToken
 from .sessions.dispatch import Dispatcher
 from .sessions.manager import SessionManager
 from .sessions.state import Signals
@@ -53,7 +54,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     logger.info("serving %d models from %s: %s", len(directory.models), settings.MODEL_PATH, ", ".join(sorted(directory.models)))
 
     settings.SESSION_PATH.mkdir(parents=True, exist_ok=True)
-    store = Store(settings.DATABASE_URL or default_url(str(settings.SESSION_PATH)))
+    # Every worker process maps the same change token: status answers are cached under it (sessions/changes.py).
+    changes = ChangeToken(settings.SESSION_PATH / ".changes")
+    store = Store(settings.DATABASE_URL or default_url(str(settings.SESSION_PATH)), changes)
     await create_schema(store, settings.SESSION_PATH)
     backend = DockerBackend()
     runner = Runner(backend, settings.runner_gpu_mode, settings.CONTAINER_NETWORK)

@@ -171,6 +171,29 @@ def test_every_worker_serves_one_queue_with_one_dispatcher(make_server, launcher
     assert instance_containers(server) == []
 
 
+def test_no_worker_answers_a_stale_status_after_a_change(make_server, launcher: Launcher, tmp_path: Path) -> None:
+    """Status answers come from each worker's memory while no session changed: a change made by one worker
+    (the upload) or by the dispatcher must reach every worker's next answer, not after some delay."""
+    server = make_server(command=launcher)
+    wait_until(lambda: len(workers_of(server)) == WORKERS, 30, f"{WORKERS} worker processes")
+    body = {"inputs": {}, "params": {"seconds": {"value": 2}}, "outputs": {}}
+    session_id = request(server, "POST", "/models/sleep", json=body).json()["data"]["session_id"]
+    polls = 8 * WORKERS  # each on a fresh connection: every worker answers some of them and caches the answer
+    before = [status_of(server, session_id) for _ in range(polls)]
+    assert all(s["status"] == "waiting" and s["needed"] == ["input_vol"] for s in before), before
+
+    source = write_nifti(tmp_path / "in.nii.gz", 0.05)
+    upload = request(server, "PUT", f"/sessions/{session_id}/inputs/input_vol", content=source.read_bytes(),
+                     headers={"Content-Type": "application/octet-stream"})
+    assert upload.status_code == 200, upload.text
+    after = [status_of(server, session_id) for _ in range(polls)]
+    assert all(s["status"] != "waiting" and s["needed"] == [] for s in after), after
+
+    wait_until(lambda: status_of(server, session_id)["status"] == "complete", 60, "the run to complete")
+    done = [status_of(server, session_id) for _ in range(polls)]
+    assert all(s["status"] == "complete" for s in done), done
+
+
 def test_killing_the_dispatching_worker_hands_over_the_running_container(
     make_server, launcher: Launcher, tmp_path: Path
 ) -> None:

@@ -11,11 +11,12 @@ from ..specs.directory import ModelDirectory
 from .envelope import ApiError
 
 
-def sessions(request: Request) -> SessionManager:
+# `async def`: FastAPI would run a plain `def` dependency in a worker thread, a hop on every request.
+async def sessions(request: Request) -> SessionManager:
     return request.app.state.sessions
 
 
-def models(request: Request) -> ModelDirectory:
+async def models(request: Request) -> ModelDirectory:
     return request.app.state.models
 
 

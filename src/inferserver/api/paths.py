@@ -34,7 +34,9 @@ def plain(value: str) -> bool:
     )
 
 
-def _session_id(
+# The dependencies are `async def` although they never wait: FastAPI runs a plain `def` dependency in a
+# worker thread, a thread hop on every request.
+async def _session_id(
     session_id: Annotated[str, Path(description="The session's UUID.", json_schema_extra={"format": "uuid"})],
 ) -> str:
     canonical = session_id.lower()
@@ -50,15 +52,15 @@ def _plain_or_404(kind: str, value: str) -> str:
     return value
 
 
-def _model_id(model_id: str) -> str:
+async def _model_id(model_id: str) -> str:
     return _plain_or_404("model", model_id)
 
 
-def _input_name(name: str) -> str:
+async def _input_name(name: str) -> str:
     return _plain_or_404("input", name)
 
 
-def _output_name(name: str) -> str:
+async def _output_name(name: str) -> str:
     return _plain_or_404("output", name)
 
 

@@ -21,6 +21,7 @@ from ..specs.directory import ModelDirectory
 from ..specs.errors import ConfigError
 from ..specs.model import ModelSpec
 from ..specs.runconfig import RunConfig, SessionRequest, validate_run_config
+from .changes import ChangeCache
 from .errors import Conflict, InvalidInput, NotFound, WrongState
 from .logstream import follow_log
 from .quotas import check_room
@@ -46,6 +47,7 @@ class SessionManager:
         self.root = settings.SESSION_PATH
         self.dispatch_wakeup = Signal()  # this process's dispatcher, if it holds the lock
         self.watch = StatusWatch(store, signals)
+        self._described: ChangeCache[tuple[Status, tuple[str, ...], str]] = ChangeCache(store.changes)
         self._plans: OrderedDict[str, SessionPlan] = OrderedDict()
         self._owner_prefix = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -93,13 +95,17 @@ class SessionManager:
     async def position(self, session_id: str) -> int | None:
         return await self.store.position(session_id)
 
-    async def describe(self, session_id: str) -> tuple[Status, list[str], str]:
-        """status, needed inputs, info — as `GET /sessions/{sid}` reports them."""
+    async def describe(self, session_id: str) -> tuple[Status, tuple[str, ...], str]:
+        """status, needed inputs, info — as `GET /sessions/{sid}` reports them; from memory while no
+        session has changed since it was last read (in any worker process)."""
+        return await self._described.get(session_id, lambda: self._describe(session_id))
+
+    async def _describe(self, session_id: str) -> tuple[Status, tuple[str, ...], str]:
         view = await self.view(session_id)
         info = view.row.info
         if view.status is Status.READY and (position := await self.position(session_id)) is not None:
             info = f"queued at position {position}" + (f"; {info}" if info else "")
-        return view.status, view.needed, info
+        return view.status, tuple(view.needed), info
 
     # -- inputs ---------------------------------------------------------------------------
 

@@ -1,8 +1,8 @@
 """Statuses of the sessions this process's log streams follow, fetched for all of them in one query.
 
 A thousand open log streams would otherwise each ask the database twice a second; here one task asks once
-per tick for every followed session and wakes the streams whose session changed (a change made in another
-worker process shows up within a tick).
+per tick for every followed session, and only when the store's change token says something changed, and
+wakes the streams whose session changed (a change made in another worker process shows up within a tick).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ class StatusWatch:
         self._followers: Counter[str] = Counter()
         self._status: dict[str, Status | None] = {}
         self._task: asyncio.Task[None] | None = None
+        self._seen = b""  # the store's change token at the last query
 
     @contextlib.contextmanager
     def following(self, session_id: str) -> Iterator[None]:
@@ -53,6 +54,10 @@ class StatusWatch:
     async def _poll(self) -> None:
         while self._followers:
             await asyncio.sleep(self.tick)
+            token = self.store.changes.current()  # before the query: a change during it is seen next tick
+            if token == self._seen:
+                continue  # no session changed anywhere since the last query
+            self._seen = token
             current = await self.store.statuses(list(self._followers))
             for session_id in list(self._followers):
                 status = current.get(session_id)

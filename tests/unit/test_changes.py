@@ -1,0 +1,102 @@
+"""The change token shared by worker processes, and the status answers cached under it."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from inferserver.sessions.changes import ChangeCache, ChangeToken
+
+
+def test_a_token_replaced_in_another_process_is_seen_through_the_mapping(tmp_path: Path) -> None:
+    path = tmp_path / ".changes"
+    token = ChangeToken(path)
+    before = token.current()
+    code = "import sys; from inferserver.sessions.changes import ChangeToken; ChangeToken(__import__('pathlib').Path(sys.argv[1])).replace()"
+    subprocess.run([sys.executable, "-c", code, str(path)], check=True)
+    assert token.current() != before
+    assert len(token.current()) == 8
+
+
+def test_every_replace_gives_a_new_token(tmp_path: Path) -> None:
+    token = ChangeToken(tmp_path / ".changes")
+    seen = {token.current()}
+    for _ in range(100):
+        token.replace()
+        seen.add(token.current())
+    assert len(seen) == 101
+
+
+class Reads:
+    def __init__(self) -> None:
+        self.count = 0
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def __call__(self) -> str:
+        self.count += 1
+        await self.gate.wait()
+        return f"answer {self.count}"
+
+
+async def test_answers_come_from_memory_until_the_token_changes(tmp_path: Path) -> None:
+    token = ChangeToken(tmp_path / ".changes")
+    cache: ChangeCache[str] = ChangeCache(token)
+    read = Reads()
+    assert [await cache.get("s1", read) for _ in range(5)] == ["answer 1"] * 5
+    token.replace()
+    assert await cache.get("s1", read) == "answer 2"
+    assert await cache.get("s2", read) == "answer 3"
+    assert read.count == 3
+
+
+async def test_concurrent_misses_share_one_read(tmp_path: Path) -> None:
+    cache: ChangeCache[str] = ChangeCache(ChangeToken(tmp_path / ".changes"))
+    read = Reads()
+    read.gate.clear()
+    waiting = [asyncio.create_task(cache.get("s1", read)) for _ in range(50)]
+    await asyncio.sleep(0.01)
+    read.gate.set()
+    assert await asyncio.gather(*waiting) == ["answer 1"] * 50
+    assert read.count == 1
+
+
+async def test_a_change_during_a_read_is_not_hidden_by_its_answer(tmp_path: Path) -> None:
+    token = ChangeToken(tmp_path / ".changes")
+    cache: ChangeCache[str] = ChangeCache(token)
+    read = Reads()
+    read.gate.clear()
+    first = asyncio.create_task(cache.get("s1", read))
+    await asyncio.sleep(0.01)
+    token.replace()  # committed while the read was under way: its answer may predate the change
+    read.gate.set()
+    assert await first == "answer 1"
+    assert await cache.get("s1", read) == "answer 2"
+
+
+async def test_a_failed_read_is_not_kept(tmp_path: Path) -> None:
+    cache: ChangeCache[str] = ChangeCache(ChangeToken(tmp_path / ".changes"))
+    calls = 0
+
+    async def failing() -> str:
+        nonlocal calls
+        calls += 1
+        raise LookupError("unknown session")
+
+    for _ in range(3):
+        with pytest.raises(LookupError, match="unknown session"):
+            await cache.get("nope", failing)
+    assert calls == 3
+
+
+async def test_the_cache_holds_at_most_its_size(tmp_path: Path) -> None:
+    cache: ChangeCache[str] = ChangeCache(ChangeToken(tmp_path / ".changes"), size=3)
+    read = Reads()
+    for key in ("a", "b", "c", "d"):
+        await cache.get(key, read)
+    assert await cache.get("d", read) == "answer 4"
+    assert await cache.get("a", read) == "answer 5"  # the oldest was dropped and is read again
