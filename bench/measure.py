@@ -8,11 +8,14 @@ import json
 import os
 import re
 import shutil
+import statistics
 import struct
 import subprocess
 import sys
+import tarfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +50,25 @@ def settle() -> None:
     """
     os.sync()
     time.sleep(1)
+
+
+def repeated(times: int, fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    """`fn`'s numbers over `times` runs: the median of each, with every run kept under "runs".
+
+    This machine is a VM whose page-cache and disk speed swing from run to run (a plain `cp` of 1 GiB took
+    0.27 s, then 1.3 s); one run of anything is a sample, not a figure. Runs that failed are kept in "runs"
+    and left out of the medians; when all failed, the first one's error is the result.
+    """
+    runs = [fn(*args) for _ in range(times)]
+    good = [run for run in runs if "error" not in run]
+    if not good:
+        return {**runs[0], "runs": runs}
+    keys = {key for run in good for key, value in run.items() if isinstance(value, (int, float))}
+    result: dict[str, Any] = {key: statistics.median(run[key] for run in good if key in run) for key in sorted(keys)}
+    result["runs"] = runs
+    if len(good) < len(runs):
+        result["failed_runs"] = len(runs) - len(good)
+    return result
 
 
 def same_bytes(a: Path, b: Path) -> bool:
@@ -191,8 +213,12 @@ WRK_LATENCY = re.compile(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", re.M)
 UNIT_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
-def status_load(url: str, connections: int, seconds: int = 5) -> dict[str, Any]:
-    """(c) wrk for a fixed duration against GET /sessions/{sid} of a waiting session."""
+def status_load(url: str, connections: int, seconds: int = 10) -> dict[str, Any]:
+    """(c) wrk for a fixed duration against GET /sessions/{sid} of a waiting session.
+
+    10 s, not 5: wrk opens all its connections at once, and in the first second some of 200 new connections
+    wait up to about 1 s to be served (bare uvicorn with a 150 us app: p99 1.25 s over 5 s, 66 ms over 15 s).
+    """
     sid = httpx.post(url + "/models/copy", json=CREATE_COPY, timeout=30).json()["data"]["session_id"]
     done = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "--latency",
                            f"{url}/sessions/{sid}"], capture_output=True, text=True, timeout=seconds + 60)
@@ -332,6 +358,75 @@ def docker_reference(stack: Stack, source: Path) -> dict[str, Any]:
     return {"cp_in_mbs": size_mib / timings["cp_in"], "cp_out_mbs": size_mib / timings["cp_out"],
             "run_s": timings["run"], "bind_mount_run_s": bind_s,
             "cli_total_s": sum(timings.values())}
+
+
+def _engine_call(stack: Stack, method: str, path: str, *, body: Path | None = None, json_body: Any = None,
+                 out: str = "/dev/null") -> tuple[int, float]:
+    """One Engine API call with curl on the engine's socket: (HTTP status, seconds curl measured)."""
+    argv = ["curl", "-s", "--unix-socket", str(stack.engine.socket), "-X", method, "-o", out,
+            "-w", "%{http_code} %{time_total}", f"http://docker/v1.41/{path}"]
+    if json_body is not None:
+        argv[1:1] = ["-H", "Content-Type: application/json", "--data-binary", json.dumps(json_body)]
+    elif body is not None:
+        argv[1:1] = ["-H", "Content-Type: application/x-tar", "--data-binary", f"@{body}"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=True)
+    code, seconds = done.stdout.split()
+    return int(code), float(seconds)
+
+
+def _tar_of(source: Path, tar: Path) -> None:
+    with tarfile.open(tar, "w") as archive:
+        archive.add(source, arcname="data/input_vol.nii.gz")
+
+
+def engine_reference(stack: Stack, small: Path, big: Path) -> dict[str, Any]:
+    """The engine alone, driven by curl on its socket (no Python in the way), with the container config the
+    servers use: create + put_archive of the small input + start, the floor under (f)'s last byte →
+    container start; and put_archive / get_archive of the big file, the floor under staging."""
+    from inferserver.config import Settings
+    from inferserver.runner.execute import limits_config
+    from inferserver.runner.jobs import RunLimits
+
+    settings = Settings()
+    limits = RunLimits(memory=settings.CONTAINER_MEMORY, cpus=settings.CONTAINER_CPUS, pids=settings.CONTAINER_PIDS,
+                       shm_size=settings.CONTAINER_SHM, timeout=settings.RUN_TIMEOUT, log_bytes=settings.LOG_MAX_BYTES)
+    config = {"Image": "inferserver-test/copy:1", "Cmd": ["-i", "/data/input_vol.nii.gz", "-o", "/data/output_vol.nii.gz"],
+              "HostConfig": {"NetworkMode": "none", **limits_config(limits)}}
+    small_tar, big_tar, created = stack.work / "small.tar", stack.work / "big.tar", stack.work / "created.json"
+    _tar_of(small, small_tar)
+    _tar_of(big, big_tar)
+    result: dict[str, Any] = {}
+    try:
+        for step in ("create_ms", "put_small_ms", "start_ms"):
+            result[step] = []
+        for _ in range(5):
+            code, create_s = _engine_call(stack, "POST", "containers/create", json_body=config, out=str(created))
+            if code != 201:
+                return {"error": f"create answered {code}: {created.read_text()[:200]}"}
+            cid = json.loads(created.read_text())["Id"]
+            try:
+                _, put_s = _engine_call(stack, "PUT", f"containers/{cid}/archive?path=/", body=small_tar)
+                _, start_s = _engine_call(stack, "POST", f"containers/{cid}/start")
+                for step, seconds in (("create_ms", create_s), ("put_small_ms", put_s), ("start_ms", start_s)):
+                    result[step].append(seconds * 1e3)
+                if "in_mbs" not in result:  # the big archive into a fresh container's /data, and out again
+                    settle()
+                    code, put_s = _engine_call(stack, "PUT", f"containers/{cid}/archive?path=/", body=big_tar)
+                    settle()
+                    code2, get_s = _engine_call(stack, "GET", f"containers/{cid}/archive?path=/data/input_vol.nii.gz")
+                    if code != 200 or code2 != 200:
+                        return {"error": f"archive calls answered {code} / {code2}"}
+                    mib = big.stat().st_size / MIB
+                    result["in_mbs"], result["out_mbs"] = mib / put_s, mib / get_s
+            finally:
+                stack.docker("rm", "-f", cid)
+    finally:
+        for path in (small_tar, big_tar, created):
+            path.unlink(missing_ok=True)
+    for step in ("create_ms", "put_small_ms", "start_ms"):
+        result[step] = statistics.median(result[step])
+    result["create_to_start_ms"] = result["create_ms"] + result["put_small_ms"] + result["start_ms"]
+    return result
 
 
 def archive_staging(stack: Stack, source: Path) -> dict[str, Any]:

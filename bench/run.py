@@ -1,7 +1,9 @@
 """Run every measurement for both servers and the machine's limits in one go; write bench/results/.
 
     bench/run.sh            (installs what it needs, then runs this)
-    .venv/bin/python -m bench.run [--big-mib 1024] [--small-mib 20] [--streams 10,100,1000]
+    .venv/bin/python -m bench.run [--big-mib 1024] [--small-mib 20] [--streams 10,100,1000] [--repeats 3]
+
+Throughputs and latencies are the median of --repeats runs (every run is kept in latest.json).
 """
 
 from __future__ import annotations
@@ -40,27 +42,30 @@ def main() -> None:
     parser.add_argument("--big-mib", type=int, default=1024)
     parser.add_argument("--small-mib", type=int, default=20)
     parser.add_argument("--streams", default="10,100,1000")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each throughput and latency measure")
     args = parser.parse_args()
+    n = args.repeats
     counts = tuple(int(n) for n in args.streams.split(","))
     started = time.monotonic()
     results: dict[str, Any] = {"when": time.strftime("%Y-%m-%d %H:%M"), "versions": versions(),
-                               "big_mib": args.big_mib, "small_mib": args.small_mib}
+                               "big_mib": args.big_mib, "small_mib": args.small_mib, "repeats": n}
     with tempfile.TemporaryDirectory(prefix="inferserver-bench-", dir="/var/tmp") as tmp:
         work = Path(tmp)
         big, small = work / "big.nii.gz", work / "small.nii.gz"
         measure.make_volume(big, args.big_mib)
         measure.make_volume(small, args.small_mib)
         with running_stack(work) as stack:
-            results["raw"] = guarded("raw loopback and disk", measure.raw_references, stack, big)
+            results["raw"] = guarded("raw loopback and disk", measure.repeated, n, measure.raw_references, stack, big)
             results["docker"] = guarded("plain docker run", measure.docker_reference, stack, big)
-            results["staging"] = guarded("inferserver archive staging", measure.archive_staging, stack, big)
+            results["engine"] = guarded("the engine alone (curl)", measure.repeated, n, measure.engine_reference, stack, small, big)
+            results["staging"] = guarded("inferserver archive staging", measure.repeated, n, measure.archive_staging, stack, big)
             for name, attr in SERVERS.items():
                 url = getattr(stack, attr)
                 server: dict[str, Any] = {}
                 server["e2e_small"] = guarded(f"{name}: ablinfer {args.small_mib} MiB", measure.ablinfer_e2e, url, small, work / "out")
-                server["flow_small"] = guarded(f"{name}: flow {args.small_mib} MiB", measure.flow, stack, name, url, small)
+                server["flow_small"] = guarded(f"{name}: flow {args.small_mib} MiB", measure.repeated, n, measure.flow, stack, name, url, small)
                 server["e2e_big"] = guarded(f"{name}: ablinfer {args.big_mib} MiB", measure.ablinfer_e2e, url, big, work / "out")
-                server["flow_big"] = guarded(f"{name}: flow {args.big_mib} MiB", measure.flow, stack, name, url, big)
+                server["flow_big"] = guarded(f"{name}: flow {args.big_mib} MiB", measure.repeated, n, measure.flow, stack, name, url, big)
                 server["status"] = {c: guarded(f"{name}: status load c={c}", measure.status_load, url, c) for c in (50, 200)}
                 server["streams"] = guarded(f"{name}: log streams", measure.log_streams, stack, url, small, counts)
                 results[name] = server
