@@ -175,6 +175,15 @@ def leftover_containers(server: Server) -> list[str]:
     return [cid for cid, session in (line.split() for line in result.stdout.splitlines()) if session in ours]
 
 
+def containers_removed(listing: Callable[[], list[str]], timeout: float = 10) -> list[str]:
+    """What `listing` shows once it is empty, or after `timeout` s: a finished run's container is removed
+    just after its outcome is recorded, so a client may see `complete` a moment before it is gone."""
+    deadline = time.monotonic() + timeout
+    while (left := listing()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
 def stop_and_check(servers: list[Server]) -> None:
     """Stop the servers; a container they leave behind fails the test (and is removed)."""
     left: list[str] = []

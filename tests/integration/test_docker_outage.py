@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Server, create_and_upload, stop_server, write_nifti
+from .conftest import Server, containers_removed, create_and_upload, stop_server, write_nifti
 from .gpu_engine import (
     Engine, leftover_containers, restart_engine, start_engine_or_fail, start_server_on, stop_daemon, stop_engine,
 )
@@ -57,7 +57,7 @@ def test_queued_runs_wait_for_the_engine_and_start_when_it_returns(
         for session_id, source in zip(sessions, sources):
             assert server.wait_status(session_id, {"complete", "failed"})["status"] == "complete", server.output()
             assert client.get(f"/sessions/{session_id}/outputs/output_vol").content == source.read_bytes()
-    assert leftover_containers(engine) == []
+    assert containers_removed(lambda: leftover_containers(engine)) == []
     print(f"the queued run started {started_after:.2f} s after the engine answered again")
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import SESSION_LABEL, Server, _docker, write_nifti
+from .conftest import SESSION_LABEL, Server, _docker, containers_removed, write_nifti
 from .gpu_engine import Engine, engine_fixture, leftover_containers, servers, start_server_on  # noqa: F401
 
 RECORD_IMAGE = "inferserver-test/record:1"
@@ -78,7 +78,7 @@ def test_gpus_all_or_auto_on_a_gpu_engine_gives_the_container_every_gpu(
     assert len(created) == 1, created
     hooks = gpu_engine.hook_calls()[hooks_before:]
     assert [(stage, state["id"]) for stage, state in hooks] == [("prestart", created[0])]
-    assert leftover_containers(gpu_engine) == []
+    assert containers_removed(lambda: leftover_containers(gpu_engine)) == []
 
 
 def test_gpus_none_on_a_gpu_engine_asks_for_no_gpu(
@@ -93,7 +93,7 @@ def test_gpus_none_on_a_gpu_engine_asks_for_no_gpu(
     assert env is not None and nvidia_lines(env) == [], env
     assert len(created_containers(gpu_engine, session_id, since)) == 1
     assert gpu_engine.hook_calls()[hooks_before:] == []
-    assert leftover_containers(gpu_engine) == []
+    assert containers_removed(lambda: leftover_containers(gpu_engine)) == []
 
 
 def _system_leftovers(session_id: str) -> list[str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import Server, kill_server, restart_server
+from .conftest import Server, containers_removed, kill_server, restart_server
 from .gpu_engine import Engine, engine_fixture, environ, leftover_containers, servers, start_server_on  # noqa: F401
 
 gpu_engine = engine_fixture(["inferserver-test/gpuwork:1"])
@@ -121,7 +121,7 @@ def test_one_gpu_each_four_at_once_never_two_on_a_device(
     with server.client() as client:
         after = client.get("/gpus").json()["data"]
     assert after == {"gpus": "0,1,2,3", "per_run": 1, "devices": [{"id": d, "session_id": None} for d in POOL]}
-    assert leftover_containers(gpu_engine) == []
+    assert containers_removed(lambda: leftover_containers(gpu_engine)) == []
 
 
 def test_the_old_way_one_run_at_a_time_with_every_gpu(

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from .conftest import Server, leftover_containers, write_nifti, write_nrrd
+from .conftest import Server, containers_removed, leftover_containers, write_nifti, write_nrrd
 
 OCTET = {"Content-Type": "application/octet-stream"}
 MiB, GiB = 1 << 20, 1 << 30
@@ -77,7 +77,7 @@ def test_a_model_over_its_memory_limit_fails_naming_the_limit(make_server) -> No
     session_id, status = run_to_end(server, "hog", megabytes=64)  # the spec's inferserver.memory is 16MiB
     assert status["status"] == "failed"
     assert status["info"] == "exceeded the memory limit of 16 MiB"
-    assert leftover_containers(server) == []
+    assert containers_removed(lambda: leftover_containers(server)) == []
     with server.client() as client:
         log = client.get(f"/sessions/{session_id}/logs").text
     assert "hog: taking 64 MiB" in log and "hog: holding" not in log
@@ -97,7 +97,7 @@ def test_a_model_over_its_time_is_stopped_and_fails(make_server, tmp_path: Path)
     status = server.wait_status(session_id, {"complete", "failed"}, timeout=30)
     assert status["status"] == "failed"
     assert status["info"] == "timed out after 2 s"
-    assert leftover_containers(server) == []
+    assert containers_removed(lambda: leftover_containers(server)) == []
     with server.client() as client:
         log = client.get(f"/sessions/{session_id}/logs").text
     assert "sleeping 60" in log and "inferserver: run failed: timed out after 2 s" in log

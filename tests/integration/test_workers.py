@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import SESSION_LABEL, Launcher, Server, _docker, gunicorn_command, serve_command, write_nifti
+from .conftest import SESSION_LABEL, Launcher, Server, _docker, containers_removed, gunicorn_command, serve_command, write_nifti
 
 WORKERS = 4
 LAUNCHERS = {
@@ -168,7 +168,7 @@ def test_every_worker_serves_one_queue_with_one_dispatcher(make_server, launcher
     assert len(holders) == 1 and holders[0] in workers_of(server), (holders, workers_of(server))
     assert watch.samples > 20 and watch.seen == set(sessions), (watch.samples, watch.seen)
     assert watch.most == 1, f"{watch.most} model containers ran at once with WORKER_THREADS=1"
-    assert instance_containers(server) == []
+    assert containers_removed(lambda: instance_containers(server)) == []
 
 
 def test_no_worker_answers_a_stale_status_after_a_change(make_server, launcher: Launcher, tmp_path: Path) -> None:
@@ -217,7 +217,7 @@ def test_killing_the_dispatching_worker_hands_over_the_running_container(
     assert request(server, "GET", f"/sessions/{session_id}/outputs/output_vol").content == source.read_bytes()
     log = request(server, "GET", f"/sessions/{session_id}/logs").content.split(b"\n")
     assert log.count(b"sleeping 5") == 1 and log.count(b"done") == 1, log  # re-attached, not re-run
-    assert instance_containers(server) == []
+    assert containers_removed(lambda: instance_containers(server)) == []
     assert container not in _docker("ps", "-aq", "--no-trunc").stdout
     # The supervisor replaced the dead worker.
     wait_until(lambda: len(workers_of(server)) == WORKERS and dispatcher not in workers_of(server), 30,

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,23 @@ ENGINE_GONE_SECONDS = 5.0
 ENGINE_GONE_POLL = 0.25
 # What dockerd answers when no device driver (NVIDIA container toolkit) can serve a GPU request.
 NO_GPU_DRIVER = "could not select device driver"
+
+
+EndedCallback = Callable[[RunOutcome], Awaitable[None]]
+
+
+async def _ignore(outcome: RunOutcome) -> None:
+    pass
+
+
+async def _uncancelled(work: Awaitable[None]) -> None:
+    """Await `work` to its end even if cancelled meanwhile; the cancellation is raised afterwards."""
+    task = asyncio.ensure_future(work)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise
 
 
 def exit_reason(exit_code: int, oom_killed: bool, memory: int) -> str:
@@ -92,8 +110,12 @@ class Runner:
             "HostConfig": host_config,
         }
 
-    async def run(self, job: RunJob, log: LogSink, on_started: StartedCallback) -> RunOutcome:
-        """A whole run. Cancelled with DETACH, the container is left running for a later `attach`."""
+    async def run(
+        self, job: RunJob, log: LogSink, on_started: StartedCallback, on_ended: EndedCallback = _ignore
+    ) -> RunOutcome:
+        """A whole run. Cancelled with DETACH, the container is left running for a later `attach`.
+
+        `on_ended` gets the outcome as soon as it is known, before the container is removed."""
         container_id: str | None = None
         log = CappedLog(log, job.limits.log_bytes)
         try:
@@ -105,24 +127,46 @@ class Runner:
             if container_id is not None and not detaching:
                 await self.backend.remove(container_id)
             if isinstance(exc, RunFailed):
-                return RunOutcome(False, str(exc))
+                outcome = RunOutcome(False, str(exc))
+                await on_ended(outcome)
+                return outcome
             raise
-        return await self._follow(job, container_id, log)
+        return await self._follow(job, container_id, log, on_ended)
 
-    async def attach(self, job: RunJob, container_id: str, log: LogSink, skip: int = 0) -> RunOutcome:
+    async def attach(
+        self, job: RunJob, container_id: str, log: LogSink, on_ended: EndedCallback = _ignore, skip: int = 0
+    ) -> RunOutcome:
         """Follow a started container to its end: log (after the first `skip` bytes), wait, collect, remove."""
-        return await self._follow(job, container_id, CappedLog(log, job.limits.log_bytes, written=skip), skip)
+        return await self._follow(job, container_id, CappedLog(log, job.limits.log_bytes, written=skip), on_ended, skip)
 
-    async def _follow(self, job: RunJob, container_id: str, log: LogSink, skip: int = 0) -> RunOutcome:
-        log_copy: asyncio.Task[None] | None = None
-        detached = False
+    async def _follow(self, job: RunJob, container_id: str, log: LogSink, on_ended: EndedCallback, skip: int = 0) -> RunOutcome:
         try:
-            log_copy = asyncio.create_task(self.backend.follow_logs(container_id, SkipLog(log, skip)))
+            outcome = await self._outcome(job, container_id, log, skip)
+        except asyncio.CancelledError as exc:
+            if exc.args != (DETACH,):  # DETACH: the container keeps running for the next start to re-attach
+                await _uncancelled(self.backend.remove(container_id))
+            raise
+        except BaseException:
+            await _uncancelled(self.backend.remove(container_id))
+            raise
+        try:
+            # Told before the container is removed: removing one that holds gigabytes takes a while (about
+            # 0.45 s for the copy model's 2 GiB), and the client waits for `complete`, not for that.
+            await on_ended(outcome)
+        finally:
+            # A finished run's container goes, also when the server starts stopping (DETACH) meanwhile.
+            await _uncancelled(self.backend.remove(container_id))
+        return outcome
+
+    async def _outcome(self, job: RunJob, container_id: str, log: LogSink, skip: int) -> RunOutcome:
+        """Log, wait, collect: how the run ended."""
+        log_copy = asyncio.create_task(self.backend.follow_logs(container_id, SkipLog(log, skip)))
+        try:
             try:
                 # A re-attached run gets its whole time again from here: the engine's start time is not asked for.
                 exit_code, oom_killed = await asyncio.wait_for(self.backend.wait(container_id), job.limits.timeout)
             except TimeoutError:
-                # The container is killed and removed below, like every container whose run has ended.
+                # The container is killed and removed by the caller, like every container whose run has ended.
                 return RunOutcome(False, f"timed out after {job.limits.timeout} s")
             await self._drain(log_copy, log)
             if exit_code in STOPPED_EXITS and not oom_killed and await self._engine_went_away():
@@ -134,16 +178,11 @@ class Runner:
             return RunOutcome(True, "", exit_code)
         except RunFailed as exc:
             return RunOutcome(False, str(exc))
-        except asyncio.CancelledError as exc:
-            detached = exc.args == (DETACH,)
-            raise
         finally:
-            if log_copy is not None and not log_copy.done():
+            if not log_copy.done():
                 log_copy.cancel()  # the outcome is final: nothing may write into the log after it
                 with contextlib.suppress(BaseException):
                     await log_copy
-            if not detached:
-                await self.backend.remove(container_id)
 
     async def _start(self, job: RunJob, log: LogSink, gpus: bool) -> str:
         """Create, stage the inputs, start; in `auto` mode, an engine without a GPU driver gets a CPU run."""

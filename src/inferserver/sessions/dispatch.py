@@ -239,20 +239,28 @@ class Dispatcher:
                                     log_offset=plan.files.log.stat().st_size)
             self.signals.notify(row.id)
 
+        recorded = False
+
+        async def ended(outcome: RunOutcome) -> None:
+            # Recorded as soon as it is known; the runner removes the container afterwards.
+            nonlocal recorded
+            recorded = True
+            await self._finish(row.id, log, outcome)
+
         try:
             if attach_to is None:
-                outcome = await self.runner.run(job, log, started)
+                await self.runner.run(job, log, started, ended)
             else:
                 skip = plan.files.log.stat().st_size - (row.log_offset or 0)
-                outcome = await self.runner.attach(job, attach_to, log, skip=max(skip, 0))
+                await self.runner.attach(job, attach_to, log, ended, skip=max(skip, 0))
         except asyncio.CancelledError as exc:
-            if exc.args != (DETACH,):
+            if exc.args != (DETACH,) and not recorded:
                 await asyncio.shield(self._finish(row.id, log, RunOutcome(False, "cancelled")))
             raise
         except Exception as exc:  # a bug must still end the session, never leave it `working`
             logger.exception("session %s: run crashed", row.id)
-            outcome = RunOutcome(False, f"internal error: {exc!r}")
-        await self._finish(row.id, log, outcome)
+            if not recorded:
+                await self._finish(row.id, log, RunOutcome(False, f"internal error: {exc!r}"))
 
     async def _finish(self, session_id: str, log: SessionLog, outcome: RunOutcome) -> None:
         view = await self.store.get(session_id)
