@@ -167,11 +167,12 @@ def test_ablinfer_cli_through_nginx_copies_500_mib_byte_for_byte(deployed: tuple
     assert nginx.upstream_bytes(download.group(1)) == [f"200 {size} 200 0"]
 
 
-def finished_copy(server: Server, nginx: Nginx, source: Path) -> str:
+def finished_copy(server: Server, nginx: Nginx, source: Path) -> tuple[str, str, Path]:
+    """A copy session run through nginx on `source`: its id, its output's URL path, and the output file."""
     with httpx.Client(base_url=nginx.url, timeout=60) as client:
         session_id = create_and_upload(client, "copy", source)
     assert server.wait_status(session_id, {"complete", "failed"})["status"] == "complete"
-    return session_id
+    return session_id, f"sessions/{session_id}/outputs/output_vol", server.session_path / session_id / "outputs" / "output_vol.nii.gz"
 
 
 def nginx_etag(path: Path) -> str:
@@ -183,9 +184,7 @@ def nginx_etag(path: Path) -> str:
 def test_download_through_nginx_is_sent_by_nginx_from_the_session_directory(deployed: tuple[Server, Nginx], tmp_path: Path) -> None:
     server, nginx = deployed
     source = write_nifti(tmp_path / "in.nii.gz", 4)
-    session_id = finished_copy(server, nginx, source)
-    path = f"sessions/{session_id}/outputs/output_vol"
-    output = server.session_path / session_id / "outputs" / "output_vol.nii.gz"
+    session_id, path, output = finished_copy(server, nginx, source)
     with httpx.Client(base_url=nginx.url, timeout=60) as client:
         whole = client.get(path)
         assert whole.status_code == 200
@@ -207,8 +206,10 @@ def test_download_through_nginx_is_sent_by_nginx_from_the_session_directory(depl
         assert converted.headers["content-disposition"] == 'attachment; filename="output_vol.nrrd"'
         assert converted.headers["etag"] == nginx_etag(output.with_name(".output_vol.nii.gz.as.nrrd"))
 
-        # The internal location is not reachable from outside.
-        assert client.get(f"/_inferserver_files/{session_id}/outputs/output_vol.nii.gz").status_code == 404
+        # The internal location is not reachable from outside (NGINX's own 404, nothing asked of the app).
+        internal = f"/_inferserver_files/{session_id}/outputs/output_vol.nii.gz"
+        outside = client.get(nginx.url.removesuffix("inferserver/") + internal.lstrip("/"))
+        assert outside.status_code == 404 and b"nginx" in outside.content
         # Errors still come from the app, in its envelope.
         missing = client.get(f"sessions/{session_id}/outputs/absent")
         assert missing.status_code == 404 and missing.json()["errors"]
@@ -216,15 +217,14 @@ def test_download_through_nginx_is_sent_by_nginx_from_the_session_directory(depl
     request = f"GET /inferserver/{path}"
     assert nginx.upstream_bytes(request) == [f"200 {size} 200 0", "206 100 200 0"]
     assert nginx.upstream_bytes(f"{request}?format=.nrrd") == [f"200 {len(direct.content)} 200 0"]
+    assert [line.split()[2:] for line in nginx.upstream_bytes(f"GET {internal}")] == [["-", "-"]]
 
 
 def test_a_forged_mapping_sent_to_the_app_names_only_its_own_output(deployed: tuple[Server, Nginx], tmp_path: Path) -> None:
     """A client talking to the app directly chooses at most the URI prefix; the rest is the output's own path."""
     server, nginx = deployed
     source = write_nifti(tmp_path / "in.nii.gz", 0.1)
-    session_id = finished_copy(server, nginx, source)
-    path = f"/sessions/{session_id}/outputs/output_vol"
-    output = server.session_path / session_id / "outputs" / "output_vol.nii.gz"
+    session_id, path, output = finished_copy(server, nginx, source)
     with server.client() as client:
         def download(mapping: str) -> httpx.Response:
             return client.get(path, headers={"X-Accel-Mapping": mapping})
