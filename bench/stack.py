@@ -161,7 +161,8 @@ http {{
         }}
     }}
 
-    # inferserver, streaming both ways.
+    # inferserver as deploy/nginx/inferserver.conf has it: uploads streamed through, downloads sent by NGINX
+    # from the session directory on the server's X-Accel-Redirect.
     upstream inferserver {{
         server 127.0.0.1:{new_port};
         keepalive 64;
@@ -173,11 +174,16 @@ http {{
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header Host $host;
+            proxy_set_header X-Accel-Mapping {work}/new-sessions/=/_inferserver_files/;
             proxy_request_buffering off;
             proxy_buffering off;
             client_max_body_size 0;
             proxy_read_timeout 3600s;
             proxy_send_timeout 3600s;
+        }}
+        location ^~ /_inferserver_files/ {{
+            internal;
+            alias {work}/new-sessions/;
         }}
     }}
 

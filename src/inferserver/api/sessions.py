@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import FileResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 from .. import convert
@@ -14,7 +14,7 @@ from ..sessions.errors import InvalidInput
 from ..sessions.manager import SessionManager
 from ..sessions.quotas import UploadLimits, limited_upload
 from ..sessions.state import Status
-from . import deps
+from . import accel, deps
 from .bodies import UPLOAD_TYPES, require_media_type
 from .envelope import ApiError, Envelope, error_responses
 from .multipart import file_part, is_multipart
@@ -154,6 +154,9 @@ async def get_logs(session_id: SessionId, manager: Sessions) -> StreamingRespons
         **error_responses(400, 404),
     },
     summary="Download an output file, byte for byte as the model wrote it, or converted to another format",
+    description="Behind a proxy that sends `X-Accel-Mapping: <SESSION_PATH>/=<URI prefix>` (the shipped NGINX site "
+    "does) the answer has an empty body and `X-Accel-Redirect: <URI prefix><session>/outputs/<file>`, and the "
+    "proxy sends the file.",
 )
 async def get_output(
     session_id: SessionId,
@@ -168,7 +171,7 @@ async def get_output(
             "converted once, then served from a cache beside the output.",
         ),
     ] = None,
-) -> FileResponse:
+) -> Response:
     path = await manager.output_file(session_id, name)
     filename = path.name
     if target is not None:
@@ -176,7 +179,9 @@ async def get_output(
         filename = f"{name}{convert.format_of(path)}"
     request.app.state.metrics.downloaded.inc(path.stat().st_size)
     # application/octet-stream and no Content-Encoding: the client must save the .nii.gz as it is.
-    return VolumeResponse(path, media_type="application/octet-stream", filename=filename)
+    response = VolumeResponse(path, media_type="application/octet-stream", filename=filename)
+    uri = accel.redirect_uri(request.headers.get(accel.HEADER), path, request.app.state.settings.SESSION_PATH)
+    return response if uri is None else accel.redirected(response, uri)
 
 
 async def _converted(path: Path, name: str, target: str) -> Path:
