@@ -69,6 +69,10 @@ def main() -> None:
                 server["status"] = {c: guarded(f"{name}: status load c={c}", measure.status_load, url, c) for c in (50, 200)}
                 server["streams"] = guarded(f"{name}: log streams", measure.log_streams, stack, url, small, counts)
                 results[name] = server
+            results["mount"] = {
+                key: guarded(f"mount: flow {mib} MiB", measure.repeated, n, measure.flow, stack, "mount", stack.mount_url, source)
+                for key, mib, source in (("flow_small", args.small_mib, small), ("flow_big", args.big_mib, big))
+            }
     results["seconds"] = time.monotonic() - started
     paths = write_results(results)
     log(f"done in {results['seconds']:.0f} s: {', '.join(str(p) for p in paths)}")

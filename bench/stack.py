@@ -39,6 +39,7 @@ class Stack:
     engine: Engine
     old_url: str = ""
     new_url: str = ""
+    mount_url: str = ""
     static_url: str = ""
     sink_url: str = ""
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -115,13 +116,14 @@ def _start_old(stack: Stack, models: Path) -> Path:
     return sock
 
 
-def _start_new(stack: Stack, models: Path) -> int:
+def _start_new(stack: Stack, models: Path, name: str = "new", **settings: str) -> int:
     port = free_port()
     env = {**os.environ, "DOCKER_HOST": stack.engine.host, "INFERSERVER_MODEL_PATH": str(models),
-           "INFERSERVER_SESSION_PATH": str(stack.work / "new-sessions")}
-    log = stack.work / "new-uvicorn.log"
+           "INFERSERVER_SESSION_PATH": str(stack.work / f"{name}-sessions"),
+           **{f"INFERSERVER_{key}": value for key, value in settings.items()}}
+    log = stack.work / f"{name}-uvicorn.log"
     with log.open("wb") as out:
-        stack.processes["new"] = subprocess.Popen(
+        stack.processes[name] = subprocess.Popen(
             [sys.executable, "-m", "inferserver", "serve", "--port", str(port), "--log-level", "warning"],
             env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     return port
@@ -252,8 +254,12 @@ def running_stack(work: Path) -> Iterator[Stack]:
         models = _model_dir(work)
         old_sock = _start_old(stack, models)
         new_port = _start_new(stack, models)
+        # A second inferserver with the inputs bind-mounted (INPUT_STAGING=mount), measured for (f) only,
+        # directly: the runs do not go through NGINX.
+        stack.mount_url = f"http://127.0.0.1:{_start_new(stack, models, 'mount', INPUT_STAGING='mount')}"
         _start_nginx(stack, old_sock, new_port)
         _wait_http(stack.new_url + "/", stack.processes["new"], work / "new-uvicorn.log")
+        _wait_http(stack.mount_url + "/", stack.processes["mount"], work / "mount-uvicorn.log")
         _wait_http(stack.old_url + "/", stack.processes["old"], work / "old-uwsgi.log")
         yield stack
     finally:
