@@ -142,6 +142,15 @@ class Settings(BaseSettings):
     CONTAINER_SHM: Size = Field(2 * GiB, description="Size of a model container's /dev/shm.")
     LOG_MAX_BYTES: Size = Field(64 * MiB, description="A session log stops growing past this size.")
     MAX_SESSIONS: int = Field(200, gt=0, description="Live (not complete or failed) sessions the server holds at once.")
+    INPUT_STAGING: Literal["archive", "mount"] = Field(
+        "archive", description="How inputs reach a model container: archive (copied in through the engine's "
+        "archive API; any engine, also a remote one) or mount (bind-mounted read-only; the engine must run on "
+        "this host).",
+    )
+    MOUNT_SOURCE_PATH: Path | None = Field(
+        None, description="With INPUT_STAGING=mount: the host path at which the Docker engine sees SESSION_PATH "
+        "(a server in a container); default: SESSION_PATH itself.",
+    )
 
     @field_validator("CLEANUP_TIMER")
     @classmethod
@@ -150,10 +159,26 @@ class Settings(BaseSettings):
             raise ValueError("must be a positive number of seconds, or -1 to disable clean-up")
         return value
 
-    @field_validator("AUTH_USERS_FILE", "AUTH_TOKENS_FILE", mode="before")
+    @field_validator("AUTH_USERS_FILE", "AUTH_TOKENS_FILE", "MOUNT_SOURCE_PATH", mode="before")
     @classmethod
     def _unset_when_empty(cls, value: Any) -> Any:
         return None if value == "" else value  # `INFERSERVER_AUTH_USERS_FILE=` turns access control off
+
+    @field_validator("MOUNT_SOURCE_PATH")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_absolute():
+            raise ValueError("must be an absolute path (the Docker engine resolves it on its own host)")
+        return value
+
+    @model_validator(mode="after")
+    def _mount_source_needs_mount(self) -> Settings:
+        if self.MOUNT_SOURCE_PATH is not None and self.INPUT_STAGING != "mount":
+            raise ValueError(
+                f"setting MOUNT_SOURCE_PATH={str(self.MOUNT_SOURCE_PATH)!r} is only used with INPUT_STAGING=mount "
+                f"(INPUT_STAGING is {self.INPUT_STAGING!r})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _gpus_per_run(self) -> Settings:

@@ -339,3 +339,36 @@ def test_a_wrong_gpu_pool_is_named(monkeypatch: pytest.MonkeyPatch, env: dict[st
         monkeypatch.setenv(f"INFERSERVER_{name}", value)
     with pytest.raises(SettingsError, match=re.escape(says)):
         load_settings()
+
+
+def test_input_staging_defaults_to_the_archive_api() -> None:
+    s = load_settings()
+    assert s.INPUT_STAGING == "archive" and s.MOUNT_SOURCE_PATH is None
+
+
+def test_mount_staging_with_a_source_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INFERSERVER_INPUT_STAGING", "mount")
+    monkeypatch.setenv("INFERSERVER_MOUNT_SOURCE_PATH", "/srv/inferserver")
+    s = load_settings()
+    assert s.INPUT_STAGING == "mount" and s.MOUNT_SOURCE_PATH == Path("/srv/inferserver")
+
+
+def test_an_empty_mount_source_path_is_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INFERSERVER_MOUNT_SOURCE_PATH", "")
+    assert load_settings().MOUNT_SOURCE_PATH is None
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"INPUT_STAGING": "bind"}, "setting INPUT_STAGING='bind' is invalid: Input should be 'archive' or 'mount'"),
+        ({"INPUT_STAGING": "mount", "MOUNT_SOURCE_PATH": "srv/x"}, "setting MOUNT_SOURCE_PATH='srv/x' is invalid"),
+        ({"INPUT_STAGING": "mount", "MOUNT_SOURCE_PATH": "srv/x"}, "must be an absolute path"),
+        ({"MOUNT_SOURCE_PATH": "/srv/x"}, "MOUNT_SOURCE_PATH='/srv/x' is only used with INPUT_STAGING=mount"),
+    ],
+)
+def test_a_wrong_input_staging_is_named(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], says: str) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(f"INFERSERVER_{name}", value)
+    with pytest.raises(SettingsError, match=re.escape(says)):
+        load_settings()

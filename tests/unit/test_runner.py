@@ -402,6 +402,62 @@ async def test_fixed_gpu_modes_never_ask_the_engine(tmp_path: Path) -> None:
         assert outcome.ok, outcome.reason
 
 
+# -- inputs staged by bind mount (INPUT_STAGING=mount) ------------------------------------------
+
+
+def mounted_job(tmp_path: Path, **changes: Any) -> RunJob:
+    """make_job's job with its input bind-mounted from the engine host's /host/sessions instead of copied in."""
+    job = make_job(tmp_path)
+    [copied] = job.inputs
+    mounted = dataclasses.replace(copied, mount_source="/host/sessions/sess-42/inputs/in.nii.gz")
+    second = FileTransfer("mask", tmp_path / "inputs" / "mask.nrrd", "/data/mask.nrrd")  # copied in as before
+    return dataclasses.replace(job, inputs=[mounted, second], **changes)
+
+
+async def test_a_mounted_input_is_a_read_only_bind_and_only_directories_are_copied(tmp_path: Path) -> None:
+    backend = FakeBackend(files=ALL_OUTPUTS)
+    job = mounted_job(tmp_path)
+    outcome, _, _ = await run(backend, job)
+    assert outcome.ok, outcome.reason
+    [config] = backend.configs
+    assert config["HostConfig"]["Mounts"] == [
+        {"Type": "bind", "Source": "/host/sessions/sess-42/inputs/in.nii.gz", "Target": "/data/in.nii.gz", "ReadOnly": True}
+    ]
+    assert backend.put == [[job.inputs[1]]]  # only the input without a mount source is copied in
+    assert backend.dirs_for == [["/data/seg.nii.gz", "/data/vol.nii.gz"]]  # the outputs' directories as before
+    assert config["Cmd"] == job.argv  # the model sees the same paths in both modes
+
+
+async def test_archive_staging_mounts_nothing(tmp_path: Path) -> None:
+    backend = FakeBackend(files=ALL_OUTPUTS)
+    await run(backend, make_job(tmp_path))
+    assert "Mounts" not in backend.configs[0]["HostConfig"]
+
+
+async def test_a_bind_source_the_engine_lacks_names_the_settings(tmp_path: Path) -> None:
+    refusal = ('Docker engine error 400: invalid mount config for type "bind": bind source path does not exist: '
+               "/host/sessions/sess-42/inputs/in.nii.gz")
+    backend = FakeBackend(fail={"create": RunFailed(refusal)})
+    outcome, started, _ = await run(backend, mounted_job(tmp_path, mount_note="look at MOUNT_SOURCE_PATH"))
+    assert outcome.reason == f"{refusal} (look at MOUNT_SOURCE_PATH)"
+    assert started == [] and backend.removed == []
+
+
+async def test_other_create_failures_get_no_mount_note(tmp_path: Path) -> None:
+    backend = FakeBackend(fail={"create": RunFailed("Docker engine error 409: name in use")})
+    outcome, _, _ = await run(backend, mounted_job(tmp_path, mount_note="look at MOUNT_SOURCE_PATH"))
+    assert outcome.reason == "Docker engine error 409: name in use"
+
+
+async def test_mounts_survive_the_fall_back_to_the_cpu(tmp_path: Path) -> None:
+    backend = FakeBackend(files=ALL_OUTPUTS, gpu_driver=False)
+    outcome, _, _ = await run(backend, mounted_job(tmp_path), GpuMode.AUTO)
+    assert outcome.ok, outcome.reason
+    first, second = backend.configs
+    assert "DeviceRequests" in first["HostConfig"] and "DeviceRequests" not in second["HostConfig"]
+    assert first["HostConfig"]["Mounts"] == second["HostConfig"]["Mounts"] != []
+
+
 # -- limits --------------------------------------------------------------------------------------
 
 

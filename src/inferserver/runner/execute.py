@@ -29,6 +29,8 @@ ENGINE_GONE_SECONDS = 5.0
 ENGINE_GONE_POLL = 0.25
 # What dockerd answers when no device driver (NVIDIA container toolkit) can serve a GPU request.
 NO_GPU_DRIVER = "could not select device driver"
+# What dockerd answers at create when a bind mount's source is not on its host.
+NO_BIND_SOURCE = "bind source path does not exist"
 
 
 EndedCallback = Callable[[RunOutcome], Awaitable[None]]
@@ -52,6 +54,12 @@ def exit_reason(exit_code: int, oom_killed: bool, memory: int) -> str:
     if oom_killed:
         return f"exceeded the memory limit of {human_size(memory)}"
     return f"model exited with status {exit_code}"
+
+
+def input_mounts(job: RunJob) -> list[dict[str, Any]]:
+    """Read-only bind mounts of the inputs staged by mount: the model must not change what was uploaded."""
+    return [{"Type": "bind", "Source": i.mount_source, "Target": i.container, "ReadOnly": True}
+            for i in job.mounted_inputs]
 
 
 def limits_config(limits: RunLimits) -> dict[str, Any]:
@@ -102,6 +110,8 @@ class Runner:
             host_config["DeviceRequests"] = [{"Driver": "", "DeviceIDs": list(job.gpu_ids), "Capabilities": [["gpu"]]}]
         elif gpus:
             host_config["DeviceRequests"] = [{"Driver": "", "Count": -1, "Capabilities": [["gpu"]]}]
+        if job.mounted_inputs:
+            host_config["Mounts"] = input_mounts(job)
         return {
             "Image": job.image,
             "Cmd": job.argv,  # the image's ENTRYPOINT receives these as arguments
@@ -186,9 +196,16 @@ class Runner:
 
     async def _start(self, job: RunJob, log: LogSink, gpus: bool) -> str:
         """Create, stage the inputs, start; in `auto` mode, an engine without a GPU driver gets a CPU run."""
-        container_id = await self.backend.create(self.container_config(job, gpus), name=f"inferserver-{job.job_id}")
         try:
-            await self.backend.put_files(container_id, job.inputs, [o.container for o in job.outputs])
+            container_id = await self.backend.create(self.container_config(job, gpus), name=f"inferserver-{job.job_id}")
+        except RunFailed as exc:
+            if job.mount_note and NO_BIND_SOURCE in str(exc):
+                raise RunFailed(f"{exc} ({job.mount_note})") from exc
+            raise
+        try:
+            # Mounted inputs need no copy; the outputs' directories are made here in both modes. A mount's
+            # target (and its missing parents) the engine makes itself at start.
+            await self.backend.put_files(container_id, job.copied_inputs, [o.container for o in job.outputs])
             await self.backend.start(container_id)
         except BaseException as exc:  # the container is not the caller's yet: remove it here
             await self.backend.remove(container_id)

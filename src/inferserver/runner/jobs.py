@@ -14,6 +14,9 @@ class FileTransfer:
     name: str
     host: Path
     container: str
+    # An input with this path is bind-mounted read-only from it (the path as the engine's host sees it,
+    # maybe not ours) instead of being copied in from `host`.
+    mount_source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,16 @@ class RunJob:
     labels: dict[str, str] = field(default_factory=dict)
     # GPUs of the pool for this run only, [] for none; None: no pool, the runner's GPUS mode decides.
     gpu_ids: list[str] | None = None
+    # Added to the reason when the engine refuses an input's bind mount: which setting to look at.
+    mount_note: str = ""
+
+    @property
+    def mounted_inputs(self) -> list[FileTransfer]:
+        return [i for i in self.inputs if i.mount_source is not None]
+
+    @property
+    def copied_inputs(self) -> list[FileTransfer]:
+        return [i for i in self.inputs if i.mount_source is None]
 
 
 @dataclass(frozen=True)

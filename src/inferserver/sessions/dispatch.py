@@ -24,6 +24,7 @@ from .gpupool import Demand, GpuPool, pick
 from .instance import DispatchLock, instance_id
 from .janitor import Janitor
 from .manager import SessionManager
+from .staging import input_transfers, let_models_read, mount_note
 from .state import SessionPlan, Signals, Status
 from .store import SessionRow, Store
 
@@ -58,11 +59,12 @@ def job_for(plan: SessionPlan, instance: str, settings: Settings, gpu_ids: list[
         job_id=plan.id,
         image=spec.image,
         argv=build_argv(spec, config),
-        inputs=[FileTransfer(n, plan.input_path(n), container_path(spec, n)) for n in config.enabled_inputs()],
+        inputs=input_transfers(plan, settings),
         outputs=[FileTransfer(n, plan.output_path(n), container_path(spec, n)) for n in config.enabled_outputs()],
         limits=limits_for(settings, spec),
         labels={LABEL_MODEL: spec.id, LABEL_INSTANCE: instance},
         gpu_ids=gpu_ids,
+        mount_note=mount_note(settings),
     )
 
 
@@ -249,6 +251,7 @@ class Dispatcher:
 
         try:
             if attach_to is None:
+                let_models_read(job)
                 await self.runner.run(job, log, started, ended)
             else:
                 skip = plan.files.log.stat().st_size - (row.log_offset or 0)
