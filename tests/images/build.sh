@@ -71,12 +71,13 @@ build_one() {
     done < <("$BUSYBOX" --list-full)
     [[ -L $rootfs/bin/sh ]] || ln -sf /bin/busybox "$rootfs/bin/sh"
     install -m 0755 "$HERE/$name.sh" "$rootfs/model.sh"
+    # A script's `# fixture-user: UID:GID` line makes the image run as that user (the image's USER).
+    local user changes=(--change 'ENTRYPOINT ["/bin/sh","/model.sh"]' --change "LABEL $LABEL=$hash")
+    user=$(sed -n 's/^# fixture-user: *//p' "$HERE/$name.sh")
+    [[ -z $user ]] || changes+=(--change "USER $user")
     # No /data: the server has to create it when it places the inputs.
     tar -C "$rootfs" --numeric-owner --owner=0 --group=0 -c . |
-        docker import \
-            --change 'ENTRYPOINT ["/bin/sh","/model.sh"]' \
-            --change "LABEL $LABEL=$hash" \
-            - "$image" >/dev/null
+        docker import "${changes[@]}" - "$image" >/dev/null
     rm -rf "$rootfs"
     say "built $image"
 }

@@ -61,12 +61,12 @@ def volume(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_nifti(tmp_path_factory.mktemp("gpu-input") / "in.nii", 0.01)
 
 
-@pytest.mark.parametrize("mode", ["all", "auto"])
+@pytest.mark.parametrize(("mode", "staging"), [("all", "archive"), ("auto", "archive"), ("auto", "mount")])
 def test_gpus_all_or_auto_on_a_gpu_engine_gives_the_container_every_gpu(
-    gpu_engine: Engine, servers: list[Server], tmp_path: Path, volume: Path, mode: str
+    gpu_engine: Engine, servers: list[Server], tmp_path: Path, volume: Path, mode: str, staging: str
 ) -> None:
     # `auto` too: the engine lists no nvidia runtime, but its device driver serves the request.
-    server = start_server_on(gpu_engine.host, tmp_path / "server", GPUS=mode)
+    server = start_server_on(gpu_engine.host, tmp_path / "server", GPUS=mode, INPUT_STAGING=staging)
     servers.append(server)
     hooks_before = len(gpu_engine.hook_calls())
     since = time.time() - 1

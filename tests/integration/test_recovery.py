@@ -50,9 +50,9 @@ def log_lines(server: Server, session_id: str) -> list[bytes]:
     return [line for _, line in read_log(server, session_id)]
 
 
-def sleeping_run(make_server, tmp_path: Path, seconds: int) -> tuple[Server, str, bytes]:
+def sleeping_run(make_server, tmp_path: Path, seconds: int, **settings: str) -> tuple[Server, str, bytes]:
     """A server with one `sleep` run in progress: (server, session id, the input's bytes)."""
-    server = make_server()
+    server = make_server(**settings)
     source = write_nifti(tmp_path / "in.nii.gz", 1)
     with server.client() as client:
         session_id = create_and_upload(client, "sleep", source, seconds=seconds)
