@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import copy
 import stat
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +22,11 @@ from .conftest import (
     write_nifti,
     write_nrrd,
 )
-from .test_inference import flags_ablinfer_builds, load_normalized
+from .test_inference import (
+    cli_copies_byte_for_byte,
+    flags_ablinfer_builds,
+    load_normalized,
+)
 from .test_recovery import assert_complete, sleeping_run
 
 MODES = ["archive", "mount"]
@@ -54,17 +56,11 @@ def final(server: Server, session_id: str) -> dict:
 
 
 def test_the_client_gets_the_copy_models_output_byte_for_byte(staged: Server, tmp_path: Path) -> None:
-    source = write_nifti(tmp_path / "ct.nii.gz", 23)  # float noise gzips to ~20 MB
-    result_path = tmp_path / "out.nii.gz"
-    proc = subprocess.run(
-        [sys.executable, "-m", "ablinfer.cli", "-s", staged.url, "copy", "-i", str(source), "-o", str(result_path)],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert result_path.read_bytes() == source.read_bytes()
+    cli_copies_byte_for_byte(staged, tmp_path)
 
 
 def test_both_inputs_reach_the_paths_ablinfer_names_in_the_argv(staged: Server, tmp_path: Path) -> None:
+    # Also the optional input, enabled: it is staged like the required one.
     volume, mask = write_nifti(tmp_path / "vol.nii", 0.1), write_nrrd(tmp_path / "mask.nrrd")
     argv_out = tmp_path / "argv.bin"
     config = {
