@@ -42,13 +42,26 @@ def make_volume(path: Path, mib: int) -> None:
             f.write(block)
 
 
-def settle() -> None:
-    """Write back dirty pages before a throughput is measured, so no measure pays for the one before it.
+def settle(warm: tuple[Path, ...] | None = None) -> None:
+    """Put the page cache in the same state before each throughput is measured, so no measure pays for the
+    ones before it: dirty pages written back, and with `warm`, the whole page cache dropped and only those
+    files read back in.
 
-    Without it a 1 GiB upload right after another one ran at 375 instead of 600 MiB/s: the kernel was
-    flushing the previous gigabyte at the same time.
+    Without the writeback an upload right after another 1 GiB write ran at 375 instead of 600 MiB/s. Without
+    the drop, the sessions each flow leaves behind (2 GiB each) filled the page cache as the run went on, and
+    the servers measured later paid for reclaiming it: inferserver's upload ran at 680-840 MiB/s measured
+    early, 360-480 measured after the old server's flows, while the NGINX reference had been measured first.
     """
     os.sync()
+    if warm is not None:
+        try:
+            Path("/proc/sys/vm/drop_caches").write_text("1\n")  # clean page cache only: it was just synced
+        except OSError as exc:
+            raise RuntimeError(f"the bench drops the page cache before each upload measure and must run as root: {exc}") from None
+        for path in warm:
+            with path.open("rb") as f:
+                while f.read(MIB):
+                    pass
     time.sleep(1)
 
 
@@ -78,7 +91,7 @@ def same_bytes(a: Path, b: Path) -> bool:
 def ablinfer_e2e(url: str, source: Path, out: Path) -> dict[str, Any]:
     """A whole inference through the real client's command line (DispatchRemote), timed from outside."""
     out.unlink(missing_ok=True)
-    settle()
+    settle(warm=(source,))
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "ablinfer.cli", "-s", url, "copy", "-i", str(source), "-o", str(out)],
                           capture_output=True, text=True, timeout=900)
@@ -144,7 +157,7 @@ def file_chunks(path: Path, size: int = MIB):
 
 def timed_upload(client: httpx.Client, url: str, source: Path) -> tuple[float, httpx.Response]:
     """PUT the file with a Content-Length, as the ablinfer client does; seconds until the answer."""
-    settle()
+    settle(warm=(source,))
     started = time.monotonic()
     answer = client.put(url, content=file_chunks(source),
                         headers={"Content-Type": "application/octet-stream", "Content-Length": str(source.stat().st_size)})
@@ -317,7 +330,7 @@ def raw_references(stack: Stack, source: Path) -> dict[str, Any]:
     assert received == size and answer.status_code in (201, 204), (received, answer.status_code)
     (stack.work / "sink" / "big.bin").unlink()
     copy = stack.work / "copy.bin"
-    settle()
+    settle(warm=(source,))
     started = time.monotonic()
     subprocess.run(["cp", str(source), str(copy)], check=True)
     copy_s = time.monotonic() - started
@@ -337,7 +350,7 @@ def docker_reference(stack: Stack, source: Path) -> dict[str, Any]:
         for step, args in (("cp_in", ("cp", str(source), f"{cid}:/data/input_vol.nii.gz")),
                            ("run", ("start", "-a", cid)),
                            ("cp_out", ("cp", f"{cid}:/data/output_vol.nii.gz", str(out)))):
-            settle()
+            settle(warm=(source,) if step == "cp_in" else None)
             started = time.monotonic()
             done = stack.docker(*args)
             timings[step] = time.monotonic() - started
@@ -368,7 +381,7 @@ def _engine_call(stack: Stack, method: str, path: str, *, body: Path | None = No
     if json_body is not None:
         argv[1:1] = ["-H", "Content-Type: application/json", "--data-binary", json.dumps(json_body)]
     elif body is not None:
-        argv[1:1] = ["-H", "Content-Type: application/x-tar", "--data-binary", f"@{body}"]
+        argv[1:1] = ["-H", "Content-Type: application/x-tar", "-T", str(body)]  # streamed: --data-binary @ reads it whole
     done = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=True)
     code, seconds = done.stdout.split()
     return int(code), float(seconds)
@@ -410,7 +423,7 @@ def engine_reference(stack: Stack, small: Path, big: Path) -> dict[str, Any]:
                 for step, seconds in (("create_ms", create_s), ("put_small_ms", put_s), ("start_ms", start_s)):
                     result[step].append(seconds * 1e3)
                 if "in_mbs" not in result:  # the big archive into a fresh container's /data, and out again
-                    settle()
+                    settle(warm=(big_tar,))
                     code, put_s = _engine_call(stack, "PUT", f"containers/{cid}/archive?path=/", body=big_tar)
                     settle()
                     code2, get_s = _engine_call(stack, "GET", f"containers/{cid}/archive?path=/data/input_vol.nii.gz")
@@ -442,7 +455,7 @@ def archive_staging(stack: Stack, source: Path) -> dict[str, Any]:
         cid = await backend.create({"Image": "inferserver-test/copy:1", "Cmd": ["-i", "x", "-o", "y"],
                                     "HostConfig": {"NetworkMode": "none"}}, name=f"bench-staging-{os.getpid()}")
         try:
-            settle()
+            settle(warm=(source,))
             started = time.monotonic()
             await backend.put_files(cid, [FileTransfer("input_vol", source, "/data/input_vol.nii.gz")])
             put_s = time.monotonic() - started
