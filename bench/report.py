@@ -204,11 +204,13 @@ def chart(r: dict[str, Any], path: Path) -> None:
         "old server": [_get(old, "flow_big", "upload_mbs"), _get(old, "flow_big", "download_mbs"), None, None],
         "inferserver": [_get(new, "flow_big", "upload_mbs"), _get(new, "flow_big", "download_mbs"),
                         _get(stg, "in_mbs"), _get(stg, "out_mbs")],
-        "machine limit": [_get(raw, "upload_mbs"), _get(raw, "download_mbs"), _get(raw, "disk_copy_mbs"), _get(raw, "disk_copy_mbs")],
+        "the engine's archive API alone": [None, None, _get(r, "engine", "in_mbs"), _get(r, "engine", "out_mbs")],
+        "machine limit (NGINX, cp)": [_get(raw, "upload_mbs"), _get(raw, "download_mbs"), _get(raw, "disk_copy_mbs"),
+                                      _get(raw, "disk_copy_mbs")],
     }
-    width = 0.27
+    width = 0.2
     for i, (name, vals) in enumerate(values.items()):
-        xs = [g + (i - 1) * width for g in range(len(groups))]
+        xs = [g + (i - 1.5) * width for g in range(len(groups))]
         left.bar(xs, [v or 0 for v in vals], width, label=name)
     left.set_xticks(range(len(groups)), groups)
     left.set_ylabel("MiB/s")
@@ -227,7 +229,18 @@ def chart(r: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _from_json(r: dict[str, Any]) -> dict[str, Any]:
+    """JSON keeps only string keys: the status loads are keyed by client count again."""
+    for server in ("old", "new"):
+        loads = _get(r, server, "status")
+        if isinstance(loads, dict):
+            r[server]["status"] = {int(k): v for k, v in loads.items()}
+    return r
+
+
 def write_results(r: dict[str, Any]) -> list[Path]:
+    """Results of a run, or of latest.json read back (`python -m bench.report` renders it again)."""
+    r = _from_json(r)
     RESULTS.mkdir(exist_ok=True)
     stamp = r["when"].replace(" ", "T").replace(":", "")
     text = table(r)
@@ -241,3 +254,8 @@ def write_results(r: dict[str, Any]) -> list[Path]:
         head, rest = readme.split(START, 1)
         README.write_text(head + START + "\n" + text + END + rest.split(END, 1)[1])
     return paths
+
+
+if __name__ == "__main__":
+    for path in write_results(json.loads((RESULTS / "latest.json").read_text())):
+        print(path)
