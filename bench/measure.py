@@ -394,8 +394,11 @@ def _tar_of(source: Path, tar: Path) -> None:
 
 def engine_reference(stack: Stack, small: Path, big: Path) -> dict[str, Any]:
     """The engine alone, driven by curl on its socket (no Python in the way), with the container config the
-    servers use: create + put_archive of the small input + start, the floor under (f)'s last byte →
-    container start; and put_archive / get_archive of the big file, the floor under staging."""
+    servers use on this engine (no network, init, no capabilities, the default limits, every GPU: the fake
+    NVIDIA hook runs at each start). The floor under (f)'s last byte → container start: create + put_archive
+    of the small input + start (archive mode), and create + put_archive of just the data directory + start
+    (mount mode, whose inputs are bind mounts); and put_archive / get_archive of the big file, the floor under
+    staging."""
     from inferserver.config import Settings
     from inferserver.runner.execute import limits_config
     from inferserver.runner.jobs import RunLimits
@@ -404,41 +407,51 @@ def engine_reference(stack: Stack, small: Path, big: Path) -> dict[str, Any]:
     limits = RunLimits(memory=settings.CONTAINER_MEMORY, cpus=settings.CONTAINER_CPUS, pids=settings.CONTAINER_PIDS,
                        shm_size=settings.CONTAINER_SHM, timeout=settings.RUN_TIMEOUT, log_bytes=settings.LOG_MAX_BYTES)
     config = {"Image": "inferserver-test/copy:1", "Cmd": ["-i", "/data/input_vol.nii.gz", "-o", "/data/output_vol.nii.gz"],
-              "HostConfig": {"NetworkMode": "none", **limits_config(limits)}}
-    small_tar, big_tar, created = stack.work / "small.tar", stack.work / "big.tar", stack.work / "created.json"
+              "HostConfig": {"NetworkMode": "none", **limits_config(limits),
+                             "DeviceRequests": [{"Driver": "", "Count": -1, "Capabilities": [["gpu"]]}]}}
+    small_tar, big_tar, dir_tar = stack.work / "small.tar", stack.work / "big.tar", stack.work / "dir.tar"
+    created = stack.work / "created.json"
     _tar_of(small, small_tar)
     _tar_of(big, big_tar)
+    with tarfile.open(dir_tar, "w") as archive:
+        info = tarfile.TarInfo("data")
+        info.type, info.mode = tarfile.DIRTYPE, 0o1777
+        archive.addfile(info)
+    steps = ("create_ms", "put_small_ms", "put_dir_ms", "start_ms")
+    timings: dict[str, list[float]] = {step: [] for step in steps}
     result: dict[str, Any] = {}
+
+    def container() -> str:
+        code, seconds = _engine_call(stack, "POST", "containers/create", json_body=config, out=str(created))
+        if code != 201:
+            raise RuntimeError(f"create answered {code}: {created.read_text()[:200]}")
+        timings["create_ms"].append(seconds * 1e3)
+        return json.loads(created.read_text())["Id"]
+
     try:
-        for step in ("create_ms", "put_small_ms", "start_ms"):
-            result[step] = []
         for _ in range(5):
-            code, create_s = _engine_call(stack, "POST", "containers/create", json_body=config, out=str(created))
-            if code != 201:
-                return {"error": f"create answered {code}: {created.read_text()[:200]}"}
-            cid = json.loads(created.read_text())["Id"]
-            try:
-                _, put_s = _engine_call(stack, "PUT", f"containers/{cid}/archive?path=/", body=small_tar)
-                _, start_s = _engine_call(stack, "POST", f"containers/{cid}/start")
-                for step, seconds in (("create_ms", create_s), ("put_small_ms", put_s), ("start_ms", start_s)):
-                    result[step].append(seconds * 1e3)
-                if "in_mbs" not in result:  # the big archive into a fresh container's /data, and out again
-                    settle(warm=(big_tar,))
-                    code, put_s = _engine_call(stack, "PUT", f"containers/{cid}/archive?path=/", body=big_tar)
-                    settle()
-                    code2, get_s = _engine_call(stack, "GET", f"containers/{cid}/archive?path=/data/input_vol.nii.gz")
-                    if code != 200 or code2 != 200:
-                        return {"error": f"archive calls answered {code} / {code2}"}
-                    mib = big.stat().st_size / MIB
-                    result["in_mbs"], result["out_mbs"] = mib / put_s, mib / get_s
-            finally:
-                stack.docker("rm", "-f", cid)
+            for put_step, tar in (("put_small_ms", small_tar), ("put_dir_ms", dir_tar)):
+                cid = container()
+                try:
+                    _, put_s = _engine_call(stack, "PUT", f"containers/{cid}/archive?path=/", body=tar)
+                    _, start_s = _engine_call(stack, "POST", f"containers/{cid}/start")
+                    timings[put_step].append(put_s * 1e3)
+                    timings["start_ms"].append(start_s * 1e3)
+                    if "in_mbs" not in result:  # the big archive into a fresh container's /data, and out again
+                        settle(warm=(big_tar,))
+                        code, put_s = _engine_call(stack, "PUT", f"containers/{cid}/archive?path=/", body=big_tar)
+                        settle()
+                        code2, get_s = _engine_call(stack, "GET", f"containers/{cid}/archive?path=/data/input_vol.nii.gz")
+                        if code != 200 or code2 != 200:
+                            return {"error": f"archive calls answered {code} / {code2}"}
+                        mib = big.stat().st_size / MIB
+                        result["in_mbs"], result["out_mbs"] = mib / put_s, mib / get_s
+                finally:
+                    stack.docker("rm", "-f", cid)
     finally:
-        for path in (small_tar, big_tar, created):
+        for path in (small_tar, big_tar, dir_tar, created):
             path.unlink(missing_ok=True)
-    for step in ("create_ms", "put_small_ms", "start_ms"):
-        result[step] = statistics.median(result[step])
-    result["create_to_start_ms"] = result["create_ms"] + result["put_small_ms"] + result["start_ms"]
+    result.update({step: statistics.median(values) for step, values in timings.items()})
     return result
 
 

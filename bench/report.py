@@ -89,7 +89,7 @@ def budget(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
     bare = _engine_bare(engine)
     for size_key, mib in (("flow_small", r["small_mib"]), ("flow_big", r["big_mib"])):
         measured = _get(mount, size_key, "last_byte_to_start_ms")
-        note = f" (the engine alone: create + start = {bare:.0f} ms)" if bare else ""
+        note = f" (the engine alone: create + data directory + start = {bare:.0f} ms)" if bare else ""
         rows.append((f"last byte → container start, {mib} MiB, inputs mounted (INPUT_STAGING=mount)", "< 100 ms",
                      f"{measured:.0f} ms{note}" if measured is not None else _why(mount, size_key, "last_byte_to_start_ms"),
                      None if measured is None else measured < 100))
@@ -106,9 +106,10 @@ def budget(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
 
 
 def _engine_bare(engine: dict[str, Any]) -> float | None:
-    """ms the engine alone takes to create and start the container, nothing copied in."""
-    create, start = _get(engine, "create_ms"), _get(engine, "start_ms")
-    return create + start if create is not None and start is not None else None
+    """ms the engine alone takes to create the container, put the data directory in and start it: what mount
+    mode needs (its inputs are bind mounts)."""
+    parts = [_get(engine, key) for key in ("create_ms", "put_dir_ms", "start_ms")]
+    return sum(parts) if None not in parts else None
 
 
 def engine_floor(engine: dict[str, Any], mib: float) -> float | None:
@@ -167,7 +168,7 @@ def table(r: dict[str, Any]) -> str:
     mnt, bare = r.get("mount", {}), _engine_bare(eng)
     for key, mib in (("flow_small", s), ("flow_big", b)):
         for field, what, ref in (("last_byte_to_start_ms", "last byte → container start",
-                                  f"the engine alone (curl): create + start = {bare:.0f} ms" if bare else ""),
+                                  f"the engine alone (curl): create + data directory + start = {bare:.0f} ms" if bare else ""),
                                  ("exit_to_complete_ms", "container exit → complete", "")):
             lines.append(f"| (f) {what}, {mib} MiB, inputs mounted (INPUT_STAGING=mount; direct, no NGINX) | – | "
                          f"{_cell(mnt, (key, field), '{:.0f} ms')} | {ref} | |")
