@@ -108,7 +108,7 @@ def budget(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
 def _engine_bare(engine: dict[str, Any]) -> float | None:
     """ms the engine alone takes to create the container, put the data directory in and start it: what mount
     mode needs (its inputs are bind mounts)."""
-    parts = [_get(engine, key) for key in ("create_ms", "put_dir_ms", "start_ms")]
+    parts = [_get(engine, key) for key in ("create_ms", "put_dir_ms", "start_mounted_ms")]
     return sum(parts) if None not in parts else None
 
 
