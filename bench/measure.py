@@ -392,6 +392,27 @@ def _tar_of(source: Path, tar: Path) -> None:
         archive.add(source, arcname="data/input_vol.nii.gz")
 
 
+def _container_configs(small: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The copy model's container config as inferserver's own Runner builds it (default limits, every GPU),
+    with the input to be copied in, and with it bind-mounted read-only (INPUT_STAGING=mount)."""
+    from inferserver.config import GpuMode, Settings
+    from inferserver.limits import limits_for
+    from inferserver.runner.execute import Runner
+    from inferserver.runner.jobs import FileTransfer, RunJob
+    from inferserver.specs.directory import load_spec_file
+    from tests.conftest import TEST_MODELS
+
+    limits = limits_for(Settings(), load_spec_file(TEST_MODELS / "copy.json"))
+    runner = Runner(None, GpuMode.ALL)  # type: ignore[arg-type]  # only its config building is used
+    configs = []
+    for source in (None, str(small.resolve())):
+        job = RunJob(job_id="bench-engine", image="inferserver-test/copy:1",
+                     argv=["-i", "/data/input_vol.nii.gz", "-o", "/data/output_vol.nii.gz"],
+                     inputs=[FileTransfer("input_vol", small, "/data/input_vol.nii.gz", source)], outputs=[], limits=limits)
+        configs.append(runner.container_config(job, gpus=True))
+    return configs[0], configs[1]
+
+
 def engine_reference(stack: Stack, small: Path, big: Path) -> dict[str, Any]:
     """The engine alone, driven by curl on its socket (no Python in the way), with the container config the
     servers use on this engine (no network, init, no capabilities, the default limits, every GPU: the fake
@@ -399,16 +420,7 @@ def engine_reference(stack: Stack, small: Path, big: Path) -> dict[str, Any]:
     of the small input + start (archive mode), and create with the input bind-mounted + put_archive of just
     the data directory + start (mount mode); and put_archive / get_archive of the big file, the floor under
     staging."""
-    from inferserver.config import Settings
-    from inferserver.runner.execute import limits_config
-    from inferserver.runner.jobs import RunLimits
-
-    settings = Settings()
-    limits = RunLimits(memory=settings.CONTAINER_MEMORY, cpus=settings.CONTAINER_CPUS, pids=settings.CONTAINER_PIDS,
-                       shm_size=settings.CONTAINER_SHM, timeout=settings.RUN_TIMEOUT, log_bytes=settings.LOG_MAX_BYTES)
-    config = {"Image": "inferserver-test/copy:1", "Cmd": ["-i", "/data/input_vol.nii.gz", "-o", "/data/output_vol.nii.gz"],
-              "HostConfig": {"NetworkMode": "none", **limits_config(limits),
-                             "DeviceRequests": [{"Driver": "", "Count": -1, "Capabilities": [["gpu"]]}]}}
+    config, mounted = _container_configs(small)
     small_tar, big_tar, dir_tar = stack.work / "small.tar", stack.work / "big.tar", stack.work / "dir.tar"
     created = stack.work / "created.json"
     _tar_of(small, small_tar)
@@ -420,10 +432,6 @@ def engine_reference(stack: Stack, small: Path, big: Path) -> dict[str, Any]:
     steps = ("create_ms", "put_small_ms", "put_dir_ms", "start_ms", "start_mounted_ms")
     timings: dict[str, list[float]] = {step: [] for step in steps}
     result: dict[str, Any] = {}
-
-    # Mount mode's container: the small input bind-mounted read-only where the archive would have put it.
-    mounted = {**config, "HostConfig": {**config["HostConfig"], "Mounts": [
-        {"Type": "bind", "Source": str(small.resolve()), "Target": "/data/input_vol.nii.gz", "ReadOnly": True}]}}
 
     def container(body: dict[str, Any]) -> str:
         code, seconds = _engine_call(stack, "POST", "containers/create", json_body=body, out=str(created))
