@@ -4,7 +4,7 @@
 # By default they build offline from the local Debian base (scripts/build-base-image.sh, built first when
 # missing); BASE=python:3.12-slim examples/build.sh builds them from a registry instead. An image is rebuilt
 # only when its label org.inferserver.example-hash differs from the hash of its directory, this script and
-# the base image's id. Usage: build.sh [--force] [NAME...]
+# the base image's id (contents only: the hash is the same wherever the checkout is). Usage: build.sh [--force] [NAME...]
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -32,7 +32,7 @@ build_one() {
     local name=$1 dir=$HERE/$1 image=$REPO/$1:$TAG hash current log
     [[ -f $dir/Dockerfile ]] || die "no $dir/Dockerfile"
     hash=$( (cd "$dir" && find . -type f ! -name '*.pyc' -print0 | sort -z | xargs -0 sha256sum
-             sha256sum "$HERE/build.sh"; echo "$base_id") | sha256sum | cut -d' ' -f1)
+             sha256sum <"$HERE/build.sh"; echo "$base_id") | sha256sum | cut -d' ' -f1)
     current=$(docker image inspect -f "{{index .Config.Labels \"$LABEL\"}}" "$image" 2>/dev/null || true)
     if [[ $force -eq 0 && $current == "$hash" ]]; then
         return 0

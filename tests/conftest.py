@@ -11,13 +11,13 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_MODELS = REPO / "tests" / "models"
-SHARED_SPECS = REPO.parent / "shared" / "specs"
+SHARED_SPECS = REPO / "tests" / "data" / "specs"  # real-world specs copied in: tests/data/specs/README.md
 
 
 @pytest.fixture(scope="session")
 def shared_specs() -> Path:
     if not SHARED_SPECS.is_dir():
-        pytest.fail(f"the real-world specs are missing: expected {SHARED_SPECS} (../shared/specs beside the repo)")
+        pytest.fail(f"the real-world specs are missing: expected {SHARED_SPECS} (tests/data/specs in the repository)")
     return SHARED_SPECS
 
 

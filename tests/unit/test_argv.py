@@ -15,7 +15,7 @@ from inferserver.specs.command import build_argv, container_path
 from inferserver.specs.model import ModelSpec
 from inferserver.specs.runconfig import RunConfig, SessionRequest, validate_run_config
 
-SPECS_DIR = Path(__file__).parents[2].parent / "shared" / "specs"
+SPECS_DIR = Path(__file__).parents[1] / "data" / "specs"
 
 
 def _io(status: str, flag: str, ext: str = ".nii.gz") -> dict[str, Any]:
@@ -119,7 +119,7 @@ def test_container_path_unknown_name() -> None:
 
 def test_real_temporal_bone_spec() -> None:
     path = SPECS_DIR / "ablinfer" / "ABLTempSeg.json"
-    assert path.is_file(), f"shared spec {path} is missing"
+    assert path.is_file(), f"real-world spec {path} is missing (tests/data/specs)"
     spec, cfg = configure(json.loads(path.read_text()), {
         "params": {"gpus": {"value": 2}, "cpu_resampling": {"value": True}, "cuda": {"value": "0,1"}},
         "outputs": {"input_vol_resampled": {"enabled": True}},

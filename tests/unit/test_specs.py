@@ -15,13 +15,13 @@ from inferserver.specs.errors import SpecError
 from inferserver.specs.model import ModelSpec
 from inferserver.specs.upgrade import upgrade_spec
 
-SPECS_DIR = Path(__file__).parents[2].parent / "shared" / "specs"
+SPECS_DIR = Path(__file__).parents[1] / "data" / "specs"
 POINT_VEC = {"LymphNodeSegmenter.json", "LymphNodeSegmenter.gpu.json", "ProstateNeedleFinder.json"}
 
 
 def shared_specs() -> list[Path]:
     # Failing (not skipping) when the specs are missing: a silent skip would hide the main check.
-    assert SPECS_DIR.is_dir(), f"shared specs directory {SPECS_DIR} is missing; the wire-compatibility tests need it"
+    assert SPECS_DIR.is_dir(), f"the real-world specs directory {SPECS_DIR} is missing (tests/data/specs in the repository); the wire-compatibility tests need it"
     files = sorted(SPECS_DIR.rglob("*.json"))
     assert files, f"no *.json specs under {SPECS_DIR}"
     return files

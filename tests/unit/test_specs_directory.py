@@ -8,7 +8,7 @@ from pathlib import Path
 
 from inferserver.specs.directory import SpecLoadError, load_model_directory
 
-SPECS_DIR = Path(__file__).parents[2].parent / "shared" / "specs"
+SPECS_DIR = Path(__file__).parents[1] / "data" / "specs"
 
 
 def _copy(name: str, dest: Path, as_name: str | None = None) -> Path:
@@ -19,7 +19,7 @@ def _copy(name: str, dest: Path, as_name: str | None = None) -> Path:
 
 
 def test_good_broken_and_duplicate(tmp_path: Path) -> None:
-    assert SPECS_DIR.is_dir(), f"shared specs directory {SPECS_DIR} is missing"
+    assert SPECS_DIR.is_dir(), f"the real-world specs directory {SPECS_DIR} is missing (tests/data/specs in the repository)"
     good = _copy("ABLTempSeg.json", tmp_path)
     _copy("ProstateSegmenter.json", tmp_path)
     dup_a = _copy("CTBoneSegmenter.json", tmp_path, "a_bone.json")
