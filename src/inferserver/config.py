@@ -141,6 +141,9 @@ class Settings(BaseSettings):
     CONTAINER_PIDS: int = Field(4096, gt=0, description="Processes and threads a model container may have.")
     CONTAINER_SHM: Size = Field(2 * GiB, description="Size of a model container's /dev/shm.")
     LOG_MAX_BYTES: Size = Field(64 * MiB, description="A session log stops growing past this size.")
+    MAX_CONVERT_BYTES: Size = Field(1 * GiB, description="Largest volume (voxel bytes by its verified header) the server converts, inputs and ?format= outputs; a bigger one is refused with 413.")
+    CONVERT_TIMEOUT: int = Field(300, gt=0, description="Seconds (wall clock, and CPU) a conversion may take before its process is killed (413).")
+    MAX_CONVERSIONS: int = Field(2, ge=1, description="Conversions running at once, across all worker processes; more wait their turn.")
     MAX_SESSIONS: int = Field(200, gt=0, description="Live (not complete or failed) sessions the server holds at once.")
     INPUT_STAGING: Literal["archive", "mount"] = Field(
         "archive", description="How inputs reach a model container: archive (copied in through the engine's "

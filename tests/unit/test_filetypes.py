@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from inferserver.filetypes import SNIFF_BYTES, CheckResult, HeadCollector, check_filetype, sniff
+from inferserver.volumes.sniff import SNIFF_BYTES, CheckResult, HeadCollector, check_filetype, sniff
 
 
 def _head(path: Path) -> bytes:

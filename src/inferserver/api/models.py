@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
-from ..filetypes import check_filetype
+from ..volumes.sniff import check_filetype
 from ..sessions.manager import SessionManager
 from ..specs.directory import ModelDirectory
 from ..specs.model import ModelSpec

@@ -9,11 +9,12 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
-from .. import convert
 from ..sessions.errors import InvalidInput
 from ..sessions.manager import SessionManager
 from ..sessions.quotas import UploadLimits, limited_upload
 from ..sessions.state import Status
+from ..volumes import convert
+from ..volumes.errors import ConversionError, ConversionNoSpace, ConversionTooLarge
 from . import accel, deps
 from .bodies import UPLOAD_TYPES, require_media_type
 from .envelope import ApiError, Envelope, error_responses
@@ -151,7 +152,7 @@ async def get_logs(session_id: SessionId, manager: Sessions) -> StreamingRespons
             "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
             "description": "The output file's bytes.",
         },
-        **error_responses(400, 404),
+        **error_responses(400, 404, 413, 507),
     },
     summary="Download an output file, byte for byte as the model wrote it, or converted to another format",
     description="Behind a proxy that sends `X-Accel-Mapping: <SESSION_PATH>/=<URI prefix>` (the shipped NGINX site "
@@ -168,14 +169,16 @@ async def get_output(
         Query(
             alias="format",
             description=f"Convert a volume to one of {', '.join(convert.FORMATS)} (needs the convert extra); "
-            "converted once, then served from a cache beside the output.",
+            "verified first, converted once (concurrent requests wait for it), then served from a cache beside the "
+            "output. 413 over MAX_CONVERT_BYTES or CONVERT_TIMEOUT, 507 when the result would eat into "
+            "DISK_RESERVE_BYTES.",
         ),
     ] = None,
 ) -> Response:
     path = await manager.output_file(session_id, name)
     filename = path.name
     if target is not None:
-        path = await _converted(path, name, target)
+        path = await _converted(manager, path, name, target)
         filename = f"{name}{convert.format_of(path)}"
     request.app.state.metrics.downloaded.inc(path.stat().st_size)
     # application/octet-stream and no Content-Encoding: the client must save the .nii.gz as it is.
@@ -184,7 +187,7 @@ async def get_output(
     return response if uri is None else accel.redirected(response, uri)
 
 
-async def _converted(path: Path, name: str, target: str) -> Path:
+async def _converted(manager: SessionManager, path: Path, name: str, target: str) -> Path:
     target = target.lower()
     if target not in convert.FORMATS:
         raise ApiError(400, f"format {target!r} is not supported: ask for one of {', '.join(convert.FORMATS)}")
@@ -194,6 +197,10 @@ async def _converted(path: Path, name: str, target: str) -> Path:
     if source != target and not convert.available():
         raise ApiError(400, f"conversion is not installed on this server ({convert.INSTALL_HINT})")
     try:
-        return await convert.converted_copy(path, target)
-    except convert.ConversionError as exc:
+        return await manager.converter.converted_copy(path, target, f"output {name}")
+    except ConversionTooLarge as exc:
+        raise ApiError(413, str(exc)) from exc
+    except ConversionNoSpace as exc:
+        raise ApiError(507, str(exc)) from exc
+    except ConversionError as exc:
         raise ApiError(400, f"output {name} cannot be converted to {target}: {exc}") from exc

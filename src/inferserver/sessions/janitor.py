@@ -8,8 +8,10 @@ import os
 import shutil
 import socket
 import time
+from pathlib import Path
 
 from ..config import Settings
+from ..volumes.convert import PARTIAL_MARK
 from .manager import UPLOAD_STALE, SessionManager
 from .state import Status
 from .store import Store
@@ -47,12 +49,22 @@ class Janitor:
         return gone
 
     def remove_partial_uploads(self, now: float) -> None:
-        """Partial files of uploads whose process died, or that stopped growing long ago."""
-        for partial in self.settings.SESSION_PATH.glob("*/inputs/.*.upload-*"):
-            pid = partial_owner_pid(partial)
-            with contextlib.suppress(FileNotFoundError):
-                if (pid is not None and not process_alive(pid)) or now - partial.stat().st_mtime > UPLOAD_STALE:
-                    partial.unlink()
+        """Partial files of uploads and conversions whose process died, or that stopped changing long ago."""
+        root = self.settings.SESSION_PATH
+        # A live process's file may sit unchanged while it is converted (up to CONVERT_TIMEOUT); a conversion's
+        # hard link to its source keeps the source's old mtime, its ctime is when it was made.
+        stale_before = now - UPLOAD_STALE - self.settings.CONVERT_TIMEOUT
+        for pattern, mark in (("*/inputs/.*.upload-*", ".upload-"), (f"*/outputs/.*{PARTIAL_MARK}*", PARTIAL_MARK)):
+            for partial in root.glob(pattern):
+                self._remove_if_dead(partial, mark, stale_before)
+
+    @staticmethod
+    def _remove_if_dead(partial: Path, mark: str, stale_before: float) -> None:
+        pid = partial_owner_pid(partial, mark)
+        with contextlib.suppress(FileNotFoundError):
+            st = partial.stat()
+            if (pid is not None and not process_alive(pid)) or max(st.st_mtime, st.st_ctime) < stale_before:
+                partial.unlink()
 
     async def release_dead_claims(self) -> None:
         """Upload claims of processes on this host that no longer exist: their inputs can be uploaded again."""

@@ -21,10 +21,11 @@ from ..specs.directory import ModelDirectory
 from ..specs.errors import ConfigError
 from ..specs.model import ModelSpec
 from ..specs.runconfig import RunConfig, SessionRequest, validate_run_config
+from ..volumes.convert import Converter, ConvertLimits
 from .changes import ChangeCache
 from .errors import Conflict, InvalidInput, NotFound, WrongState
 from .logstream import follow_log
-from .quotas import check_room
+from .quotas import UploadLimits, check_room
 from .state import LIVE, SessionFiles, SessionPlan, Signal, Signals, Status
 from .store import SessionRow, SessionView, Store
 from .uploads import UploadResult, receive_file
@@ -50,6 +51,7 @@ class SessionManager:
         self._described: ChangeCache[tuple[Status, tuple[str, ...], str]] = ChangeCache(store.changes)
         self._plans: OrderedDict[str, SessionPlan] = OrderedDict()
         self._owner_prefix = f"{socket.gethostname()}:{os.getpid()}"
+        self.converter = Converter(ConvertLimits.from_settings(settings), UploadLimits.from_settings(settings).check_disk)
 
     # -- creation and lookup -------------------------------------------------------------
 
@@ -127,7 +129,7 @@ class SessionManager:
                 label=f"input {name}",
                 expected_ext=plan.spec.inputs[name].extension,
                 check_types=self.settings.CHECK_INPUT_FILETYPES,
-                convert=self.settings.CONVERT_INPUTS,
+                converter=self.converter if self.settings.CONVERT_INPUTS else None,
             )
             landed = True
         finally:

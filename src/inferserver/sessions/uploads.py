@@ -10,10 +10,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..convert import ConversionError, convert_upload
-from ..filetypes import CheckResult, HeadCollector, check_filetype
 from ..filewriter import BlockWriter
-from .errors import InvalidInput
+from ..volumes.convert import Converter
+from ..volumes.errors import ConversionError, ConversionNoSpace, ConversionTooLarge
+from ..volumes.sniff import CheckResult, HeadCollector, check_filetype
+from .errors import InsufficientStorage, InvalidInput, SessionError, TooLarge
 
 
 @dataclass(frozen=True)
@@ -23,13 +24,15 @@ class UploadResult:
 
 
 async def receive_file(
-    chunks: AsyncIterator[bytes], dest: Path, *, label: str, expected_ext: str, check_types: bool, convert: bool
+    chunks: AsyncIterator[bytes], dest: Path, *, label: str, expected_ext: str, check_types: bool,
+    converter: Converter | None = None,
 ) -> UploadResult:
     """Write the body to `dest` atomically; a wrong file type or a broken body leaves `dest` untouched.
 
-    `check_types` is CHECK_INPUT_FILETYPES, `convert` CONVERT_INPUTS. The sha256 is of the bytes received,
-    also when `dest` holds their conversion.
+    `check_types` is CHECK_INPUT_FILETYPES; `converter` is None when CONVERT_INPUTS is off. The sha256 is of the
+    bytes received, also when `dest` holds their conversion.
     """
+    convert = converter is not None
     # The pid in the name lets a restarted server tell a dead upload's leftovers from a live one's.
     partial = dest.with_name(f".{dest.name}.upload-{os.getpid()}-{secrets.token_hex(4)}")
     head = HeadCollector()
@@ -44,11 +47,11 @@ async def receive_file(
                 await out.write(chunk)
             if checked is None:  # a file shorter than the sniffing window
                 checked = _check(head.head, label, expected_ext, check_types, convert)
-        if checked.can_convert and checked.filetype is not None:
+        if checked.can_convert and checked.filetype is not None and converter is not None:
             try:
-                await convert_upload(partial, checked.filetype, dest)
+                await converter.convert_upload(partial, checked.filetype, dest, label)
             except ConversionError as exc:
-                raise InvalidInput(f"{label}: the upload claims to be {checked.filetype} but cannot be converted to {expected_ext}: {exc}") from exc
+                raise _refusal(exc, checked.filetype, expected_ext) from exc
             partial.unlink()
         else:
             os.replace(partial, dest)
@@ -59,9 +62,18 @@ async def receive_file(
     return UploadResult(sha256=out.sha256, size=out.size)
 
 
-def partial_owner_pid(partial: Path) -> int | None:
-    """The pid of the process writing a partial upload file (from its name), if it has one."""
-    _, _, tail = partial.name.rpartition(".upload-")
+def _refusal(exc: ConversionError, found: str, expected_ext: str) -> SessionError:
+    """The session error (400, 413 or 507) for a conversion that did not happen; its message names the file."""
+    if isinstance(exc, ConversionTooLarge):
+        return TooLarge(str(exc))
+    if isinstance(exc, ConversionNoSpace):
+        return InsufficientStorage(str(exc))
+    return InvalidInput(f"{exc} (the upload claims to be {found}; it cannot be converted to {expected_ext})")
+
+
+def partial_owner_pid(partial: Path, mark: str = ".upload-") -> int | None:
+    """The pid of the process writing a partial file (from its name after `mark`), if it has one."""
+    _, _, tail = partial.name.rpartition(mark)
     pid, _, _ = tail.partition("-")
     return int(pid) if pid.isdigit() else None
 

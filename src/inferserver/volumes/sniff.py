@@ -10,7 +10,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from . import convert
+from .convert import convertible
 
 # How much of a file's head callers collect and pass to sniff(). A NIfTI-2 header is 540 bytes,
 # so 1024 leaves room for the gzip framing of a compressed one.
@@ -88,7 +88,7 @@ def check_filetype(header: bytes, expected_ext: str, *, check: bool, convert: bo
 
 def _can_convert(filetype: str | None, expected_ext: str, *, enabled: bool) -> bool:
     """The one place that decides conversion: CONVERT_INPUTS on, SimpleITK importable, both types convertible."""
-    return enabled and convert.convertible(filetype, expected_ext)
+    return enabled and convertible(filetype, expected_ext)
 
 
 class HeadCollector:
