@@ -16,7 +16,7 @@ import pytest
 from inferserver.sessions.errors import InvalidInput
 from inferserver.sessions.uploads import receive_file
 from inferserver.volumes import convert
-from inferserver.volumes.convert import ConvertLimits, Converter
+from inferserver.volumes.convert import Converter, ConvertLimits
 
 from ..conftest import lps_to_ras_affine, real_volume, write_real_nrrd
 

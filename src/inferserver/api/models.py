@@ -7,11 +7,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
-from ..volumes.sniff import check_filetype
 from ..sessions.manager import SessionManager
 from ..specs.directory import ModelDirectory
 from ..specs.model import ModelSpec
 from ..specs.runconfig import SessionRequest
+from ..volumes.sniff import check_filetype
 from . import deps
 from .bodies import UPLOAD_TYPES, BoundedJsonRoute, require_media_type
 from .envelope import ApiError, Envelope, error_responses

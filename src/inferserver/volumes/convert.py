@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import ConversionError, ConversionNoSpace, ConversionTooLarge
+from .errors import ConversionError, ConversionTooLarge
 from .verify import FORMATS, TRAILING_SLACK, Volume, format_of, read_header
 from .worker import KINDS, Job
 
