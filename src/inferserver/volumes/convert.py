@@ -82,6 +82,8 @@ class ConvertLimits:
 class Converter:
     """One per server process (on app.state through the session manager)."""
 
+    command: tuple[str, ...] = (sys.executable, "-m", "inferserver.volumes.worker")  # + the job as JSON
+
     def __init__(self, limits: ConvertLimits, check_disk: Callable[[str, int], None]) -> None:
         self.limits = limits
         self.check_disk = check_disk  # UploadLimits.check_disk: 507 naming DISK_RESERVE_BYTES
@@ -150,7 +152,7 @@ class Converter:
     async def _run_child(self, job: Job) -> None:
         env = {**os.environ, "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": "1"}  # one core per conversion
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "inferserver.volumes.worker", job.to_json(),
+            *self.command, job.to_json(),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
         )
         try:

@@ -91,8 +91,9 @@ def _copy_gunzip(src: BinaryIO, out: BinaryIO) -> None:
 def _simpleitk(link: Path, job: Job, dest: Path) -> None:
     try:
         import SimpleITK as sitk
-    except ImportError:
-        raise ConversionError("conversion is not installed (pip install 'inferserver[convert]')") from None
+    except ImportError as exc:  # the server saw it importable: here it did not fit the address-space limit
+        raise ConversionTooLarge(f"{job.label}: SimpleITK could not be loaded within the conversion's memory limit "
+                                 f"of {job.memory} bytes: {exc}") from None
     try:
         image = sitk.ReadImage(str(link), sitk.sitkUnknown, IMAGE_IO[job.source_format])
         writer = sitk.ImageFileWriter()
@@ -105,7 +106,8 @@ def _simpleitk(link: Path, job: Job, dest: Path) -> None:
 
 
 def _itk_error(message: str, job: Job, dest: Path) -> ConversionError:
-    if "bad_alloc" in message or "allocate" in message.lower():
+    # A verified file that ITK fails to load did not fit in memory (nifti_image_load reports a failed malloc so).
+    if any(sign in message.lower() for sign in ("bad_alloc", "allocate", "nifti_image_load failed")):
         return ConversionTooLarge(f"{job.label}: the conversion needs more memory than its limit of {job.memory} "
                                   "bytes (from MAX_CONVERT_BYTES)")
     if _out_of_space(dest, job):
