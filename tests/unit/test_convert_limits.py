@@ -17,7 +17,7 @@ import pytest
 
 from inferserver.sessions.errors import InsufficientStorage
 from inferserver.sessions.quotas import UploadLimits
-from inferserver.volumes.convert import ConvertLimits, Converter
+from inferserver.volumes.convert import Converter, ConvertLimits
 from inferserver.volumes.errors import ConversionNoSpace, ConversionTooLarge
 from inferserver.volumes.verify import Volume
 
@@ -88,8 +88,8 @@ def sleeper(tmp: Path, timeout: int) -> tuple[Converter, Path]:
     pid_file = tmp / "child.pid"
 
     class Sleeper(Converter):
-        command = (sys.executable, "-c", f"import os, time; open('{pid_file}', 'w').write(str(os.getpid())); "
-                   "time.sleep(60)")
+        command = (sys.executable, "-c", (f"import os, time; open('{pid_file}', 'w').write(str(os.getpid())); "
+                   "time.sleep(60)"))
 
     return Sleeper(ConvertLimits(1 << 30, timeout, 2, tmp / "slots"), lambda label, coming: None), pid_file
 
@@ -123,9 +123,9 @@ async def test_max_conversions_are_shared_slots(tmp_path: Path) -> None:
     marks.mkdir()
 
     class Stamping(Converter):
-        command = (sys.executable, "-c", "import sys, time, os, json; d = json.loads(sys.argv[1]); "
+        command = (sys.executable, "-c", ("import sys, time, os, json; d = json.loads(sys.argv[1]); "
                    f"open('{marks}/' + str(time.monotonic_ns()), 'w').write(d['dest']); time.sleep(0.5); "
-                   f"open('{marks}/' + str(time.monotonic_ns()), 'w').write(d['dest']); print('{{\"ok\": true}}')")
+                   f"open('{marks}/' + str(time.monotonic_ns()), 'w').write(d['dest']); print('{{\"ok\": true}}')"))
 
     conv = Stamping(ConvertLimits(1 << 30, 60, 1, tmp_path / "slots"), lambda label, coming: None)
     a = volume(tmp_path / "a", (5, 5, 5))

@@ -128,7 +128,7 @@ def test_gzip_streams_are_counted_whole(tmp_path: Path) -> None:
     gz = gzip.compress(whole)
     cases = {"truncated": gz[:-100], "crc": gz[:-8] + b"\0\0\0\0" + gz[-4:],
              "too long": gzip.compress(whole + b"\0" * (TRAILING_SLACK + 1))}
-    for name, content in cases.items():
+    for content in cases.values():
         (tmp_path / "v.nii.gz").write_bytes(content)
         with pytest.raises(ConversionError, match=f"^{LABEL}: the gzip stream"):
             verify(tmp_path / "v.nii.gz", ".nii.gz", LABEL, GiB)
