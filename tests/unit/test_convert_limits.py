@@ -114,7 +114,8 @@ async def test_six_requests_for_one_output_run_one_conversion(tmp_path: Path, ca
     with caplog.at_level(logging.INFO, logger="inferserver.volumes.convert"):
         results = await asyncio.gather(*(conv.converted_copy(path, ".nrrd", LABEL) for _ in range(6)))
     assert len(set(results)) == 1 and results[0].name == ".v.nii.as.nrrd"
-    assert [r.message for r in caplog.records].count(f"{LABEL}: converting .nii to .nrrd (13500000 bytes of voxels)") == 1
+    converting = f"{LABEL}: converting .nii to .nrrd (13500000 bytes of voxels): {path}"
+    assert [r.getMessage() for r in caplog.records].count(converting) == 1
 
 
 async def test_max_conversions_are_shared_slots(tmp_path: Path) -> None:

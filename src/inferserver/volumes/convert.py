@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import fcntl
 import functools
+import importlib.util
 import json
 import logging
 import os
@@ -44,12 +45,9 @@ LOCK_POLL = 0.05  # seconds between tries of a busy lock (flock has no async wai
 
 @functools.cache
 def available() -> bool:
-    """Whether SimpleITK can be imported (asked once: the answer cannot change while the server runs)."""
-    try:
-        import SimpleITK  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether SimpleITK is installed (asked once). Found, not imported: only the conversion child loads it, so the
+    server process stays small."""
+    return importlib.util.find_spec("SimpleITK") is not None
 
 
 def convertible(source: str | None, target: str) -> bool:
@@ -129,7 +127,8 @@ class Converter:
         memory, file_size = self.limits.child_limits(volume)
         async with self._slot():
             self.check_disk(label, file_size)
-            logger.info("%s: converting %s to %s (%d bytes of voxels)", label, source_format, target, volume.voxel_bytes)
+            logger.info("%s: converting %s to %s (%d bytes of voxels): %s", label, source_format, target,
+                        volume.voxel_bytes, source)
             job = Job(str(source), source_format, str(dest), target, label, self.limits.max_voxel_bytes, memory,
                       self.limits.timeout, file_size)
             await self._run_child(job)
