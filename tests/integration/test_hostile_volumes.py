@@ -23,7 +23,14 @@ import numpy as np
 import pytest
 
 from ..conftest import TEST_MODELS, real_volume
-from .conftest import Server, kill_server, restart_server, start_server, stop_and_check, write_nifti
+from .conftest import (
+    Server,
+    kill_server,
+    restart_server,
+    start_server,
+    stop_and_check,
+    write_nifti,
+)
 
 OCTETS = {"Content-Type": "application/octet-stream"}
 REFUSED_FIELD = "NRRD field 'data file' is refused: only data attached right after the header is read"
