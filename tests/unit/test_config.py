@@ -260,6 +260,7 @@ def test_limits_have_safe_defaults() -> None:
     assert s.LOG_MAX_BYTES == 64 * MiB
     assert s.MAX_SESSIONS == 200
     assert s.CONTAINER_NETWORK == "none"
+    assert (s.MAX_CONVERT_BYTES, s.CONVERT_TIMEOUT, s.MAX_CONVERSIONS) == (GiB, 300, 2)
 
 
 def test_sizes_in_env_take_human_units(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -297,6 +298,9 @@ def test_sizes_in_the_file_take_numbers_or_human_units(tmp_path: Path, monkeypat
         ("CONTAINER_CPUS", "-1", "greater than or equal to 0"),
         ("CONTAINER_PIDS", "0", "greater than 0"),
         ("MAX_SESSIONS", "many", "valid integer"),
+        ("MAX_CONVERT_BYTES", "0", "must be at least 1 byte"),
+        ("CONVERT_TIMEOUT", "0", "greater than 0"),
+        ("MAX_CONVERSIONS", "0", "greater than or equal to 1"),
     ],
 )
 def test_a_wrong_limit_names_the_setting(monkeypatch: pytest.MonkeyPatch, name: str, value: str, says: str) -> None:
