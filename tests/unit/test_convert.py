@@ -128,17 +128,17 @@ async def test_upload_of_another_format_is_converted_and_hashed_as_received(tmp_
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     dest = inputs / "ct.nii.gz"
-    result = await receive_file(chunks_of(body), dest, label="input ct", expected_ext=".nii.gz", check_types=True, converter=converter)
+    result = await receive_file(chunks_of(body), dest, label="input ct", expected_ext=".nii.gz", check_types=True, convert=True, converter=converter)
     assert result.sha256 == hashlib.sha256(body).hexdigest() and result.size == len(body)
     data, affine = read_volume(dest)
     assert np.array_equal(data, original[0]) and np.allclose(affine, original[1], atol=1e-4)
     assert [p.name for p in inputs.iterdir()] == ["ct.nii.gz"]
 
 
-async def test_without_convert_the_other_format_is_refused(tmp_path: Path) -> None:
+async def test_without_convert_the_other_format_is_refused(tmp_path: Path, converter: Converter) -> None:
     body = write_real_nrrd(tmp_path / "in.nrrd").read_bytes()
     with pytest.raises(InvalidInput, match=r"must be a \.nii\.gz file, but the upload is \.nrrd"):
-        await receive_file(chunks_of(body), tmp_path / "ct.nii.gz", label="input ct", expected_ext=".nii.gz", check_types=True)
+        await receive_file(chunks_of(body), tmp_path / "ct.nii.gz", label="input ct", expected_ext=".nii.gz", check_types=True, convert=False, converter=converter)
 
 
 @pytest.mark.parametrize("case", ["truncated gzip", "NIfTI header over garbage"])
@@ -150,7 +150,7 @@ async def test_refused_conversion_keeps_the_previous_upload_and_leaves_no_partia
     dest = inputs / "volume.nrrd"
     dest.write_bytes(b"the previous upload")
     with pytest.raises(InvalidInput) as caught:
-        await receive_file(chunks_of(path.read_bytes()), dest, label="input volume", expected_ext=".nrrd", check_types=True, converter=converter)
+        await receive_file(chunks_of(path.read_bytes()), dest, label="input volume", expected_ext=".nrrd", check_types=True, convert=True, converter=converter)
     assert f"claims to be {fmt}" in str(caught.value) and "cannot be converted to .nrrd" in str(caught.value)
     assert [p.name for p in inputs.iterdir()] == ["volume.nrrd"] and dest.read_bytes() == b"the previous upload"
 

@@ -129,7 +129,8 @@ class SessionManager:
                 label=f"input {name}",
                 expected_ext=plan.spec.inputs[name].extension,
                 check_types=self.settings.CHECK_INPUT_FILETYPES,
-                converter=self.converter if self.settings.CONVERT_INPUTS else None,
+                convert=self.settings.CONVERT_INPUTS,
+                converter=self.converter,
             )
             landed = True
         finally:

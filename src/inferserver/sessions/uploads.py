@@ -25,14 +25,15 @@ class UploadResult:
 
 async def receive_file(
     chunks: AsyncIterator[bytes], dest: Path, *, label: str, expected_ext: str, check_types: bool,
-    converter: Converter | None = None,
+    convert: bool = False, converter: Converter | None = None,
 ) -> UploadResult:
     """Write the body to `dest` atomically; a wrong file type or a broken body leaves `dest` untouched.
 
-    `check_types` is CHECK_INPUT_FILETYPES; `converter` is None when CONVERT_INPUTS is off. The sha256 is of the
-    bytes received, also when `dest` holds their conversion.
+    `check_types` is CHECK_INPUT_FILETYPES, `convert` CONVERT_INPUTS; converting needs the process's `converter`.
+    The sha256 is of the bytes received, also when `dest` holds their conversion.
     """
-    convert = converter is not None
+    if convert and converter is None:
+        raise ValueError("convert=True needs the converter")
     # The pid in the name lets a restarted server tell a dead upload's leftovers from a live one's.
     partial = dest.with_name(f".{dest.name}.upload-{os.getpid()}-{secrets.token_hex(4)}")
     head = HeadCollector()
@@ -47,7 +48,7 @@ async def receive_file(
                 await out.write(chunk)
             if checked is None:  # a file shorter than the sniffing window
                 checked = _check(head.head, label, expected_ext, check_types, convert)
-        if checked.can_convert and checked.filetype is not None and converter is not None:
+        if checked.can_convert and checked.filetype is not None and converter is not None:  # implies convert
             try:
                 await converter.convert_upload(partial, checked.filetype, dest, label)
             except ConversionError as exc:
