@@ -96,11 +96,8 @@ def _simpleitk(link: Path, job: Job, dest: Path) -> None:
                                  f"of {job.memory} bytes: {exc}") from None
     try:
         image = sitk.ReadImage(str(link), sitk.sitkUnknown, IMAGE_IO[job.source_format])
-        writer = sitk.ImageFileWriter()
-        writer.SetImageIO(IMAGE_IO[job.target])
-        writer.SetFileName(str(dest))
-        writer.SetUseCompression(job.target == ".nii.gz")  # .nrrd raw: fastest to write and to read back
-        writer.Execute(image)
+        # .nrrd raw: fastest to write and to read back
+        sitk.WriteImage(image, str(dest), job.target == ".nii.gz", imageIO=IMAGE_IO[job.target])
     except RuntimeError as exc:  # ITK's exceptions
         raise _itk_error(str(exc), job, dest) from exc
 
