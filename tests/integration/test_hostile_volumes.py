@@ -27,6 +27,7 @@ from .conftest import (
     Server,
     kill_server,
     restart_server,
+    serve_command,
     start_server,
     stop_and_check,
     write_nifti,
@@ -210,17 +211,30 @@ def test_a_decompression_bomb_is_413_from_its_header_with_memory_flat(server: Se
 
 
 def test_six_parallel_format_requests_run_one_conversion(server: Server, tmp_path: Path) -> None:
+    _six_parallel_requests_run_one_conversion(server, tmp_path, measure=True)
+
+
+def test_single_flight_holds_across_worker_processes(fixture_images: None, tmp_path: Path) -> None:
+    server = start_server(tmp_path / "server", write_models(tmp_path / "models"), command=serve_command(workers=2))
+    try:
+        _six_parallel_requests_run_one_conversion(server, tmp_path, measure=False)
+    finally:
+        stop_and_check([server])
+
+
+def _six_parallel_requests_run_one_conversion(server: Server, tmp_path: Path, *, measure: bool) -> None:
     volume = write_nifti(tmp_path / "v.nii.gz", 40)
     with server.client() as client:
         sid = new_session(client, "copy")
         assert upload(client, sid, volume.read_bytes()).status_code == 200
         assert server.wait_status(sid, {"complete", "failed"})["status"] == "complete"
-        before = peak_rss(server)
+        before = peak_rss(server) if measure else 0
         with ThreadPoolExecutor(6) as pool:
             answers = list(pool.map(lambda _: client.get(f"/sessions/{sid}/outputs/output_vol",
                                                          params={"format": ".nrrd"}), range(6)))
-    grown = peak_rss(server) - before
-    print(f"peak RSS growth serving six parallel ?format=.nrrd of a 40 MB volume: {grown / 2**20:.1f} MiB")
+    grown = peak_rss(server) - before if measure else 0
+    if measure:
+        print(f"peak RSS growth serving six parallel ?format=.nrrd of a 40 MB volume: {grown / 2**20:.1f} MiB")
     assert [a.status_code for a in answers] == [200] * 6
     assert len({a.content for a in answers}) == 1 and len(answers[0].content) > 39_000_000
     log = server.output()
