@@ -371,3 +371,38 @@ def _get_quietly(server: Server, sid: str) -> None:
         httpx.get(f"{server.url}/sessions/{sid}/outputs/output_vol", params={"format": ".nii.gz"}, timeout=120)
     except httpx.HTTPError:
         pass  # the server is killed under this request
+
+
+def test_a_disk_that_fills_during_conversion_is_507_not_400(fixture_images: None, tmp_path: Path) -> None:
+    """Two conversions pass the reserve check together (DISK_RESERVE_BYTES=0), then both write 154 MB to a 250 MB
+    disk: the one that runs out answers 507, and leaves no file."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=250m", "tmpfs", str(disk)], check=True)
+    try:
+        server = start_server(tmp_path / "srv", write_models(tmp_path / "models"), session_path=disk / "sessions",
+                              DISK_RESERVE_BYTES="0")
+        try:
+            volume = tmp_path / "zeros.nii.gz"  # 154 MB of float32 zeros, 150 KB gzipped
+            nibabel.save(nibabel.Nifti1Image(np.zeros((400, 400, 240), np.float32), np.eye(4)), volume)
+            with server.client() as client:
+                sids = [new_session(client, "copy") for _ in range(2)]
+                for sid in sids:
+                    assert upload(client, sid, volume.read_bytes()).status_code == 200
+                for sid in sids:
+                    assert server.wait_status(sid, {"complete", "failed"})["status"] == "complete"
+                with ThreadPoolExecutor(2) as pool:
+                    answers = list(pool.map(lambda sid: client.get(f"/sessions/{sid}/outputs/output_vol",
+                                                                   params={"format": ".nrrd"}), sids))
+            assert sorted(a.status_code for a in answers) == [200, 507], [a.text[:300] for a in answers]
+            failed = next(a for a in answers if a.status_code == 507)
+            assert detail(failed).startswith("output output_vol: not enough disk space to write the converted file")
+            for sid, answer in zip(sids, answers):
+                outputs = sorted(p.name for p in (server.session_path / sid / "outputs").iterdir()
+                                 if not p.name.endswith(".lock"))
+                kept = ["output_vol.nii.gz"] + ([".output_vol.nii.gz.as.nrrd"] if answer.status_code == 200 else [])
+                assert outputs == sorted(kept)
+        finally:
+            stop_and_check([server])
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)

@@ -19,6 +19,7 @@ import logging
 import os
 import secrets
 import signal
+import stat
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -107,10 +108,10 @@ class Converter:
         if source == target:
             return path
         cached = path.with_name(f".{path.name}.as{target}")
-        if cached.is_file():
+        if _is_regular(cached):
             return cached
         async with _flock(path.with_name(f".{path.name}.as{target}.lock")):
-            if cached.is_file():  # converted while this request waited
+            if _is_regular(cached):  # converted while this request waited
                 return cached
             partial = path.with_name(f".{path.name}{PARTIAL_MARK}{os.getpid()}-{secrets.token_hex(4)}{target}")
             try:
@@ -180,6 +181,14 @@ def _raise_for(job: Job, returncode: int | None, out: bytes, err: bytes) -> None
     if returncode == -signal.SIGKILL:
         raise ConversionTooLarge(f"{job.label}: the conversion process was killed (out of memory?)")
     raise ConversionError(f"{job.label}: the conversion process failed (exit {returncode})")
+
+
+def _is_regular(path: Path) -> bool:
+    """A regular file itself, not a symlink to one (a model could leave a link under the cache's name)."""
+    try:
+        return stat.S_ISREG(path.lstat().st_mode)
+    except FileNotFoundError:
+        return False
 
 
 def _try_lock(path: Path) -> int | None:
