@@ -52,7 +52,8 @@ def limit_self(job: Job) -> None:
     if os.getppid() == 1:  # the parent died before the line above
         os._exit(1)
     resource.setrlimit(resource.RLIMIT_AS, (job.memory, job.memory))
-    resource.setrlimit(resource.RLIMIT_CPU, (job.cpu_seconds, job.cpu_seconds))
+    # The hard limit a second later: SIGXCPU (reported as CONVERT_TIMEOUT) comes before the kernel's SIGKILL.
+    resource.setrlimit(resource.RLIMIT_CPU, (job.cpu_seconds, job.cpu_seconds + 1))
     resource.setrlimit(resource.RLIMIT_FSIZE, (job.file_size, job.file_size))
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG, reported as such
 
