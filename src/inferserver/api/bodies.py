@@ -18,6 +18,7 @@ from .envelope import ApiError
 JSON_TYPES = ("application/json",)
 # The ablinfer client sends application/octet-stream; curl -T and many scripts send no type at all.
 UPLOAD_TYPES = ("application/octet-stream", "multipart/form-data")  # raw body, or one file part
+RAW_TYPES = ("application/octet-stream",)  # `check` sniffs the body's first bytes as they are: no multipart framing
 
 
 def media_type(request: Request) -> str | None:
