@@ -9,8 +9,8 @@
 #   scripts/setup.sh lint    what `make lint` needs: .venv with the lint extra (ruff, mypy)
 #   scripts/setup.sh         serve and test: everything
 #
-# Several purposes may be given at once. Safe to run again: each step is skipped when it is already done, and
-# every step that installs or builds something says so on stderr.
+# Several purposes may be given at once; --plan lists the steps they take and does nothing. Safe to run again: each
+# step is skipped when it is already done, and every step that installs or builds something says so on stderr.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -20,16 +20,18 @@ VENV=${INFERSERVER_VENV:-$ROOT/.venv}
 say() { echo "setup: $*" >&2; }
 die() { say "FAILED: $*"; exit 1; }
 
-usage="usage: scripts/setup.sh [serve] [test] [lint]  (none: serve and test)"
-purposes=("$@")
-[[ ${#purposes[@]} -gt 0 ]] || purposes=(serve test)
-for p in "${purposes[@]}"; do
+usage="usage: scripts/setup.sh [--plan] [serve] [test] [lint]  (none: serve and test)"
+purposes=()
+plan=0
+for p in "$@"; do
     case $p in
-        serve | test | lint) ;;
+        serve | test | lint) purposes+=("$p") ;;
+        --plan) plan=1 ;;
         -h | --help) echo "$usage"; exit 0 ;;
         *) die "unknown purpose '$p' ($usage)" ;;
     esac
 done
+[[ ${#purposes[@]} -gt 0 ]] || purposes=(serve test)
 wants() { [[ " ${purposes[*]} " == *" $1 "* ]]; }
 
 installed=()  # what this run installed or created, for the closing line
@@ -111,31 +113,52 @@ wants lint && extras+=(lint)
 # Each extra once, in a stable order.
 mapfile -t extras < <(printf '%s\n' ${extras[@]+"${extras[@]}"} | sort -u)
 
-if wants serve || wants test; then
-    need_engine
-fi
-if wants test; then
+# The steps, each a function step_NAME; what the purposes need, in order.
+step_engine() { need_engine; }
+step_postgresql() {
     # The integration tests also run the server on PostgreSQL (DATABASE_URL), in a throwaway cluster of their own:
     # the packaged one need not run.
     need_package postgresql "the tests run the server on PostgreSQL too" \
         "compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null"
-fi
-need_venv "${extras[@]}"
-if wants test; then
-    run_step tests/images/build.sh || die "building the fixture images failed"
-elif wants serve; then
-    # examples/models/copy.json runs the copy fixture image: only that one.
-    run_step tests/images/build.sh copy || die "building the fixture image copy failed"
-fi
-if wants serve || wants test; then
-    run_step examples/build.sh || die "building the example model images failed"
-fi
-if wants test; then
-    # The deployment tests drive Debian's nginx (the shipped site) and systemd-analyze (the unit).
+}
+step_venv() { need_venv "${extras[@]}"; }
+step_fixture_images() { run_step tests/images/build.sh || die "building the fixture images failed"; }
+# examples/models/copy.json runs the copy fixture image: serving needs only that one.
+step_copy_image() { run_step tests/images/build.sh copy || die "building the fixture image copy failed"; }
+step_example_images() { run_step examples/build.sh || die "building the example model images failed"; }
+# The deployment tests drive Debian's nginx (the shipped site) and systemd-analyze (the unit).
+step_nginx() {
     need_package nginx "the deployment tests run the shipped site" \
         "command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]]"
-    need_package systemd "systemd-analyze checks the shipped unit" "command -v systemd-analyze >/dev/null"
+}
+step_systemd() { need_package systemd "systemd-analyze checks the shipped unit" "command -v systemd-analyze >/dev/null"; }
+
+describe() {
+    case $1 in
+        engine) echo "a Docker engine that starts containers (scripts/docker-engine.sh; Debian's docker.io)" ;;
+        postgresql) echo "Debian's postgresql" ;;
+        venv) echo "$VENV with inferserver and the extras ${extras[*]}" ;;
+        fixture_images) echo "every fixture image inferserver-test/*:1 (tests/images/build.sh)" ;;
+        copy_image) echo "the fixture image inferserver-test/copy:1 (tests/images/build.sh copy)" ;;
+        example_images) echo "the example images inferserver-example/*:1 and their Debian base (examples/build.sh)" ;;
+        nginx) echo "Debian's nginx" ;;
+        systemd) echo "Debian's systemd (systemd-analyze)" ;;
+    esac
+}
+
+steps=()
+{ wants serve || wants test; } && steps+=(engine)
+wants test && steps+=(postgresql)
+steps+=(venv)
+if wants test; then steps+=(fixture_images); elif wants serve; then steps+=(copy_image); fi
+{ wants serve || wants test; } && steps+=(example_images)
+wants test && steps+=(nginx systemd)
+
+if [[ $plan -eq 1 ]]; then
+    for step in "${steps[@]}"; do echo "$step: $(describe "$step")"; done
+    exit 0
 fi
+for step in "${steps[@]}"; do "step_$step"; done
 
 if [[ ${#installed[@]} -eq 0 ]]; then
     say "ready for ${purposes[*]}; nothing to install"
