@@ -45,7 +45,7 @@ serve: setup-serve
 lint: setup-lint
 	@rc=0; \
 	echo "== ruff check"; $(VENV)/bin/ruff check --output-format concise . || rc=1; \
-	echo "== ruff format --check"; $(VENV)/bin/ruff format --check . || rc=1; \
+	echo "== ruff format --check"; $(VENV)/bin/ruff format --check --output-format concise . || rc=1; \
 	echo "== mypy"; $(VENV)/bin/mypy || rc=1; \
 	exit $$rc
 

@@ -24,8 +24,10 @@ def bash(script: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
 def one_file_image(docker_engine: None, tmp_path: Path) -> Iterator[str]:
     """A throwaway image holding only busybox, so the containers made from it are this test's alone."""
     tag = f"inferserver-buildtest/{uuid.uuid4().hex[:12]}:1"
-    found = bash(f'say() {{ echo "$*" >&2; }}; die() {{ exit 1; }}; source "{SCRIPTS}/busybox.sh"; '
-                 f'busybox_binary "{REPO}/.cache"')
+    found = bash(
+        f'say() {{ echo "$*" >&2; }}; die() {{ exit 1; }}; source "{SCRIPTS}/busybox.sh"; '
+        f'busybox_binary "{REPO}/.cache"'
+    )
     assert found.returncode == 0, found.stderr
     rootfs = tmp_path / "rootfs"
     (rootfs / "bin").mkdir(parents=True)
@@ -49,8 +51,9 @@ def test_a_failed_docker_build_leaves_no_container_behind(one_file_image: str, t
     context = tmp_path / "context"
     context.mkdir()
     (context / "Dockerfile").write_text(f'FROM {one_file_image}\nRUN ["/bin/busybox", "sh", "-c", "exit 3"]\n')
-    built = bash(f'SAY_PREFIX=test; source "{SCRIPTS}/image-build-args.sh"; docker_build -t {one_file_image}-x '
-                 f'"{context}"')
+    built = bash(
+        f'SAY_PREFIX=test; source "{SCRIPTS}/image-build-args.sh"; docker_build -t {one_file_image}-x "{context}"'
+    )
     assert built.returncode != 0
     assert "returned a non-zero code: 3" in built.stdout + built.stderr
     assert containers_from(one_file_image) == []
@@ -58,8 +61,12 @@ def test_a_failed_docker_build_leaves_no_container_behind(one_file_image: str, t
 
 def test_the_build_scripts_build_through_docker_build() -> None:
     """Every `docker build` of the setup goes through docker_build (--rm --force-rm), none around it."""
-    scripts = [REPO / "examples" / "build.sh", SCRIPTS / "build-image.sh", SCRIPTS / "build-base-image.sh",
-               REPO / "tests" / "images" / "build.sh"]
+    scripts = [
+        REPO / "examples" / "build.sh",
+        SCRIPTS / "build-image.sh",
+        SCRIPTS / "build-base-image.sh",
+        REPO / "tests" / "images" / "build.sh",
+    ]
     for script in scripts:
         # `docker build` run as a command (at the start of a line, maybe after `if !`), not in a message
         assert not re.search(r"^\s*(if\s+)?(!\s*)?docker build\b", script.read_text(), re.M), script

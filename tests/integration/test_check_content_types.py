@@ -15,8 +15,9 @@ def test_check_refuses_multipart_with_415_naming_the_type(module_server: Server,
     with module_server.client() as client:
         answer = client.post(CHECK, files={"file": ("v.nii.gz", head)})
     assert answer.status_code == 415, answer.text
-    assert answer.json() == {"errors": [{"detail": "Content-Type must be application/octet-stream, "
-                                                   "not multipart/form-data"}]}
+    assert answer.json() == {
+        "errors": [{"detail": "Content-Type must be application/octet-stream, not multipart/form-data"}]
+    }
 
 
 def test_check_takes_a_raw_body_with_or_without_its_type(module_server: Server, tmp_path: Path) -> None:

@@ -19,9 +19,11 @@ from ..conftest import REPO
 SCRIPT = REPO / "scripts" / "docker-engine.sh"
 
 # The real engine's answer when docker0 was deleted under a running dockerd and a container joins the bridge.
-NO_DOCKER0 = ("docker: Error response from daemon: failed to create endpoint sad_lamarr on network bridge: adding "
-              "interface veth1c0ffee to bridge docker0 failed: could not find bridge docker0: route ip+net: no such "
-              "network interface.")
+NO_DOCKER0 = (
+    "docker: Error response from daemon: failed to create endpoint sad_lamarr on network bridge: adding "
+    "interface veth1c0ffee to bridge docker0 failed: could not find bridge docker0: route ip+net: no such "
+    "network interface."
+)
 
 FAKE_DOCKER = r"""#!/bin/bash
 echo "$*" >>"$FAKE_LOG"
@@ -44,8 +46,9 @@ class Run:
     commands: list[str]
 
 
-def run_script(tmp_path: Path, *, images: str = "inferserver-test/copy:1", bridge: str = "lo",
-               run_error: str = "") -> Run:
+def run_script(
+    tmp_path: Path, *, images: str = "inferserver-test/copy:1", bridge: str = "lo", run_error: str = ""
+) -> Run:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     docker = bin_dir / "docker"
@@ -58,9 +61,16 @@ def run_script(tmp_path: Path, *, images: str = "inferserver-test/copy:1", bridg
     busybox.parent.mkdir(parents=True, exist_ok=True)
     busybox.write_bytes(b"\x7fELF fake busybox")
     busybox.chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_LOG": str(log), "FAKE_IMAGES": images,
-           "FAKE_BRIDGE": bridge, "FAKE_RUN_ERROR": run_error, "FAKE_IMPORTED": str(tmp_path / "imported.tar"),
-           "INFERSERVER_CACHE": str(tmp_path / "cache")}
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "FAKE_LOG": str(log),
+        "FAKE_IMAGES": images,
+        "FAKE_BRIDGE": bridge,
+        "FAKE_RUN_ERROR": run_error,
+        "FAKE_IMPORTED": str(tmp_path / "imported.tar"),
+        "INFERSERVER_CACHE": str(tmp_path / "cache"),
+    }
     env.pop("DOCKER_HOST", None)
     result = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=60)
     return Run(result.returncode, result.stderr, log.read_text().splitlines())
@@ -87,8 +97,10 @@ def test_an_engine_that_cannot_start_a_container_says_so_with_the_engine_s_error
     error = "docker: Error response from daemon: OCI runtime create failed: unable to apply cgroup configuration."
     run = run_script(tmp_path, run_error=error)
     assert run.returncode == 1
-    assert ("docker-engine: the engine answers but cannot start a container "
-            "(docker run --rm --network none inferserver-test/copy:1):") in run.stderr
+    assert (
+        "docker-engine: the engine answers but cannot start a container "
+        "(docker run --rm --network none inferserver-test/copy:1):"
+    ) in run.stderr
     assert f"    {error}" in run.stderr
     assert "see dockerd's log (/var/log/inferserver-dockerd.log" in run.stderr
 
@@ -97,12 +109,15 @@ def test_a_missing_docker0_in_the_engine_s_error_is_named_with_the_fix(tmp_path:
     run = run_script(tmp_path, run_error=NO_DOCKER0)
     assert run.returncode == 1
     assert "the host's docker0 bridge is missing or broken. Fix: restart dockerd, which creates docker0 again." in (
-        run.stderr)
+        run.stderr
+    )
 
 
 def test_a_bridge_interface_missing_on_the_host_is_named_with_the_fix(tmp_path: Path) -> None:
     run = run_script(tmp_path, bridge="inferserver-nosuch0")
     assert run.returncode == 1
-    assert ("docker-engine: the engine's default bridge network has no interface inferserver-nosuch0 on this host "
-            "(deleted after dockerd started?):") in run.stderr
+    assert (
+        "docker-engine: the engine's default bridge network has no interface inferserver-nosuch0 on this host "
+        "(deleted after dockerd started?):"
+    ) in run.stderr
     assert "Fix: restart dockerd, which creates inferserver-nosuch0 again" in run.stderr

@@ -17,8 +17,9 @@ SETUP = REPO / "scripts" / "setup.sh"
 
 def plan(*purposes: str) -> list[str]:
     env = {**os.environ, "INFERSERVER_VENV": "/nonexistent/venv"}
-    result = subprocess.run(["bash", str(SETUP), "--plan", *purposes], env=env, capture_output=True, text=True,
-                            timeout=30)
+    result = subprocess.run(
+        ["bash", str(SETUP), "--plan", *purposes], env=env, capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 0 and result.stderr == "", result.stderr
     return result.stdout.splitlines()
 
@@ -34,7 +35,14 @@ def test_serve_sets_up_only_the_engine_the_convert_extra_and_the_served_models_i
 
 def test_test_sets_up_the_rest() -> None:
     assert [line.split(":")[0] for line in plan("test")] == [
-        "engine", "postgresql", "venv", "fixture_images", "example_images", "nginx", "systemd"]
+        "engine",
+        "postgresql",
+        "venv",
+        "fixture_images",
+        "example_images",
+        "nginx",
+        "systemd",
+    ]
     assert "venv: /nonexistent/venv with inferserver and the extras convert test" in plan("test")
 
 
@@ -55,15 +63,18 @@ def test_every_model_make_serve_serves_has_its_image_built_by_the_serve_steps() 
 def test_an_unknown_purpose_is_refused_with_the_usage() -> None:
     result = subprocess.run(["bash", str(SETUP), "sevre"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 1
-    assert result.stderr == ("setup: FAILED: unknown purpose 'sevre' (usage: scripts/setup.sh [--plan] [serve] [test] "
-                             "[lint]  (none: serve and test))\n")
+    assert result.stderr == (
+        "setup: FAILED: unknown purpose 'sevre' (usage: scripts/setup.sh [--plan] [serve] [test] "
+        "[lint]  (none: serve and test))\n"
+    )
 
 
 def make_commands(target: str) -> list[str]:
     if shutil.which("make") is None:
         pytest.fail("make is missing (Debian's make)")
-    result = subprocess.run(["make", "--no-print-directory", "-n", target, "VENV=/v"], cwd=REPO, capture_output=True,
-                            text=True, timeout=30)
+    result = subprocess.run(
+        ["make", "--no-print-directory", "-n", target, "VENV=/v"], cwd=REPO, capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout.splitlines()
 
@@ -83,7 +94,11 @@ def test_make_test_sets_up_for_testing_and_prints_branch_coverage() -> None:
 def test_make_lint_runs_ruff_check_ruff_format_and_mypy() -> None:
     commands = "\n".join(make_commands("lint"))
     assert commands.startswith("INFERSERVER_VENV=/v scripts/setup.sh lint\n")
-    for tool in ("/v/bin/ruff check --output-format concise .", "/v/bin/ruff format --check .", "/v/bin/mypy"):
+    for tool in (
+        "/v/bin/ruff check --output-format concise .",
+        "/v/bin/ruff format --check --output-format concise .",
+        "/v/bin/mypy",
+    ):
         assert tool in commands
 
 
