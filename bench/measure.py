@@ -277,7 +277,8 @@ async def _hold_streams(url: str, sid: str, count: int) -> dict[str, Any]:
             httpx.AsyncClient() as probe:
         tasks = [asyncio.create_task(one(streams)) for _ in range(count)]
         deadline = time.monotonic() + 10 + count / 100
-        while opened < count and time.monotonic() < deadline and not all(t.done() for t in tasks):
+        # Waits on three things, one a deadline: polling them is simplest (a benchmark, not the server).
+        while opened < count and time.monotonic() < deadline and not all(t.done() for t in tasks):  # noqa: ASYNC110
             await asyncio.sleep(0.1)
         latencies = await _probe_status(probe, f"{url}/sessions/{sid}")
         release.set()

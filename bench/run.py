@@ -9,7 +9,6 @@ Throughputs and latencies are the median of --repeats runs (every run is kept in
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
