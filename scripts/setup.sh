@@ -9,6 +9,8 @@
 #   scripts/setup.sh lint    what `make lint` needs: .venv with the lint extra (ruff, mypy)
 #   scripts/setup.sh         serve and test: everything
 #
+# Environment: INFERSERVER_VENV (default .venv in the checkout; `make VENV=...` sets it).
+#
 # Several purposes may be given at once; --plan lists the steps they take and does nothing. Safe to run again: each
 # step is skipped when it is already done, and every step that installs or builds something says so on stderr.
 set -euo pipefail
