@@ -38,7 +38,6 @@ build_one() {
         return 0
     fi
     say "building $image from $BASE"
-    log=$(mktemp)
     if ! docker_build --build-arg "BASE=$BASE" --label "$LABEL=$hash" -t "$image" "$dir" >"$LOG" 2>&1; then
         tail -n 40 "$LOG" >&2
         die "docker build of $image failed"
