@@ -3,6 +3,7 @@ scripts/docker-engine.sh passes on an engine that starts containers."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import uuid
@@ -57,6 +58,24 @@ def test_a_failed_docker_build_leaves_no_container_behind(one_file_image: str, t
     assert built.returncode != 0
     assert "returned a non-zero code: 3" in built.stdout + built.stderr
     assert containers_from(one_file_image) == []
+
+
+def test_a_failed_example_build_leaves_no_container_and_keeps_the_image(one_file_image: str) -> None:
+    """examples/build.sh on a base with no shell: its first RUN step fails in a container that must not stay."""
+    image = "inferserver-example/bone_threshold:1"
+    before = subprocess.run(["docker", "image", "inspect", "-f", "{{.Id}}", image], capture_output=True, text=True)
+    result = subprocess.run(
+        ["bash", str(REPO / "examples" / "build.sh"), "bone_threshold"],
+        env={**os.environ, "BASE": one_file_image},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1
+    assert f"examples: docker build of {image} failed" in result.stderr
+    assert containers_from(one_file_image) == []
+    after = subprocess.run(["docker", "image", "inspect", "-f", "{{.Id}}", image], capture_output=True, text=True)
+    assert after.stdout == before.stdout
 
 
 def test_the_build_scripts_build_through_docker_build() -> None:
