@@ -17,6 +17,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .sizes import DOCKER_MIN_MEMORY, parse_size_at_least
+from .specs.runconfig import MAX_STRING_BYTES
 
 ENV_PREFIX = "INFERSERVER_"
 SETTINGS_FILE_VAR = "INFERSERVER_SETTINGS"
@@ -137,8 +138,8 @@ class Settings(BaseSettings):
     AUTH_TOKENS_FILE: Path | None = Field(None, description="File of sha256 hex API token hashes; when set, Bearer tokens are accepted (and required).")
     AUTH_MAX_FAILURES: int = Field(10, ge=1, description="Failed credentials one client address may send within AUTH_FAILURE_WINDOW; then 429 until the window ends.")
     AUTH_FAILURE_WINDOW: int = Field(60, ge=1, description="Seconds over which AUTH_MAX_FAILURES counts, from an address's first failure.")
-    MAX_STRING_PARAM_BYTES: Annotated[int, size_at_least(1), Field(le=STRING_PARAM_CEILING)] = Field(
-        64 * KiB, description="Largest string parameter value, in UTF-8 bytes; larger is 400 (each value becomes one argument of the model's command)."
+    MAX_STRING_PARAM_BYTES: Annotated[int, size_at_least(1)] = Field(
+        MAX_STRING_BYTES, description="Largest string parameter value, in UTF-8 bytes; larger is 400 (each value becomes one argument of the model's command)."
     )
     # Limits. The container ones are also the ceilings of what a spec's `inferserver` section may ask for.
     MAX_UPLOAD_BYTES: Size = Field(16 * GiB, description="Largest input upload; a bigger one is refused with 413.")
@@ -165,6 +166,14 @@ class Settings(BaseSettings):
     def _timer(cls, value: int) -> int:
         if value != -1 and value <= 0:
             raise ValueError("must be a positive number of seconds, or -1 to disable clean-up")
+        return value
+
+    @field_validator("MAX_STRING_PARAM_BYTES")
+    @classmethod
+    def _exec_limit(cls, value: int) -> int:
+        if value > STRING_PARAM_CEILING:
+            raise ValueError(f"must be at most {STRING_PARAM_CEILING} bytes: Linux cannot pass one command "
+                             "argument of 128 KiB or more to a model")
         return value
 
     @field_validator("AUTH_USERS_FILE", "AUTH_TOKENS_FILE", "MOUNT_SOURCE_PATH", mode="before")
