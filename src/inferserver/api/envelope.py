@@ -113,7 +113,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        # Starlette logs the traceback after this answer; the client gets the envelope, not a plain-text page.
+        # Starlette raises the exception on after this answer, so uvicorn still logs its traceback; the client
+        # gets the envelope, not a plain-text page.
         return error_response(500, "internal server error; the server's log has the details")
 
     @app.exception_handler(ClientDisconnect)
