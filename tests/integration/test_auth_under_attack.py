@@ -14,7 +14,7 @@ import httpx
 from inferserver.credentials import hash_password
 
 from ..conftest import REPO
-from .conftest import Server, write_nifti
+from .conftest import Server, ServerFactory, write_nifti
 
 ATTACKERS = 64
 UPLOAD_MB = 50
@@ -50,7 +50,7 @@ def stop_guessers(process: subprocess.Popen[str]) -> list[tuple[int, str | None,
     return [tuple(answer) for answer in json.loads(out)]
 
 
-def test_password_guessers_do_not_slow_an_upload(make_server, tmp_path: Path) -> None:  # noqa: ANN001
+def test_password_guessers_do_not_slow_an_upload(make_server: ServerFactory, tmp_path: Path) -> None:
     users = tmp_path / "users"
     users.write_text("".join(f"{u}:{hash_password(u + ' pw')}\n" for u in ("alice", "bob", "carol")))
     server = make_server(AUTH_USERS_FILE=str(users))

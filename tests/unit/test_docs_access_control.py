@@ -19,6 +19,6 @@ def test_deploy_guide_describes_access_control_and_links_the_readme() -> None:
 
 
 def test_every_new_setting_is_in_the_readme_table() -> None:
-    table = set(re.findall(r"^\| `([A-Z_]+)` \|", (REPO / "README.md").read_text(), flags=re.M))
+    table = set(re.findall(r"^\| `([A-Z_]+)` \|", (REPO / "README.md").read_text(), flags=re.MULTILINE))
     for name in ("AUTH_MAX_FAILURES", "AUTH_FAILURE_WINDOW", "MAX_STRING_PARAM_BYTES"):
         assert name in Settings.model_fields and name in table, name

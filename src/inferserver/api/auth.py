@@ -48,7 +48,8 @@ class _Watched(Generic[C]):
     """A credentials file, re-read when its inode, size or mtime change."""
 
     def __init__(self, path: Path, load: Callable[[Path], C]) -> None:
-        self.path, self.load = path, load
+        self.path = path
+        self.load: Callable[[Path], C] = load
         self.stamp = file_stamp(path)
         self.value: C | None = load(path)  # at start-up a bad file stops the server
 

@@ -15,7 +15,6 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 from ..logs import printable
-from .auth import OPEN_PATHS
 from ..sessions.errors import (
     AtCapacity,
     Conflict,
@@ -26,6 +25,7 @@ from ..sessions.errors import (
     TooLarge,
     WrongState,
 )
+from .auth import OPEN_PATHS
 
 logger = logging.getLogger(__name__)
 
