@@ -148,7 +148,7 @@ def _open(scope: Scope) -> bool:
     root: str = scope.get("root_path", "")
     if root and path.startswith(root):  # Starlette includes root_path in path when one is set
         path = path[len(root):]
-    return scope["method"] in ("GET", "HEAD") and path in OPEN_PATHS
+    return scope["method"] == "GET" and path in OPEN_PATHS
 
 
 class AuthMiddleware:
