@@ -78,6 +78,9 @@ def test_password_guessers_do_not_slow_an_upload(make_server: ServerFactory, tmp
         assert status == 429 and retry_after is not None and 1 <= int(retry_after) <= 60
         assert json.loads(body) == {"errors": [{"detail": "too many failed credentials from this address; "
                                                 f"retry after {retry_after} s (AUTH_MAX_FAILURES)"}]}
+    warned = [line for line in server.output().splitlines() if "(AUTH_MAX_FAILURES)" in line and " WARNING " in line]
+    assert len(warned) == 1 and warned[0].endswith(
+        "access control: 127.0.0.2 sent 10 failed credentials; it gets 429 for up to 60 s (AUTH_MAX_FAILURES)")
     assert attacked < 10 * alone + 5  # a sanity bound only; the issue measured 18.95 s against 0.26 s
 
     # The right password from the limited address is refused too (without hashing), until the window ends;

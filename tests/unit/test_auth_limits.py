@@ -30,9 +30,12 @@ def basic(user: str, password: str) -> str:
 def test_limiter_counts_failures_per_address_within_the_window() -> None:
     clock = Clock()
     limiter = FailureLimiter(3, 60, clock)
+    reached = []
     for _ in range(3):
         assert limiter.retry_after("10.0.0.1") is None
-        limiter.fail("10.0.0.1")
+        reached.append(limiter.fail("10.0.0.1"))
+    assert reached == [False, False, True]  # the moment to say so in the log, once
+    assert limiter.fail("10.0.0.1") is False
     clock.now += 20.5
     assert limiter.retry_after("10.0.0.1") == 40  # rounded up: never "0", never early
     assert limiter.retry_after("10.0.0.2") is None  # another address is not affected

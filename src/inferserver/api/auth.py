@@ -32,6 +32,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..config import Settings
 from ..credentials import CredentialsError, Tokens, Users, file_stamp, load_tokens, load_users
+from ..logs import printable
 from .ratelimit import FailureLimiter
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,9 @@ logger = logging.getLogger(__name__)
 REALM = 'Basic realm="inferserver"'
 VERIFIED_CACHE = 256  # recent good Basic credentials: the ablinfer client polls every second
 HASH_THREADS = 1  # one core at most for password checks, whatever the number of guessers
+# A limited address waits this long for its 429: a guesser that ignores Retry-After gets one answer a second per
+# connection instead of thousands, which would otherwise take the event loop's time from real transfers.
+LIMITED_DELAY = 1.0
 OPEN_PATHS = frozenset({"/healthz"})  # answers only "ok": a liveness probe (Docker HEALTHCHECK) needs no secret
 
 C = TypeVar("C", Users, Tokens)
@@ -107,7 +111,10 @@ class AccessControl:
             return ALLOWED
         if (retry_after := self.limiter.retry_after(address)) is not None:
             return Verdict(False, retry_after)
-        self.limiter.fail(address)  # counts until proven good: concurrent guesses cannot pass the limit
+        if self.limiter.fail(address):  # counts until proven good: concurrent guesses cannot pass the limit
+            # Once per window, not per refusal: a guesser must not flood the log either.
+            logger.warning("access control: %s sent %d failed credentials; it gets 429 for up to %d s "
+                           "(AUTH_MAX_FAILURES)", printable(address), self.limiter.limit, self.limiter.window)
         if credential is None or users is None:
             return REFUSED
         if not await asyncio.get_running_loop().run_in_executor(hasher, users.verify, *credential):
@@ -175,8 +182,7 @@ class AuthMiddleware:
         if verdict.allowed:
             await self.app(scope, receive, send)
         elif verdict.retry_after is not None:
-            logger.warning("access control: too many failed credentials from %s; refused for %d s",
-                           address, verdict.retry_after)
+            await asyncio.sleep(LIMITED_DELAY)
             await _answer(send, 429, f"too many failed credentials from this address; retry after "
                           f"{verdict.retry_after} s (AUTH_MAX_FAILURES)", retry_after=verdict.retry_after)
         else:

@@ -34,14 +34,15 @@ class FailureLimiter:
             return None
         return max(1, math.ceil(current.began + self.window - self.clock()))
 
-    def fail(self, address: str) -> None:
-        """Count one failure (or one check in progress) against `address`."""
+    def fail(self, address: str) -> bool:
+        """Count one failure (or one check in progress) against `address`; True when this one reaches the limit."""
         current = self._current(address)
         if current is None:
             current = self._windows[address] = _Window(self.clock(), 0)
             if len(self._windows) > MAX_ADDRESSES:
                 self._windows.popitem(last=False)
         current.failures += 1
+        return current.failures == self.limit
 
     def succeeded(self, address: str) -> None:
         """A check counted by `fail` succeeded after all: take it back (earlier failures stay)."""
