@@ -87,7 +87,7 @@ async def run(spec: ModelSpec, settings: Settings, inputs: dict[str, str], param
         outputs={name: IOChoice(enabled=True) for name in outputs},
     )
     try:
-        config = validate_run_config(spec, request)
+        config = validate_run_config(spec, request, max_string_bytes=settings.MAX_STRING_PARAM_BYTES)
     except ConfigError as exc:
         raise UsageError(str(exc)) from exc
     missing = [n for n in config.enabled_inputs() if n not in inputs]

@@ -17,6 +17,22 @@ SESSION_ID = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9
 _STANDARD = {*vars(logging.LogRecord("", 0, "", 0, "", None, None)), "message", "asctime", "taskName", "color_message"}
 
 
+# C0 and C1 controls (newline, carriage return, ESC of terminal sequences), Unicode line breaks, and the
+# backslash that introduces the escapes: what a client could use to forge or hide lines in a text log.
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\\]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return "\\\\" if code == 0x5C else f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(text: str) -> str:
+    """`text` for a log line: every control character written as an escape (a newline as `\\x0a`), so a
+    request path can never start a line of its own or move a terminal's cursor."""
+    return _UNPRINTABLE.sub(_escape, text)
+
+
 def session_id_of(record: logging.LogRecord) -> str | None:
     explicit = getattr(record, "session_id", None) or current_session.get()
     if explicit:

@@ -372,3 +372,19 @@ def test_a_wrong_input_staging_is_named(monkeypatch: pytest.MonkeyPatch, env: di
         monkeypatch.setenv(f"INFERSERVER_{name}", value)
     with pytest.raises(SettingsError, match=re.escape(says)):
         load_settings()
+
+
+def test_string_parameter_limit_stays_under_the_exec_limit() -> None:
+    assert load_settings().MAX_STRING_PARAM_BYTES == 64 * 1024
+    assert load_settings(MAX_STRING_PARAM_BYTES="100KiB").MAX_STRING_PARAM_BYTES == 100 * 1024
+    with pytest.raises(SettingsError, match=r"setting MAX_STRING_PARAM_BYTES='128KiB' is invalid: .*must be at most "
+                       r"131071 bytes: Linux cannot pass one command argument of 128 KiB or more"):
+        load_settings(MAX_STRING_PARAM_BYTES="128KiB")
+
+
+def test_failed_credentials_limit_defaults_and_bounds() -> None:
+    settings = load_settings()
+    assert (settings.AUTH_MAX_FAILURES, settings.AUTH_FAILURE_WINDOW) == (10, 60)
+    for name in ("AUTH_MAX_FAILURES", "AUTH_FAILURE_WINDOW"):
+        with pytest.raises(SettingsError, match=f"setting {name}=0 is invalid"):
+            load_settings(**{name: 0})
