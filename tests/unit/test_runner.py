@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from pathlib import Path
-from collections.abc import Sequence
+import tempfile
+from pathlib import Path, PurePosixPath
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from inferserver.runner.docker import LABEL_SESSION, split_image
 from inferserver.runner import execute
 from inferserver.runner.execute import Runner
 from inferserver.runner.jobs import FileTransfer, RunFailed, RunJob, RunLimits, RunOutcome
+from inferserver.runner.tarstream import SizeGuard, TarMember, extract_single_file, tar_stream
 
 GPU_REQUEST = [{"Driver": "", "Count": -1, "Capabilities": [["gpu"]]}]
 NO_DRIVER = 'Docker engine error 500: could not select device driver "" with capabilities: [[gpu]]'
@@ -101,12 +103,12 @@ class FakeBackend:
         self.exited.set()
         return self.exit_code, self.oom_killed
 
-    async def get_file(self, container_id: str, path: str, dest: Path) -> int:
+    async def get_file(self, container_id: str, path: str, dest: Path, guard: SizeGuard | None = None) -> int:
         self._maybe_fail(f"get_file {path}")
         if path not in self.files:
             raise FileNotFoundError(path)
-        dest.write_bytes(self.files[path])
-        return len(self.files[path])
+        # The engine's archive of the one file, through the real extraction and the runner's guard.
+        return await extract_single_file(one_file_tar(path, self.files[path]), dest, guard)
 
     async def ping(self) -> None:
         self._maybe_fail("ping")
@@ -114,6 +116,14 @@ class FakeBackend:
     async def remove(self, container_id: str) -> None:
         self.calls.append("remove")
         self.removed.append(container_id)
+
+
+async def one_file_tar(path: str, data: bytes, chunk: int = 64 << 10) -> AsyncIterator[bytes]:
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "file"
+        source.write_bytes(data)
+        async for piece in tar_stream([TarMember(PurePosixPath(path).name, source)], chunk_size=chunk):
+            yield piece
 
 
 class MemoryLog:
@@ -125,7 +135,8 @@ class MemoryLog:
 
 
 GiB = 1 << 30
-LIMITS = RunLimits(memory=8 * GiB, cpus=0, pids=4096, shm_size=2 * GiB, timeout=600, log_bytes=1 << 20)
+LIMITS = RunLimits(memory=8 * GiB, cpus=0, pids=4096, shm_size=2 * GiB, timeout=600, log_bytes=1 << 20,
+                   output_bytes=GiB, disk_reserve=0)
 
 
 def make_job(
@@ -463,7 +474,8 @@ async def test_mounts_survive_the_fall_back_to_the_cpu(tmp_path: Path) -> None:
 
 async def test_config_carries_the_limits_and_drops_every_privilege(tmp_path: Path) -> None:
     backend = FakeBackend(files=ALL_OUTPUTS)
-    limits = RunLimits(memory=16 << 20, cpus=1.5, pids=64, shm_size=1 * GiB, timeout=600, log_bytes=1 << 20)
+    limits = RunLimits(memory=16 << 20, cpus=1.5, pids=64, shm_size=1 * GiB, timeout=600, log_bytes=1 << 20,
+                   output_bytes=GiB, disk_reserve=0)
     await run(backend, make_job(tmp_path, limits=limits))
     [config] = backend.configs
     host = config["HostConfig"]
@@ -486,14 +498,16 @@ async def test_no_cpu_limit_sets_no_nanocpus(tmp_path: Path) -> None:
 
 async def test_oom_reason_names_the_runs_own_limit(tmp_path: Path) -> None:
     backend = FakeBackend(exit_code=137, oom_killed=True)
-    limits = RunLimits(memory=16 << 20, cpus=0, pids=64, shm_size=GiB, timeout=600, log_bytes=1 << 20)
+    limits = RunLimits(memory=16 << 20, cpus=0, pids=64, shm_size=GiB, timeout=600, log_bytes=1 << 20,
+                   output_bytes=GiB, disk_reserve=0)
     outcome, _, _ = await run(backend, make_job(tmp_path, limits=limits))
     assert outcome == RunOutcome(False, "exceeded the memory limit of 16 MiB", 137)
 
 
 async def test_a_run_over_its_time_is_stopped_and_fails_saying_so(tmp_path: Path) -> None:
     backend = FakeBackend(files=ALL_OUTPUTS, fail={"wait_forever": RuntimeError()})
-    limits = RunLimits(memory=GiB, cpus=0, pids=64, shm_size=GiB, timeout=1, log_bytes=1 << 20)
+    limits = RunLimits(memory=GiB, cpus=0, pids=64, shm_size=GiB, timeout=1, log_bytes=1 << 20,
+                   output_bytes=GiB, disk_reserve=0)
     outcome, started, log = await run(backend, make_job(tmp_path, limits=limits))
     assert outcome == RunOutcome(False, "timed out after 1 s", None)
     assert started == ["cid-1"]
@@ -506,7 +520,8 @@ async def test_a_run_over_its_time_is_stopped_and_fails_saying_so(tmp_path: Path
 
 async def test_the_run_log_is_capped(tmp_path: Path) -> None:
     backend = FakeBackend(files=ALL_OUTPUTS, log_lines=(b"0123456789" * 10 + b"\n",) * 50)
-    limits = RunLimits(memory=GiB, cpus=0, pids=64, shm_size=GiB, timeout=600, log_bytes=1024)
+    limits = RunLimits(memory=GiB, cpus=0, pids=64, shm_size=GiB, timeout=600, log_bytes=1024,
+                       output_bytes=GiB, disk_reserve=0)
     outcome, _, log = await run(backend, make_job(tmp_path, limits=limits))
     assert outcome.ok  # a long log is no failure
     assert log.data.endswith(b"\ninferserver: log truncated at 1 KiB (LOG_MAX_BYTES)\n")

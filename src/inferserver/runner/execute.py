@@ -15,6 +15,8 @@ from ..sizes import human_size
 from .docker import LABEL_SESSION, DockerBackend
 from .jobs import LogSink, RunFailed, RunJob, RunLimits, RunOutcome, StartedCallback
 from .logcap import CappedLog
+from .outputs import OutputGuard, write_failure
+from .tarstream import WriteFailed
 
 logger = logging.getLogger(__name__)
 
@@ -220,19 +222,23 @@ class Runner:
         return container_id
 
     async def collect(self, container_id: str, job: RunJob) -> None:
-        """Take every enabled output; name every missing one in a single reason."""
+        """Take every enabled output; name every missing one in a single reason. No partial file is left."""
         missing: list[str] = []
         for output in job.outputs:
             partial = output.host.with_name(f".{output.host.name}.partial")
             try:
-                await self.backend.get_file(container_id, output.container, partial)
+                await self.backend.get_file(container_id, output.container, partial,
+                                            OutputGuard(output, job.limits, job.disk_note))
             except FileNotFoundError:
                 missing.append(f"{output.name} (expected at {output.container})")
                 continue
+            except WriteFailed as exc:
+                _unlink(partial)
+                raise write_failure(output, exc, job.disk_note) from exc
             except ValueError as exc:  # not a regular file, truncated archive
                 _unlink(partial)
                 raise RunFailed(f"output {output.name} at {output.container}: {exc}") from exc
-            except BaseException:
+            except BaseException:  # a limit, the engine, a cancel
                 _unlink(partial)
                 raise
             os.replace(partial, output.host)

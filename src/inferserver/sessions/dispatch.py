@@ -65,6 +65,7 @@ def job_for(plan: SessionPlan, instance: str, settings: Settings, gpu_ids: list[
         labels={LABEL_MODEL: spec.id, LABEL_INSTANCE: instance},
         gpu_ids=gpu_ids,
         mount_note=mount_note(settings),
+        disk_note=f"SESSION_PATH ({settings.SESSION_PATH})",
     )
 
 
