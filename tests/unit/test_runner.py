@@ -17,7 +17,7 @@ import pytest
 
 from inferserver.config import GpuMode
 from inferserver.runner.docker import LABEL_SESSION, split_image
-from inferserver.runner import execute
+from inferserver.runner import execute, outputs
 from inferserver.runner.execute import Runner
 from inferserver.runner.jobs import FileTransfer, RunFailed, RunJob, RunLimits, RunOutcome
 from inferserver.runner.tarstream import SizeGuard, TarMember, extract_single_file, tar_stream
@@ -39,6 +39,7 @@ class FakeBackend:
         nvidia: bool = False,
         gpu_driver: bool = True,
         log_lines: tuple[bytes, ...] = (b"model says hello\n",),
+        stall_after: int | None = None,
     ) -> None:
         self.exit_code = exit_code
         self.oom_killed = oom_killed
@@ -47,6 +48,8 @@ class FakeBackend:
         self.nvidia = nvidia
         self.gpu_driver = gpu_driver  # False: like dockerd without the NVIDIA container toolkit
         self.log_lines = log_lines
+        self.stall_after = stall_after  # the archive stops coming after this many bytes, until cancelled
+        self.stalled = asyncio.Event()
         self.calls: list[str] = []
         self.configs: list[dict[str, Any]] = []
         self.names: list[str] = []
@@ -108,7 +111,19 @@ class FakeBackend:
         if path not in self.files:
             raise FileNotFoundError(path)
         # The engine's archive of the one file, through the real extraction and the runner's guard.
-        return await extract_single_file(one_file_tar(path, self.files[path]), dest, guard)
+        chunks = one_file_tar(path, self.files[path])
+        if self.stall_after is not None:
+            chunks = self._stall(chunks, self.stall_after)
+        return await extract_single_file(chunks, dest, guard)
+
+    async def _stall(self, chunks: AsyncIterator[bytes], after: int) -> AsyncIterator[bytes]:
+        sent = 0
+        async for chunk in chunks:
+            if sent >= after:
+                self.stalled.set()
+                await asyncio.Event().wait()
+            sent += len(chunk)
+            yield chunk
 
     async def ping(self) -> None:
         self._maybe_fail("ping")
@@ -572,3 +587,86 @@ async def test_pool_devices_refused_by_the_engine_fail_the_run_with_its_reason(t
     outcome, started, _ = await run(backend, dataclasses.replace(make_job(tmp_path), gpu_ids=["0"]), GpuMode.AUTO)
     assert not outcome.ok and "could not select device driver" in outcome.reason
     assert started == []
+
+
+# -- staging out: limits, our own disk's errors, cancels -------------------------------------------------------
+
+
+def output_limits(output_bytes: int = GiB, disk_reserve: int = 0) -> RunLimits:
+    return dataclasses.replace(LIMITS, output_bytes=output_bytes, disk_reserve=disk_reserve)
+
+
+def partials(tmp_path: Path) -> list[str]:
+    return [p.name for p in (tmp_path / "outputs").iterdir() if p.name.endswith(".partial")]
+
+
+async def test_a_full_disk_names_session_path_not_the_engine_and_leaves_no_partial(tmp_path: Path) -> None:
+    job = dataclasses.replace(make_job(tmp_path), disk_note="SESSION_PATH (/srv/sessions)")
+    (tmp_path / "outputs" / ".vol.nii.gz.partial").symlink_to("/dev/full")  # every write there: ENOSPC
+    backend = FakeBackend(files=ALL_OUTPUTS)
+    outcome, _, _ = await run(backend, job)
+    assert outcome == RunOutcome(False, "no space left on SESSION_PATH (/srv/sessions) while writing output vol")
+    assert backend.removed == ["cid-1"]
+    assert partials(tmp_path) == []
+
+
+async def test_another_local_write_error_names_the_output_and_its_file(tmp_path: Path) -> None:
+    job = make_job(tmp_path)
+    partial = tmp_path / "outputs" / ".seg.nii.gz.partial"
+    partial.mkdir()  # opening it for writing: EISDIR
+    outcome, _, _ = await run(FakeBackend(files=ALL_OUTPUTS), job)
+    assert outcome == RunOutcome(False, f"could not write output seg to {partial}: Is a directory")
+
+
+async def test_an_output_over_max_output_bytes_fails_before_its_first_byte(tmp_path: Path) -> None:
+    backend = FakeBackend(files={"/data/seg.nii.gz": b"s" * 100, "/data/vol.nii.gz": b"v" * 101})
+    outcome, _, _ = await run(backend, make_job(tmp_path, limits=output_limits(output_bytes=100)))
+    assert outcome == RunOutcome(False, "output vol is 101 bytes, over the limit of 100 bytes (MAX_OUTPUT_BYTES)")
+    assert backend.removed == ["cid-1"]
+    assert partials(tmp_path) == []
+
+
+async def test_an_output_that_would_eat_into_the_disk_reserve_fails_naming_it(tmp_path: Path) -> None:
+    job = dataclasses.replace(make_job(tmp_path, limits=output_limits(disk_reserve=1 << 60)),
+                              disk_note="SESSION_PATH (/srv/sessions)")
+    outcome, _, _ = await run(FakeBackend(files=ALL_OUTPUTS), job)
+    assert outcome.ok is False
+    assert outcome.reason.startswith("not enough disk space for output seg (12 bytes): SESSION_PATH (/srv/sessions) "
+                                     "keeps 1048576 TiB free (DISK_RESERVE_BYTES) and has "), outcome.reason
+    assert partials(tmp_path) == []
+
+
+async def test_the_reserve_is_checked_again_as_the_output_streams(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    free = iter([10 * GiB] + [GiB] * 1000)  # another writer takes the disk once the copy has begun
+    monkeypatch.setattr(outputs, "free_bytes", lambda path: next(free))
+    monkeypatch.setattr(outputs, "DISK_CHECK_BYTES", 64 << 10)
+    job = make_job(tmp_path, outputs=("seg",), limits=output_limits(disk_reserve=2 * GiB))
+    backend = FakeBackend(files={"/data/seg.nii.gz": bytes(1 << 20)})
+    outcome, _, _ = await run(backend, job)
+    assert outcome == RunOutcome(False, f"not enough disk space for output seg (1 MiB): {tmp_path / 'outputs'} keeps "
+                                        "2 GiB free (DISK_RESERVE_BYTES) and has 1.0 GiB free")
+    assert partials(tmp_path) == []
+
+
+async def test_a_cancel_while_an_output_is_staged_out_removes_the_container_and_the_partial(tmp_path: Path) -> None:
+    backend = FakeBackend(files=ALL_OUTPUTS | {"/data/seg.nii.gz": bytes(4 << 20)}, stall_after=1 << 20)
+    job = make_job(tmp_path)
+    task = asyncio.create_task(run(backend, job))
+    await asyncio.wait_for(backend.stalled.wait(), 5)
+    assert partials(tmp_path) == [".seg.nii.gz.partial"]
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert backend.removed == ["cid-1"]
+    assert list((tmp_path / "outputs").iterdir()) == []
+
+
+async def test_a_detach_while_an_output_is_staged_out_leaves_the_container_and_no_partial(tmp_path: Path) -> None:
+    backend = FakeBackend(files=ALL_OUTPUTS | {"/data/seg.nii.gz": bytes(4 << 20)}, stall_after=1 << 20)
+    task = asyncio.create_task(run(backend, make_job(tmp_path)))
+    await asyncio.wait_for(backend.stalled.wait(), 5)
+    task.cancel(execute.DETACH)  # server shutdown: the next start re-attaches and stages out anew
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert backend.removed == []
+    assert list((tmp_path / "outputs").iterdir()) == []

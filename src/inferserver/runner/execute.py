@@ -284,5 +284,10 @@ class SkipLog:
 
 
 def _unlink(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
+    """Remove a partial output; one that cannot go is logged, never a second failure on top of the first."""
+    try:
         path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        logger.warning("could not remove the partial output %s: %s", path, exc)
