@@ -17,7 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Server, ServerFactory, containers_removed, create_and_upload, write_nifti
+from .conftest import (
+    Server,
+    ServerFactory,
+    containers_removed,
+    create_and_upload,
+    write_nifti,
+)
 from .test_recovery import container_of, output_of, wait_until
 
 MiB = 1 << 20

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from types import TracebackType
+from typing import Self
 
 import aiofiles
 import aiofiles.os
@@ -274,7 +275,7 @@ class _LocalFile:
     def size(self) -> int:
         return self._writer.size
 
-    async def __aenter__(self) -> _LocalFile:
+    async def __aenter__(self) -> Self:
         with self._local():
             await self._writer.__aenter__()
         return self
