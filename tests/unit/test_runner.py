@@ -50,6 +50,7 @@ class FakeBackend:
         self.log_lines = log_lines
         self.stall_after = stall_after  # the archive stops coming after this many bytes, until cancelled
         self.stalled = asyncio.Event()
+        self.remove_seconds = 0.0
         self.calls: list[str] = []
         self.configs: list[dict[str, Any]] = []
         self.names: list[str] = []
@@ -130,6 +131,7 @@ class FakeBackend:
 
     async def remove(self, container_id: str) -> None:
         self.calls.append("remove")
+        await asyncio.sleep(self.remove_seconds)
         self.removed.append(container_id)
 
 
@@ -670,3 +672,16 @@ async def test_a_detach_while_an_output_is_staged_out_leaves_the_container_and_n
         await task
     assert backend.removed == []
     assert list((tmp_path / "outputs").iterdir()) == []
+
+
+async def test_repeated_cancels_do_not_cut_the_removal_short(tmp_path: Path) -> None:
+    backend = FakeBackend(files=ALL_OUTPUTS | {"/data/seg.nii.gz": bytes(4 << 20)}, stall_after=1 << 20)
+    backend.remove_seconds = 0.3  # a container holding gigabytes takes a while to go
+    task = asyncio.create_task(run(backend, make_job(tmp_path)))
+    await asyncio.wait_for(backend.stalled.wait(), 5)
+    for _ in range(5):  # the dispatcher cancels a cancelled run again at each tick
+        task.cancel()
+        await asyncio.sleep(0.05)
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert backend.removed == ["cid-1"]  # removed before the run ended, not abandoned half way

@@ -43,13 +43,19 @@ async def _ignore(outcome: RunOutcome) -> None:
 
 
 async def _uncancelled(work: Awaitable[None]) -> None:
-    """Await `work` to its end even if cancelled meanwhile; the cancellation is raised afterwards."""
+    """Await `work` to its end even if cancelled meanwhile, however often; the first cancellation is raised
+    afterwards. The dispatcher cancels a cancelled run again at each tick: a second cancel must not cut short
+    the container's removal (which is bounded by its own timeout)."""
     task = asyncio.ensure_future(work)
-    try:
-        await asyncio.shield(task)
-    except asyncio.CancelledError:
-        await task
-        raise
+    cancelled: asyncio.CancelledError | None = None
+    while not task.done():
+        try:
+            await asyncio.wait({task})
+        except asyncio.CancelledError as exc:
+            cancelled = cancelled or exc
+    task.result()
+    if cancelled is not None:
+        raise cancelled
 
 
 def exit_reason(exit_code: int, oom_killed: bool, memory: int) -> str:
