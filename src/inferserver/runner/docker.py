@@ -203,8 +203,11 @@ class DockerBackend:
         try:
             async with docker._query(f"containers/{container_id}/logs", params=params, timeout=None,
                                      headers=IDENTITY) as response:
-                async for frame in MultiplexedResult(response, raw=False):
-                    await log.write(frame)
+                try:
+                    async for frame in MultiplexedResult(response, raw=False):
+                        await log.write(frame)
+                finally:
+                    response.close()  # cancelled: drop the stream now, not when the response is collected
         except (DockerError, aiohttp.ClientError, OSError) as exc:
             raise engine_error(exc) from exc
 
