@@ -143,7 +143,8 @@ class Settings(BaseSettings):
     )
     # Limits. The container ones are also the ceilings of what a spec's `inferserver` section may ask for.
     MAX_UPLOAD_BYTES: Size = Field(16 * GiB, description="Largest input upload; a bigger one is refused with 413.")
-    DISK_RESERVE_BYTES: Annotated[int, size_at_least(0)] = Field(2 * GiB, description="Free space SESSION_PATH keeps; an upload eating into it is refused with 507.")
+    MAX_OUTPUT_BYTES: Size = Field(16 * GiB, description="Largest output file a model may write; a bigger one fails the run.")
+    DISK_RESERVE_BYTES: Annotated[int, size_at_least(0)] = Field(2 * GiB, description="Free space SESSION_PATH keeps; an upload eating into it is refused with 507, an output fails the run.")
     RUN_TIMEOUT: int = Field(21600, gt=0, description="Seconds a model container may run before it is stopped and the session fails.")
     CONTAINER_MEMORY: Annotated[int, size_at_least(DOCKER_MIN_MEMORY)] = Field(8 * GiB, description="Memory limit of a model container (no swap beyond it).")
     CONTAINER_CPUS: float = Field(0.0, ge=0, description="CPUs a model container may use; 0 = no limit.")

@@ -251,6 +251,7 @@ GiB, MiB = 1 << 30, 1 << 20
 def test_limits_have_safe_defaults() -> None:
     s = load_settings()
     assert s.MAX_UPLOAD_BYTES == 16 * GiB
+    assert s.MAX_OUTPUT_BYTES == 16 * GiB
     assert s.DISK_RESERVE_BYTES == 2 * GiB
     assert s.RUN_TIMEOUT == 21600
     assert s.CONTAINER_MEMORY == 8 * GiB
@@ -266,6 +267,7 @@ def test_sizes_in_env_take_human_units(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("INFERSERVER_CONTAINER_MEMORY", "512MiB")
     monkeypatch.setenv("INFERSERVER_CONTAINER_SHM", "1g")
     monkeypatch.setenv("INFERSERVER_MAX_UPLOAD_BYTES", "2GB")
+    monkeypatch.setenv("INFERSERVER_MAX_OUTPUT_BYTES", "64MiB")
     monkeypatch.setenv("INFERSERVER_LOG_MAX_BYTES", "1048576")
     monkeypatch.setenv("INFERSERVER_DISK_RESERVE_BYTES", "0")
     monkeypatch.setenv("INFERSERVER_CONTAINER_CPUS", "1.5")
@@ -273,6 +275,7 @@ def test_sizes_in_env_take_human_units(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.CONTAINER_MEMORY == 512 * MiB
     assert s.CONTAINER_SHM == GiB
     assert s.MAX_UPLOAD_BYTES == 2 * 10**9
+    assert s.MAX_OUTPUT_BYTES == 64 * MiB
     assert s.LOG_MAX_BYTES == MiB
     assert s.DISK_RESERVE_BYTES == 0
     assert s.CONTAINER_CPUS == 1.5
@@ -291,6 +294,8 @@ def test_sizes_in_the_file_take_numbers_or_human_units(tmp_path: Path, monkeypat
         ("CONTAINER_MEMORY", "8 gigs", "is not a size"),
         ("CONTAINER_MEMORY", "1m", "must be at least 6 MiB"),  # Docker refuses less
         ("MAX_UPLOAD_BYTES", "0", "must be at least 1 byte"),
+        ("MAX_OUTPUT_BYTES", "0", "must be at least 1 byte"),
+        ("MAX_OUTPUT_BYTES", "huge", "is not a size"),
         ("CONTAINER_SHM", "-1", "is not a size"),
         ("LOG_MAX_BYTES", "lots", "is not a size"),
         ("RUN_TIMEOUT", "0", "greater than 0"),
