@@ -57,7 +57,9 @@ def settle(warm: tuple[Path, ...] | None = None) -> None:
         try:
             Path("/proc/sys/vm/drop_caches").write_text("1\n")  # clean page cache only: it was just synced
         except OSError as exc:
-            raise RuntimeError(f"the bench drops the page cache before each upload measure and must run as root: {exc}") from None
+            raise RuntimeError(
+                f"the bench drops the page cache before each upload measure and must run as root: {exc}"
+            ) from None
         for path in warm:
             with path.open("rb") as f:
                 while f.read(MIB):
@@ -98,7 +100,9 @@ def ablinfer_e2e(url: str, source: Path, out: Path) -> dict[str, Any]:
     seconds = time.monotonic() - started
     if done.returncode != 0 or not same_bytes(source, out):
         tail = (done.stderr or done.stdout)[-600:]
-        return {"error": f"ablinfer client exit {done.returncode}: {tail.strip().splitlines()[-1] if tail.strip() else ''}"}
+        return {
+            "error": f"ablinfer client exit {done.returncode}: {tail.strip().splitlines()[-1] if tail.strip() else ''}"
+        }
     out.unlink()
     return {"seconds": seconds}
 
@@ -159,8 +163,11 @@ def timed_upload(client: httpx.Client, url: str, source: Path) -> tuple[float, h
     """PUT the file with a Content-Length, as the ablinfer client does; seconds until the answer."""
     settle(warm=(source,))
     started = time.monotonic()
-    answer = client.put(url, content=file_chunks(source),
-                        headers={"Content-Type": "application/octet-stream", "Content-Length": str(source.stat().st_size)})
+    answer = client.put(
+        url,
+        content=file_chunks(source),
+        headers={"Content-Type": "application/octet-stream", "Content-Length": str(source.stat().st_size)},
+    )
     return time.monotonic() - started, answer
 
 
@@ -277,7 +284,8 @@ async def _hold_streams(url: str, sid: str, count: int) -> dict[str, Any]:
             httpx.AsyncClient() as probe:
         tasks = [asyncio.create_task(one(streams)) for _ in range(count)]
         deadline = time.monotonic() + 10 + count / 100
-        while opened < count and time.monotonic() < deadline and not all(t.done() for t in tasks):
+        # Waits on three things, one a deadline: polling them is simplest (a benchmark, not the server).
+        while opened < count and time.monotonic() < deadline and not all(t.done() for t in tasks):  # noqa: ASYNC110
             await asyncio.sleep(0.1)
         latencies = await _probe_status(probe, f"{url}/sessions/{sid}")
         release.set()
@@ -335,7 +343,11 @@ def raw_references(stack: Stack, source: Path) -> dict[str, Any]:
     subprocess.run(["cp", str(source), str(copy)], check=True)
     copy_s = time.monotonic() - started
     copy.unlink()
-    return {"download_mbs": size / MIB / download_s, "upload_mbs": size / MIB / upload_s, "disk_copy_mbs": size / MIB / copy_s}
+    return {
+        "download_mbs": size / MIB / download_s,
+        "upload_mbs": size / MIB / upload_s,
+        "disk_copy_mbs": size / MIB / copy_s,
+    }
 
 
 def docker_reference(stack: Stack, source: Path) -> dict[str, Any]:
@@ -381,7 +393,12 @@ def _engine_call(stack: Stack, method: str, path: str, *, body: Path | None = No
     if json_body is not None:
         argv[1:1] = ["-H", "Content-Type: application/json", "--data-binary", json.dumps(json_body)]
     elif body is not None:
-        argv[1:1] = ["-H", "Content-Type: application/x-tar", "-T", str(body)]  # streamed: --data-binary @ reads it whole
+        argv[1:1] = [
+            "-H",
+            "Content-Type: application/x-tar",
+            "-T",
+            str(body),
+        ]  # streamed: --data-binary @ reads it whole
     done = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=True)
     code, seconds = done.stdout.split()
     return int(code), float(seconds)
@@ -406,9 +423,14 @@ def _container_configs(small: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     runner = Runner(None, GpuMode.ALL)  # type: ignore[arg-type]  # only its config building is used
     configs = []
     for source in (None, str(small.resolve())):
-        job = RunJob(job_id="bench-engine", image="inferserver-test/copy:1",
-                     argv=["-i", "/data/input_vol.nii.gz", "-o", "/data/output_vol.nii.gz"],
-                     inputs=[FileTransfer("input_vol", small, "/data/input_vol.nii.gz", source)], outputs=[], limits=limits)
+        job = RunJob(
+            job_id="bench-engine",
+            image="inferserver-test/copy:1",
+            argv=["-i", "/data/input_vol.nii.gz", "-o", "/data/output_vol.nii.gz"],
+            inputs=[FileTransfer("input_vol", small, "/data/input_vol.nii.gz", source)],
+            outputs=[],
+            limits=limits,
+        )
         configs.append(runner.container_config(job, gpus=True))
     return configs[0], configs[1]
 
@@ -453,7 +475,9 @@ def engine_reference(stack: Stack, small: Path, big: Path) -> dict[str, Any]:
                         settle(warm=(big_tar,))
                         code, put_s = _engine_call(stack, "PUT", f"containers/{cid}/archive?path=/", body=big_tar)
                         settle()
-                        code2, get_s = _engine_call(stack, "GET", f"containers/{cid}/archive?path=/data/input_vol.nii.gz")
+                        code2, get_s = _engine_call(
+                            stack, "GET", f"containers/{cid}/archive?path=/data/input_vol.nii.gz"
+                        )
                         if code != 200 or code2 != 200:
                             return {"error": f"archive calls answered {code} / {code2}"}
                         mib = big.stat().st_size / MIB

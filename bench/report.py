@@ -44,7 +44,9 @@ def _streams_cell(runs: Any) -> str:
     parts = []
     for run in runs:
         p99 = f"{run['p99_ms']:.0f} ms" if run.get("p99_ms") is not None else "none answered"
-        verdict = "ok" if run["ok"] else f"FAIL ({run['opened']} opened, {run['answered']}/{run['probes']} status < 1 s)"
+        verdict = (
+            "ok" if run["ok"] else f"FAIL ({run['opened']} opened, {run['answered']}/{run['probes']} status < 1 s)"
+        )
         parts.append(f"{run['streams']}: {verdict}, status p99 {p99}")
     return "; ".join(parts)
 
@@ -90,18 +92,40 @@ def budget(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
     for size_key, mib in (("flow_small", r["small_mib"]), ("flow_big", r["big_mib"])):
         measured = _get(mount, size_key, "last_byte_to_start_ms")
         note = f" (the engine alone: create + data directory + start = {bare:.0f} ms)" if bare else ""
-        rows.append((f"last byte → container start, {mib} MiB, inputs mounted (INPUT_STAGING=mount)", "< 100 ms",
-                     f"{measured:.0f} ms{note}" if measured is not None else _why(mount, size_key, "last_byte_to_start_ms"),
-                     None if measured is None else measured < 100))
+        rows.append(
+            (
+                f"last byte → container start, {mib} MiB, inputs mounted (INPUT_STAGING=mount)",
+                "< 100 ms",
+                f"{measured:.0f} ms{note}" if measured is not None else _why(mount, size_key, "last_byte_to_start_ms"),
+                None if measured is None else measured < 100,
+            )
+        )
     streams = _get(new, "streams")
     at_1000 = next((s for s in streams if s["streams"] >= 1000), None) if isinstance(streams, list) else None
-    rows.append(("concurrent log streams", "≥ 1000 with status p99 < 100 ms",
-                 f"{_max_streams(streams)} held; at 1000 status p99 {at_1000['p99_ms']:.0f} ms" if at_1000 and at_1000.get("p99_ms") is not None else _streams_cell(streams),
-                 bool(at_1000 and at_1000["ok"] and at_1000["p99_ms"] < 100)))
-    share("staging into the container (archive API)", _get(staging, "in_mbs"), _get(raw, "disk_copy_mbs"), "raw disk copy",
-          engine_note("in_mbs", _get(staging, "in_mbs")))
-    share("staging out of the container (archive API)", _get(staging, "out_mbs"), _get(raw, "disk_copy_mbs"), "raw disk copy",
-          engine_note("out_mbs", _get(staging, "out_mbs")))
+    rows.append(
+        (
+            "concurrent log streams",
+            "≥ 1000 with status p99 < 100 ms",
+            f"{_max_streams(streams)} held; at 1000 status p99 {at_1000['p99_ms']:.0f} ms"
+            if at_1000 and at_1000.get("p99_ms") is not None
+            else _streams_cell(streams),
+            bool(at_1000 and at_1000["ok"] and at_1000["p99_ms"] < 100),
+        )
+    )
+    share(
+        "staging into the container (archive API)",
+        _get(staging, "in_mbs"),
+        _get(raw, "disk_copy_mbs"),
+        "raw disk copy",
+        engine_note("in_mbs", _get(staging, "in_mbs")),
+    )
+    share(
+        "staging out of the container (archive API)",
+        _get(staging, "out_mbs"),
+        _get(raw, "disk_copy_mbs"),
+        "raw disk copy",
+        engine_note("out_mbs", _get(staging, "out_mbs")),
+    )
     return rows
 
 
@@ -126,7 +150,8 @@ def table(r: dict[str, Any]) -> str:
     old, new, raw, dock = r.get("old", {}), r.get("new", {}), r.get("raw", {}), r.get("docker", {})
     lines = [
         f"Run {r['when']}, {r['seconds']:.0f} s in all. inferserver {r['versions']['inferserver']} under uvicorn; "
-        f"old server: {r['versions']['old']} under uWSGI {r['versions']['uwsgi']}; both behind {r['versions']['nginx']}, "
+        f"old server: {r['versions']['old']} under uWSGI {r['versions']['uwsgi']}; "
+        f"both behind {r['versions']['nginx']}, "
         "one private Docker engine, image inferserver-test/copy:1. MiB/s throughout. Throughputs, (f) and the "
         f"references are the median of {r.get('repeats', 1)} runs (each run is in latest.json).",
         "",
@@ -136,7 +161,10 @@ def table(r: dict[str, Any]) -> str:
 
     def row(label: str, keys: tuple[Any, ...], fmt: str, ref: str = "", ref_value: Any = None) -> None:
         q = _ratio(_get(new, *keys), ref_value)
-        lines.append(f"| {label} | {_cell(old, keys, fmt)} | {_cell(new, keys, fmt)} | {ref} | {f'{q:.0%}' if q is not None else ''} |")
+        lines.append(
+            f"| {label} | {_cell(old, keys, fmt)} | {_cell(new, keys, fmt)} | {ref} | "
+            f"{f'{q:.0%}' if q is not None else ''} |"
+        )
 
     cli = _get(dock, "cli_total_s")
     row(f"(a) whole inference, ablinfer client, {s} MiB", ("e2e_small", "seconds"), "{:.1f} s")
@@ -151,36 +179,60 @@ def table(r: dict[str, Any]) -> str:
         cells = []
         for data in (old, new):
             p50, p99 = _get(data, "status", c, "p50_ms"), _get(data, "status", c, "p99_ms")
-            cell = f"{p50:.1f} / {p99:.1f} ms" if p50 is not None and p99 is not None else _why(data, "status", c, "p99_ms")
+            cell = (
+                f"{p50:.1f} / {p99:.1f} ms"
+                if p50 is not None and p99 is not None
+                else _why(data, "status", c, "p99_ms")
+            )
             errors = _get(data, "status", c, "errors")
             cells.append(cell + (f" ({errors})" if errors else ""))
         lines.append(f"| (c) {c} clients: latency p50 / p99 | {cells[0]} | {cells[1]} |  |  |")
-    lines.append(f"| (d) log streams held, status within 1 s | {_streams_cell(old.get('streams'))} | {_streams_cell(new.get('streams'))} |  |  |")
+    lines.append(
+        f"| (d) log streams held, status within 1 s | {_streams_cell(old.get('streams'))} | "
+        f"{_streams_cell(new.get('streams'))} |  |  |"
+    )
     row(f"(e) peak RSS growth during the {b} MiB upload", ("flow_big", "rss_growth_mib"), "{:.1f} MiB")
     row("(e) … peak RSS (sum of server processes)", ("flow_big", "rss_peak_mib"), "{:.0f} MiB")
     eng = r.get("engine", {})
     for key, mib in (("flow_small", s), ("flow_big", b)):
         floor = engine_floor(eng, mib)
         row(f"(f) last byte → container created, {mib} MiB", (key, "last_byte_to_create_ms"), "{:.0f} ms")
-        row(f"(f) last byte → container start, {mib} MiB", (key, "last_byte_to_start_ms"), "{:.0f} ms",
-            f"the engine alone (curl): create + copy in + start = {floor:.0f} ms" if floor else _why(eng, "start_ms"), floor)
+        row(
+            f"(f) last byte → container start, {mib} MiB",
+            (key, "last_byte_to_start_ms"),
+            "{:.0f} ms",
+            f"the engine alone (curl): create + copy in + start = {floor:.0f} ms" if floor else _why(eng, "start_ms"),
+            floor,
+        )
         row(f"(f) container exit → complete, {mib} MiB", (key, "exit_to_complete_ms"), "{:.0f} ms")
     mnt, bare = r.get("mount", {}), _engine_bare(eng)
     for key, mib in (("flow_small", s), ("flow_big", b)):
-        for field, what, ref in (("last_byte_to_start_ms", "last byte → container start",
-                                  f"the engine alone (curl): create + data directory + start = {bare:.0f} ms" if bare else ""),
-                                 ("exit_to_complete_ms", "container exit → complete", "")):
+        for field, what, ref in (
+            (
+                "last_byte_to_start_ms",
+                "last byte → container start",
+                f"the engine alone (curl): create + data directory + start = {bare:.0f} ms" if bare else "",
+            ),
+            ("exit_to_complete_ms", "container exit → complete", ""),
+        ):
             lines.append(f"| (f) {what}, {mib} MiB, inputs mounted (INPUT_STAGING=mount; direct, no NGINX) | – | "
                          f"{_cell(mnt, (key, field), '{:.0f} ms')} | {ref} | |")
     stg = r.get("staging", {})
-    lines.append(f"| staging {b} MiB into / out of the container (archive API) | – | "
-                 f"{_cell(stg, ('in_mbs',), '{:.0f}')} / {_cell(stg, ('out_mbs',), '{:.0f} MiB/s')} | "
-                 f"{_cell(dock, ('cp_in_mbs',), 'docker cp: {:.0f}')} / {_cell(dock, ('cp_out_mbs',), '{:.0f} MiB/s')}; "
-                 f"{_cell(eng, ('in_mbs',), 'the engine alone (curl): {:.0f}')} / {_cell(eng, ('out_mbs',), '{:.0f} MiB/s')}; "
-                 f"{_cell(raw, ('disk_copy_mbs',), 'cp on disk: {:.0f} MiB/s')} | "
-                 f"{_pct(_get(stg, 'in_mbs'), _get(eng, 'in_mbs'))} / {_pct(_get(stg, 'out_mbs'), _get(eng, 'out_mbs'))} of the engine; "
-                 f"{_pct(_get(stg, 'in_mbs'), _get(raw, 'disk_copy_mbs'))} / {_pct(_get(stg, 'out_mbs'), _get(raw, 'disk_copy_mbs'))} of cp |")
-    lines.append(f"| the model itself on {b} MiB (`docker run`, bind mount) | | | {_cell(dock, ('bind_mount_run_s',), '{:.1f} s')} | |")
+    lines.append(
+        f"| staging {b} MiB into / out of the container (archive API) | – | "
+        f"{_cell(stg, ('in_mbs',), '{:.0f}')} / {_cell(stg, ('out_mbs',), '{:.0f} MiB/s')} | "
+        f"{_cell(dock, ('cp_in_mbs',), 'docker cp: {:.0f}')} / {_cell(dock, ('cp_out_mbs',), '{:.0f} MiB/s')}; "
+        f"{_cell(eng, ('in_mbs',), 'the engine alone (curl): {:.0f}')} / {_cell(eng, ('out_mbs',), '{:.0f} MiB/s')}; "
+        f"{_cell(raw, ('disk_copy_mbs',), 'cp on disk: {:.0f} MiB/s')} | "
+        f"{_pct(_get(stg, 'in_mbs'), _get(eng, 'in_mbs'))} / "
+        f"{_pct(_get(stg, 'out_mbs'), _get(eng, 'out_mbs'))} of the engine; "
+        f"{_pct(_get(stg, 'in_mbs'), _get(raw, 'disk_copy_mbs'))} / "
+        f"{_pct(_get(stg, 'out_mbs'), _get(raw, 'disk_copy_mbs'))} of cp |"
+    )
+    lines.append(
+        f"| the model itself on {b} MiB (`docker run`, bind mount) | | | "
+        f"{_cell(dock, ('bind_mount_run_s',), '{:.1f} s')} | |"
+    )
     lines += ["", "Budget (inferserver):", "", "| budget | limit | measured | holds |", "| --- | --- | --- | --- |"]
     for what, limit, measured, holds in budget(r):
         lines.append(f"| {what} | {limit} | {measured} | {'yes' if holds else 'n/a' if holds is None else '**no**'} |")

@@ -70,8 +70,14 @@ def main() -> None:
             stop_server(server)
     mib = size / (1 << 20)
     print(f"file: {mib:.0f} MiB, bytes identical after upload -> container -> download")
-    print(f"server RSS before: {baseline / 1024:.1f} MiB, peak: {peak / 1024:.1f} MiB, growth: {(peak - baseline) / 1024:.1f} MiB")
-    print(f"upload {mib / upload_s:.0f} MiB/s, run incl. staging in and out {run_s:.1f} s, download {mib / download_s:.0f} MiB/s")
+    print(
+        f"server RSS before: {baseline / 1024:.1f} MiB, peak: {peak / 1024:.1f} MiB, "
+        f"growth: {(peak - baseline) / 1024:.1f} MiB"
+    )
+    print(
+        f"upload {mib / upload_s:.0f} MiB/s, run incl. staging in and out {run_s:.1f} s, "
+        f"download {mib / download_s:.0f} MiB/s"
+    )
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ Throughputs and latencies are the median of --repeats runs (every run is kept in
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -57,20 +56,36 @@ def main() -> None:
         with running_stack(work) as stack:
             results["raw"] = guarded("raw loopback and disk", measure.repeated, n, measure.raw_references, stack, big)
             results["docker"] = guarded("plain docker run", measure.docker_reference, stack, big)
-            results["engine"] = guarded("the engine alone (curl)", measure.repeated, n, measure.engine_reference, stack, small, big)
-            results["staging"] = guarded("inferserver archive staging", measure.repeated, n, measure.archive_staging, stack, big)
+            results["engine"] = guarded(
+                "the engine alone (curl)", measure.repeated, n, measure.engine_reference, stack, small, big
+            )
+            results["staging"] = guarded(
+                "inferserver archive staging", measure.repeated, n, measure.archive_staging, stack, big
+            )
             for name, attr in SERVERS.items():
                 url = getattr(stack, attr)
                 server: dict[str, Any] = {}
-                server["e2e_small"] = guarded(f"{name}: ablinfer {args.small_mib} MiB", measure.ablinfer_e2e, url, small, work / "out")
-                server["flow_small"] = guarded(f"{name}: flow {args.small_mib} MiB", measure.repeated, n, measure.flow, stack, name, url, small)
-                server["e2e_big"] = guarded(f"{name}: ablinfer {args.big_mib} MiB", measure.ablinfer_e2e, url, big, work / "out")
-                server["flow_big"] = guarded(f"{name}: flow {args.big_mib} MiB", measure.repeated, n, measure.flow, stack, name, url, big)
-                server["status"] = {c: guarded(f"{name}: status load c={c}", measure.status_load, url, c) for c in (50, 200)}
+                server["e2e_small"] = guarded(
+                    f"{name}: ablinfer {args.small_mib} MiB", measure.ablinfer_e2e, url, small, work / "out"
+                )
+                server["flow_small"] = guarded(
+                    f"{name}: flow {args.small_mib} MiB", measure.repeated, n, measure.flow, stack, name, url, small
+                )
+                server["e2e_big"] = guarded(
+                    f"{name}: ablinfer {args.big_mib} MiB", measure.ablinfer_e2e, url, big, work / "out"
+                )
+                server["flow_big"] = guarded(
+                    f"{name}: flow {args.big_mib} MiB", measure.repeated, n, measure.flow, stack, name, url, big
+                )
+                server["status"] = {
+                    c: guarded(f"{name}: status load c={c}", measure.status_load, url, c) for c in (50, 200)
+                }
                 server["streams"] = guarded(f"{name}: log streams", measure.log_streams, stack, url, small, counts)
                 results[name] = server
             results["mount"] = {
-                key: guarded(f"mount: flow {mib} MiB", measure.repeated, n, measure.flow, stack, "mount", stack.mount_url, source)
+                key: guarded(
+                    f"mount: flow {mib} MiB", measure.repeated, n, measure.flow, stack, "mount", stack.mount_url, source
+                )
                 for key, mib, source in (("flow_small", args.small_mib, small), ("flow_big", args.big_mib, big))
             }
     results["seconds"] = time.monotonic() - started

@@ -71,7 +71,9 @@ def _wait_http(url: str, process: subprocess.Popen[bytes], log: Path, seconds: f
     deadline = time.monotonic() + seconds
     while True:
         if process.poll() is not None:
-            raise RuntimeError(f"{process.args[0]} exited with {process.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
+            raise RuntimeError(
+                f"{process.args[0]} exited with {process.returncode}:\n{log.read_text(errors='replace')[-3000:]}"
+            )
         with contextlib.suppress(httpx.TransportError):
             if httpx.get(url, timeout=2).status_code == 200:
                 return
@@ -212,7 +214,15 @@ def _start_nginx(stack: Stack, old_sock: Path, new_port: int) -> None:
     for sub in ("empty", "static", "sink", "nginx-body"):
         (stack.work / sub).mkdir(exist_ok=True)
     conf = stack.work / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(work=stack.work, nofile=resource.getrlimit(resource.RLIMIT_NOFILE)[0], old_sock=old_sock, new_port=new_port, **ports))
+    conf.write_text(
+        NGINX_CONF.format(
+            work=stack.work,
+            nofile=resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+            old_sock=old_sock,
+            new_port=new_port,
+            **ports,
+        )
+    )
     log = stack.work / "nginx.log"
     with log.open("wb") as out:
         stack.processes["nginx"] = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(stack.work)],
@@ -285,5 +295,11 @@ def versions() -> dict[str, str]:
     uwsgi = subprocess.run(["uwsgi", "--version"], capture_output=True, text=True).stdout.strip()
     from inferserver import __version__
 
-    return {"old": ", ".join(f"{k} {old[k]}" for k in ("ablinfer", "flask", "werkzeug", "docker", "requests", "urllib3") if k in old),
-            "uwsgi": uwsgi, "nginx": nginx.removeprefix("nginx version: "), "inferserver": __version__}
+    return {
+        "old": ", ".join(
+            f"{k} {old[k]}" for k in ("ablinfer", "flask", "werkzeug", "docker", "requests", "urllib3") if k in old
+        ),
+        "uwsgi": uwsgi,
+        "nginx": nginx.removeprefix("nginx version: "),
+        "inferserver": __version__,
+    }

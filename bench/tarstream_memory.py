@@ -24,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from inferserver.runner.tarstream import TarMember, extract_single_file, tar_stream  # noqa: E402
-from tests.files import file_sha256, random_file  # noqa: E402
+from inferserver.runner.tarstream import TarMember, extract_single_file, tar_stream
+from tests.files import file_sha256, random_file
 
 
 def _peak_rss_mib() -> float:

@@ -29,7 +29,7 @@ fi
 base_id=$(docker image inspect -f '{{.Id}}' "$BASE" 2>/dev/null || echo "$BASE")
 
 build_one() {
-    local name=$1 dir=$HERE/$1 image=$REPO/$1:$TAG hash current log
+    local name=$1 dir=$HERE/$1 image=$REPO/$1:$TAG hash current
     [[ -f $dir/Dockerfile ]] || die "no $dir/Dockerfile"
     hash=$( (cd "$dir" && find . -type f ! -name '*.pyc' -print0 | sort -z | xargs -0 sha256sum
              sha256sum <"$HERE/build.sh"; echo "$base_id") | sha256sum | cut -d' ' -f1)
@@ -38,16 +38,15 @@ build_one() {
         return 0
     fi
     say "building $image from $BASE"
-    log=$(mktemp)
-    if ! docker build --build-arg "BASE=$BASE" --label "$LABEL=$hash" -t "$image" "$dir" >"$log" 2>&1; then
-        tail -n 40 "$log" >&2
-        rm -f "$log"
+    if ! docker_build --build-arg "BASE=$BASE" --label "$LABEL=$hash" -t "$image" "$dir" >"$LOG" 2>&1; then
+        tail -n 40 "$LOG" >&2
         die "docker build of $image failed"
     fi
-    rm -f "$log"
     say "built $image"
 }
 
+LOG=$(mktemp)
+trap 'rm -f "$LOG"' EXIT
 for n in "${names[@]}"; do
     build_one "$n"
 done

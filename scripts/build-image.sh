@@ -16,8 +16,8 @@ IMAGE=${INFERSERVER_IMAGE:-inferserver/server:local}
 BASE=${INFERSERVER_BASE_IMAGE:-inferserver-base/python:bookworm}
 PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
 LABEL=org.inferserver.source-hash
-say() { echo "build-image: $*" >&2; }
-die() { say "$*"; exit 1; }
+SAY_PREFIX=build-image
+source "$ROOT/scripts/image-build-args.sh"  # say, die, docker_build
 
 if [[ $BASE == inferserver-base/python:bookworm ]]; then
     scripts/build-base-image.sh || die "building the base image $BASE failed"
@@ -47,5 +47,5 @@ trap 'rm -f "$log"' EXIT
 
 say "building $IMAGE from $BASE"
 # --network none: the build must not reach any index, so a missing wheel fails here instead of fetching it.
-docker build -q --network none --build-arg BASE="$BASE" --label "$LABEL=$hash" -t "$IMAGE" . >"$log" 2>&1 || { cat "$log" >&2; die "docker build failed"; }
+docker_build -q --network none --build-arg BASE="$BASE" --label "$LABEL=$hash" -t "$IMAGE" . >"$log" 2>&1 || { cat "$log" >&2; die "docker build failed"; }
 say "built $IMAGE"

@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# Make sure a Docker engine answers, starting one if needed.
+# Make sure a Docker engine answers and can start a container, starting one if needed.
 #
-# Idempotent: exits 0 at once when `docker info` works. Otherwise installs
+# Idempotent: when `docker info` works it only checks that a container starts. Otherwise installs
 # Debian's docker.io when dockerd is missing, clears pid files left behind by a
 # dead daemon (CI kills every process but keeps the filesystem), starts dockerd
 # in the background and waits for it. With DOCKER_HOST set the engine is
 # someone else's: it is only checked, never started.
+#
+# The check starts `busybox true` with no network in a fixture image when there is one, else in a one-file busybox
+# image it imports (offline, inferserver-engine-check:1); on a local engine it also checks that the default bridge's
+# interface (docker0) exists, which every RUN step of a `docker build` needs. When either fails it says what is
+# wrong and how to fix it, and exits 1.
 #
 # Environment: INFERSERVER_DOCKERD_LOG (default /var/log/inferserver-dockerd.log),
 # INFERSERVER_DOCKERD_WAIT (seconds, default 60), INFERSERVER_DOCKERD_ARGS (extra
@@ -16,12 +21,70 @@ LOG=${INFERSERVER_DOCKERD_LOG:-/var/log/inferserver-dockerd.log}
 WAIT=${INFERSERVER_DOCKERD_WAIT:-60}
 read -r -a EXTRA_ARGS <<<"${INFERSERVER_DOCKERD_ARGS:-}"
 
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CACHE=${INFERSERVER_CACHE:-$ROOT/.cache}
+CHECK_IMAGE=inferserver-engine-check:1
 say() { echo "docker-engine: $*" >&2; }
+die() { say "$*"; exit 1; }
+source "$ROOT/scripts/busybox.sh"
 
 engine_up() { docker info >/dev/null 2>&1; }
 
+WORK=
+trap '[[ -z $WORK ]] || rm -rf "$WORK"' EXIT
+
+# Sets IMAGE to an image that has /bin/busybox: a fixture image when one is there, else a one-file image imported
+# from a rootfs holding only busybox (no registry needed).
+check_image() {
+    for IMAGE in inferserver-test/copy:1 "$CHECK_IMAGE"; do
+        docker image inspect "$IMAGE" >/dev/null 2>&1 && return 0
+    done
+    local busybox
+    busybox=$(busybox_binary "$CACHE") || return 1
+    WORK=$(mktemp -d)
+    install -D -m 0755 "$busybox" "$WORK/rootfs/bin/busybox"
+    tar -C "$WORK/rootfs" --numeric-owner --owner=0 --group=0 -c . | docker import - "$CHECK_IMAGE" >/dev/null ||
+        die "docker import of a one-file busybox image ($CHECK_IMAGE) failed"
+    say "built $CHECK_IMAGE (one file, busybox: to check that the engine starts containers)"
+    IMAGE=$CHECK_IMAGE
+}
+
+# docker build runs each RUN step on the default bridge network: with its interface gone (deleted after dockerd
+# started) every build fails, and the legacy builder leaves the step's container behind.
+bridge_present() {
+    [[ -z ${DOCKER_HOST:-} ]] || return 0  # someone else's engine: its host's interfaces are not visible here
+    local name
+    # No default bridge at all (dockerd --bridge=none): nothing to look for.
+    name=$(docker network inspect bridge -f '{{index .Options "com.docker.network.bridge.name"}}' 2>/dev/null) ||
+        return 0
+    name=${name:-docker0}
+    [[ -e /sys/class/net/$name ]] && return 0
+    say "the engine's default bridge network has no interface $name on this host (deleted after dockerd started?):"
+    say "  containers on the bridge network and every RUN step of a docker build (examples/build.sh) fail without it."
+    say "  Fix: restart dockerd, which creates $name again (systemctl restart docker, or stop dockerd and run"
+    say "  scripts/docker-engine.sh)."
+    return 1
+}
+
+containers_start() {
+    local out
+    check_image || return 1
+    if ! out=$(docker run --rm --network none --entrypoint /bin/busybox "$IMAGE" true 2>&1); then
+        say "the engine answers but cannot start a container (docker run --rm --network none $IMAGE):"
+        sed 's/^/    /' <<<"$out" >&2
+        if grep -q -e docker0 -e 'network bridge' <<<"$out"; then
+            say "  the host's docker0 bridge is missing or broken. Fix: restart dockerd, which creates docker0 again."
+        else
+            say "  see dockerd's log ($LOG when scripts/docker-engine.sh started it; else journalctl -u docker)."
+        fi
+        return 1
+    fi
+    bridge_present
+}
+
 if command -v docker >/dev/null 2>&1 && engine_up; then
-    exit 0
+    containers_start
+    exit
 fi
 
 if [[ -n "${DOCKER_HOST:-}" ]]; then
@@ -75,7 +138,8 @@ fi
 for ((i = 0; i < WAIT * 2; i++)); do
     if engine_up; then
         say "engine is up"
-        exit 0
+        containers_start
+        exit
     fi
     sleep 0.5
 done

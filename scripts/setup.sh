@@ -1,18 +1,42 @@
 #!/usr/bin/env bash
-# Set up this checkout on a fresh Debian machine: a running Docker engine, the
-# Python environment in .venv (with the convert extra), the offline test images,
-# the example models' images, and nginx and systemd-analyze for the deployment
-# tests. Safe to run again:
-# each step is skipped when it is already done.
+# Set up this checkout on a fresh Debian machine, as far as a purpose needs and no further:
+#
+#   scripts/setup.sh serve   what `make serve` needs: a Docker engine that can start containers, .venv with the
+#                            convert extra, and the images of the models in examples/models (the bone_threshold
+#                            example, built on a Debian base made by debootstrap, and the copy fixture image)
+#   scripts/setup.sh test    what `make test` needs: the engine, PostgreSQL, .venv with the convert and test extras,
+#                            every fixture image, the example images, nginx and systemd-analyze
+#   scripts/setup.sh lint    what `make lint` needs: .venv with the lint extra (ruff, mypy)
+#   scripts/setup.sh         serve and test: everything
+#
+# Environment: INFERSERVER_VENV (default .venv in the checkout; `make VENV=...` sets it).
+#
+# Several purposes may be given at once; --plan lists the steps they take and does nothing. Safe to run again: each
+# step is skipped when it is already done, and every step that installs or builds something says so on stderr.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-VENV=$ROOT/.venv
-STAMP=$VENV/.inferserver-installed
+VENV=${INFERSERVER_VENV:-$ROOT/.venv}
 
 say() { echo "setup: $*" >&2; }
 die() { say "FAILED: $*"; exit 1; }
+
+usage="usage: scripts/setup.sh [--plan] [serve] [test] [lint]  (none: serve and test)"
+purposes=()
+plan=0
+for p in "$@"; do
+    case $p in
+        serve | test | lint) purposes+=("$p") ;;
+        --plan) plan=1 ;;
+        -h | --help) echo "$usage"; exit 0 ;;
+        *) die "unknown purpose '$p' ($usage)" ;;
+    esac
+done
+[[ ${#purposes[@]} -gt 0 ]] || purposes=(serve test)
+wants() { [[ " ${purposes[*]} " == *" $1 "* ]]; }
+
+installed=()  # what this run installed or created, for the closing line
 
 apt_install() {
     export DEBIAN_FRONTEND=noninteractive
@@ -20,54 +44,126 @@ apt_install() {
     apt-get update -q >/dev/null && apt-get install -y -q "$@" >/dev/null
 }
 
-# 1. Docker engine
-scripts/docker-engine.sh || die "no Docker engine (see the messages above)"
+# A Debian package, installed unless `check` (a shell condition) already holds.
+need_package() {
+    local package=$1 why=$2 check=$3
+    eval "$check" && return 0
+    say "installing $package ($why)"
+    apt_install "$package" || die "apt-get install $package failed"
+    installed+=("$package")
+}
 
-# 2. PostgreSQL from Debian's packages: the integration tests run the server on it too (DATABASE_URL);
-#    they start a throwaway cluster of their own, so the packaged one need not run.
-if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
-    say "installing postgresql"
-    apt_install postgresql || die "apt-get install postgresql failed"
-fi
-
-# 2b. Python environment
-command -v python3 >/dev/null || die "python3 is missing"
-python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || die "Python >= 3.11 is needed, found $(python3 -V)"
-if [[ ! -x $VENV/bin/python ]]; then
-    say "creating $VENV"
-    if ! python3 -m venv "$VENV" >/dev/null 2>&1; then
-        rm -rf "$VENV"
-        say "installing python3-venv"
-        apt_install python3-venv || die "apt-get install python3-venv failed"
-        python3 -m venv "$VENV" || die "python3 -m venv failed"
-    fi
-fi
-want=$(cat pyproject.toml <("$VENV/bin/python" -V 2>&1) | sha256sum | cut -d' ' -f1)
-if [[ $(cat "$STAMP" 2>/dev/null) != "$want" ]] || ! "$VENV/bin/python" -c 'import inferserver' 2>/dev/null; then
-    say "installing inferserver with its convert and test extras into $VENV"
-    rm -f "$STAMP"
+# Runs a helper script, passing its messages on and noting what it says it installed, fetched or built.
+run_step() {
+    local log rc=0 line
     log=$(mktemp)
-    if ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[convert,test]' >"$log" 2>&1; then
+    { "$@" 2>&1 >/dev/null | tee "$log" >&2; } || rc=$?
+    while IFS= read -r line; do
+        [[ $line =~ ^[a-z-]+:\ (installing|fetching|built)\ ([^ ]+) ]] && installed+=("${BASH_REMATCH[2]}")
+    done <"$log"
+    rm -f "$log"
+    return "$rc"
+}
+
+need_engine() {
+    run_step scripts/docker-engine.sh || die "no Docker engine that can start containers (see the messages above)"
+}
+
+# .venv with inferserver installed editable and the given extras. Each extra has a stamp holding the hash of
+# pyproject.toml and the venv's Python, so an extra is installed again only when either changed, and installing
+# one purpose's extras never undoes another's.
+need_venv() {
+    local extras=("$@") stale=() want e
+    command -v python3 >/dev/null || die "python3 is missing"
+    python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || die "Python >= 3.11 is needed, found $(python3 -V)"
+    if [[ ! -x $VENV/bin/python ]]; then
+        say "creating $VENV"
+        if ! python3 -m venv "$VENV" >/dev/null 2>&1; then
+            rm -rf "$VENV"
+            need_package python3-venv "python3 -m venv" false
+            python3 -m venv "$VENV" || die "python3 -m venv failed"
+        fi
+        installed+=("$VENV")
+    fi
+    want=$(cat pyproject.toml <("$VENV/bin/python" -V 2>&1) | sha256sum | cut -d' ' -f1)
+    for e in "${extras[@]}"; do
+        [[ $(cat "$VENV/.inferserver-extra-$e" 2>/dev/null) == "$want" ]] || stale+=("$e")
+    done
+    if [[ ${#stale[@]} -eq 0 ]] && "$VENV/bin/python" -c 'import inferserver' 2>/dev/null; then
+        return 0
+    fi
+    local spec
+    spec=".[$(IFS=,; echo "${extras[*]}")]"
+    say "installing inferserver with the extras ${extras[*]} into $VENV (pip install -e '$spec')"
+    rm -f "${stale[@]/#/$VENV/.inferserver-extra-}"
+    local log
+    log=$(mktemp)
+    if ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$spec" >"$log" 2>&1; then
         cat "$log" >&2
         rm -f "$log"
-        die "pip install -e '.[convert,test]' failed"
+        die "pip install -e '$spec' failed"
     fi
     rm -f "$log"
-    echo "$want" >"$STAMP"
+    for e in "${extras[@]}"; do echo "$want" >"$VENV/.inferserver-extra-$e"; done
+    installed+=("inferserver[$(IFS=,; echo "${extras[*]}")] in $VENV")
+}
+
+extras=()
+wants serve && extras+=(convert)
+wants test && extras+=(convert test)
+wants lint && extras+=(lint)
+# Each extra once, in a stable order.
+mapfile -t extras < <(printf '%s\n' ${extras[@]+"${extras[@]}"} | sort -u)
+
+# The steps, each a function step_NAME; what the purposes need, in order.
+step_engine() { need_engine; }
+step_postgresql() {
+    # The integration tests also run the server on PostgreSQL (DATABASE_URL), in a throwaway cluster of their own:
+    # the packaged one need not run.
+    need_package postgresql "the tests run the server on PostgreSQL too" \
+        "compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null"
+}
+step_venv() { need_venv "${extras[@]}"; }
+step_fixture_images() { run_step tests/images/build.sh || die "building the fixture images failed"; }
+# examples/models/copy.json runs the copy fixture image: serving needs only that one.
+step_copy_image() { run_step tests/images/build.sh copy || die "building the fixture image copy failed"; }
+step_example_images() { run_step examples/build.sh || die "building the example model images failed"; }
+# The deployment tests drive Debian's nginx (the shipped site) and systemd-analyze (the unit).
+step_nginx() {
+    need_package nginx "the deployment tests run the shipped site" \
+        "command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]]"
+}
+step_systemd() { need_package systemd "systemd-analyze checks the shipped unit" "command -v systemd-analyze >/dev/null"; }
+
+describe() {
+    case $1 in
+        engine) echo "a Docker engine that starts containers (scripts/docker-engine.sh; Debian's docker.io)" ;;
+        postgresql) echo "Debian's postgresql" ;;
+        venv) echo "$VENV with inferserver and the extras ${extras[*]}" ;;
+        fixture_images) echo "every fixture image inferserver-test/*:1 (tests/images/build.sh)" ;;
+        copy_image) echo "the fixture image inferserver-test/copy:1 (tests/images/build.sh copy)" ;;
+        example_images) echo "the example images inferserver-example/*:1 and their Debian base (examples/build.sh)" ;;
+        nginx) echo "Debian's nginx" ;;
+        systemd) echo "Debian's systemd (systemd-analyze)" ;;
+    esac
+}
+
+steps=()
+{ wants serve || wants test; } && steps+=(engine)
+wants test && steps+=(postgresql)
+steps+=(venv)
+if wants test; then steps+=(fixture_images); elif wants serve; then steps+=(copy_image); fi
+{ wants serve || wants test; } && steps+=(example_images)
+wants test && steps+=(nginx systemd)
+
+if [[ $plan -eq 1 ]]; then
+    for step in "${steps[@]}"; do echo "$step: $(describe "$step")"; done
+    exit 0
 fi
+for step in "${steps[@]}"; do "step_$step"; done
 
-# 3. Test images
-tests/images/build.sh || die "building the test images failed"
-
-# 4. Example models (served by `make serve`, run by the tests on real data)
-examples/build.sh || die "building the example model images failed"
-
-# 5. Tools the deployment tests drive: Debian's nginx (the shipped site) and systemd-analyze (the unit).
-if ! command -v nginx >/dev/null && [[ ! -x /usr/sbin/nginx ]]; then
-    say "installing nginx"
-    apt_install nginx || die "apt-get install nginx failed"
-fi
-if ! command -v systemd-analyze >/dev/null; then
-    say "installing systemd (for systemd-analyze)"
-    apt_install systemd || die "apt-get install systemd failed"
+if [[ ${#installed[@]} -eq 0 ]]; then
+    say "ready for ${purposes[*]}; nothing to install"
+else
+    say "ready for ${purposes[*]}; installed: $(IFS=';'; echo "${installed[*]}" | sed 's/;/; /g')"
 fi

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     out.set_qform(image.get_qform(), int(image.header["qform_code"]))
     out.set_sform(image.get_sform(), int(image.header["sform_code"]))
     nib.save(out, args.output)
-    counts = {int(v): int(n) for v, n in zip(*np.unique(result, return_counts=True)) if v}
+    counts = {int(v): int(n) for v, n in zip(*np.unique(result, return_counts=True), strict=True) if v}
     print(f"bone_threshold: threshold {args.threshold}, components {args.components}, labels {args.labels}, "
           f"fill holes {args.fill_holes}: voxels per label {counts} in {time.monotonic() - started:.1f} s", flush=True)
     return 0

@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -19,7 +20,7 @@ from fastapi import FastAPI
 
 from . import __version__
 from .api import gpus, health, models, root, sessions
-from .api.auth import AccessControl, AuthMiddleware
+from .api.auth import HASH_THREADS, AccessControl, AuthMiddleware
 from .api.envelope import install_error_handlers, install_openapi
 from .api.requestlog import RequestLog
 from .config import Settings, load_settings
@@ -46,6 +47,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if not logging.getLogger().handlers:  # `inferserver serve` configures logging itself; other hosts may not
         configure_logging(settings.LOG_FORMAT)
     app.state.access = AccessControl.from_settings(settings)  # a bad credentials file stops start-up
+    # Password checks get threads of their own: guessers must not queue ahead of upload writes, which use
+    # the default executor (filewriter.py).
+    app.state.hasher = ThreadPoolExecutor(HASH_THREADS, thread_name_prefix="inferserver-auth")
     if app.state.access is not None:
         logger.info("access control on: users %s, tokens %s", settings.AUTH_USERS_FILE, settings.AUTH_TOKENS_FILE)
 
@@ -90,6 +94,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await manager.close()
         await backend.close()
         await store.close()
+        app.state.hasher.shutdown(wait=False, cancel_futures=True)
 
 
 async def create_schema(store: Store, session_path: Path) -> None:
@@ -110,6 +115,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         # Operation ids are the handlers' names, so generated clients get `put_input`, not `put_input_sessions_...`.
         generate_unique_id_function=lambda route: route.name,
+        # A trailing slash is a 404 in the envelope, not a 307 whose Location is built from the client's Host.
+        redirect_slashes=False,
     )
     app.state.settings = settings
     app.add_middleware(AuthMiddleware)

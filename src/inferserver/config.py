@@ -17,6 +17,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .sizes import DOCKER_MIN_MEMORY, parse_size_at_least
+from .specs.runconfig import MAX_STRING_BYTES
 
 ENV_PREFIX = "INFERSERVER_"
 SETTINGS_FILE_VAR = "INFERSERVER_SETTINGS"
@@ -34,6 +35,9 @@ class GpuMode(StrEnum):
 
 GiB = 1 << 30
 MiB = 1 << 20
+KiB = 1 << 10
+# Linux refuses to exec a command with one argument over 32 pages (128 KiB, MAX_ARG_STRLEN), NUL included.
+STRING_PARAM_CEILING = 128 * KiB - 1
 
 
 def size_at_least(minimum: int) -> BeforeValidator:
@@ -132,9 +136,15 @@ class Settings(BaseSettings):
     MAX_HEADER_BYTES: int = Field(64 << 10, ge=4096, description="Largest request line plus headers; larger is 431 (inferserver serve).")
     AUTH_USERS_FILE: Path | None = Field(None, description="File of `user:hash` lines; when set, HTTP Basic is accepted (and required).")
     AUTH_TOKENS_FILE: Path | None = Field(None, description="File of sha256 hex API token hashes; when set, Bearer tokens are accepted (and required).")
+    AUTH_MAX_FAILURES: int = Field(10, ge=1, description="Failed credentials one client address may send within AUTH_FAILURE_WINDOW; then 429 until the window ends.")
+    AUTH_FAILURE_WINDOW: int = Field(60, ge=1, description="Seconds over which AUTH_MAX_FAILURES counts, from an address's first failure.")
+    MAX_STRING_PARAM_BYTES: Annotated[int, size_at_least(1)] = Field(
+        MAX_STRING_BYTES, description="Largest string parameter value, in UTF-8 bytes; larger is 400 (each value becomes one argument of the model's command)."
+    )
     # Limits. The container ones are also the ceilings of what a spec's `inferserver` section may ask for.
     MAX_UPLOAD_BYTES: Size = Field(16 * GiB, description="Largest input upload; a bigger one is refused with 413.")
-    DISK_RESERVE_BYTES: Annotated[int, size_at_least(0)] = Field(2 * GiB, description="Free space SESSION_PATH keeps; an upload eating into it is refused with 507.")
+    MAX_OUTPUT_BYTES: Size = Field(16 * GiB, description="Largest output file a model may write; a bigger one fails the run.")
+    DISK_RESERVE_BYTES: Annotated[int, size_at_least(0)] = Field(2 * GiB, description="Free space SESSION_PATH keeps; an upload eating into it is refused with 507, an output fails the run.")
     RUN_TIMEOUT: int = Field(21600, gt=0, description="Seconds a model container may run before it is stopped and the session fails.")
     CONTAINER_MEMORY: Annotated[int, size_at_least(DOCKER_MIN_MEMORY)] = Field(8 * GiB, description="Memory limit of a model container (no swap beyond it).")
     CONTAINER_CPUS: float = Field(0.0, ge=0, description="CPUs a model container may use; 0 = no limit.")
@@ -160,6 +170,14 @@ class Settings(BaseSettings):
     def _timer(cls, value: int) -> int:
         if value != -1 and value <= 0:
             raise ValueError("must be a positive number of seconds, or -1 to disable clean-up")
+        return value
+
+    @field_validator("MAX_STRING_PARAM_BYTES")
+    @classmethod
+    def _exec_limit(cls, value: int) -> int:
+        if value > STRING_PARAM_CEILING:
+            raise ValueError(f"must be at most {STRING_PARAM_CEILING} bytes: Linux cannot pass one command "
+                             "argument of 128 KiB or more to a model")
         return value
 
     @field_validator("AUTH_USERS_FILE", "AUTH_TOKENS_FILE", "MOUNT_SOURCE_PATH", mode="before")

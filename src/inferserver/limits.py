@@ -38,6 +38,8 @@ def limits_for(settings: Settings, spec: ModelSpec) -> RunLimits:
         shm_size=int(pick("shm_size", own and own.shm_bytes, settings.CONTAINER_SHM, "CONTAINER_SHM", size)),
         timeout=int(pick("timeout", own and own.timeout, settings.RUN_TIMEOUT, "RUN_TIMEOUT", lambda s: f"{s} s")),
         log_bytes=settings.LOG_MAX_BYTES,
+        output_bytes=settings.MAX_OUTPUT_BYTES,
+        disk_reserve=settings.DISK_RESERVE_BYTES,
     )
     if problems:
         raise SpecError("; ".join(problems))

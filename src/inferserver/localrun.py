@@ -19,7 +19,6 @@ from .specs.errors import ConfigError, SpecError
 from .specs.model import BoolParam, FloatParam, IntParam, ModelSpec
 from .specs.runconfig import IOChoice, ParamChoice, SessionRequest, validate_run_config
 
-
 LOCAL_INSTANCE = "inferserver-run"  # the instance label: no server takes these containers for its own orphans
 
 
@@ -64,13 +63,11 @@ def pairs(values: list[str], option: str) -> dict[str, str]:
 def typed_value(spec: ModelSpec, name: str, text: str) -> Any:
     """A command-line string as the type the spec's param wants (validation then checks the value)."""
     param = spec.params.get(name)
-    try:
-        if isinstance(param, IntParam):
-            return int(text)
-        if isinstance(param, FloatParam):
-            return float(text)
-    except ValueError as exc:
-        raise UsageError(f"--param {name}={text}: must be a {param.type}") from exc
+    if isinstance(param, IntParam | FloatParam):
+        try:
+            return int(text) if isinstance(param, IntParam) else float(text)
+        except ValueError as exc:
+            raise UsageError(f"--param {name}={text}: must be a {param.type}") from exc
     if isinstance(param, BoolParam):
         lowered = text.lower()
         if lowered not in ("true", "false", "1", "0", "yes", "no"):
@@ -82,7 +79,7 @@ def typed_value(spec: ModelSpec, name: str, text: str) -> Any:
 async def run(spec: ModelSpec, settings: Settings, inputs: dict[str, str], params: dict[str, str],
               outputs: dict[str, str], out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     for name, path in inputs.items():
-        if not Path(path).is_file():
+        if not Path(path).is_file():  # noqa: ASYNC240 - the command's own loop, nothing else runs on it yet
             raise UsageError(f"--input {name}={path}: no such file")
     request = SessionRequest(
         inputs={name: IOChoice(enabled=True) for name in inputs},
@@ -90,10 +87,11 @@ async def run(spec: ModelSpec, settings: Settings, inputs: dict[str, str], param
         outputs={name: IOChoice(enabled=True) for name in outputs},
     )
     try:
-        config = validate_run_config(spec, request)
+        config = validate_run_config(spec, request, max_string_bytes=settings.MAX_STRING_PARAM_BYTES)
     except ConfigError as exc:
         raise UsageError(str(exc)) from exc
-    missing = [n for n in config.enabled_inputs() if n not in inputs] + [n for n in config.enabled_outputs() if n not in outputs]
+    missing = [n for n in config.enabled_inputs() if n not in inputs]
+    missing += [n for n in config.enabled_outputs() if n not in outputs]
     if missing:
         raise UsageError(f"give a path for every enabled input and output: missing {', '.join(missing)}")
 
@@ -102,7 +100,7 @@ async def run(spec: ModelSpec, settings: Settings, inputs: dict[str, str], param
         plan = SessionPlan(id=str(uuid.uuid4()), spec=spec, config=config, files=SessionFiles(Path(tmp) / "run"))
         plan.files.create()
         for name in config.enabled_inputs():
-            plan.input_path(name).symlink_to(Path(inputs[name]).resolve())
+            plan.input_path(name).symlink_to(Path(inputs[name]).resolve())  # noqa: ASYNC240 - as above
         # Alone, with no server's pool to share: the first devices of GPUS when it lists them.
         need = settings.gpus_per_run if spec.gpus is None else spec.gpus
         gpu_ids = list(settings.gpu_pool[:need]) if settings.gpu_pool else ([] if spec.gpus == 0 else None)

@@ -6,7 +6,7 @@ import contextvars
 import json
 import logging
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # The session a request is about (set by the request log middleware for paths that name one).
@@ -14,7 +14,23 @@ current_session: contextvars.ContextVar[str | None] = contextvars.ContextVar("in
 # Session ids are random UUIDs, and every session-manager line names its session: finding it in the message
 # gives those lines a session_id field without threading it through every log call.
 SESSION_ID = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b")
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName", "color_message"}
+_STANDARD = {*vars(logging.LogRecord("", 0, "", 0, "", None, None)), "message", "asctime", "taskName", "color_message"}
+
+
+# C0 and C1 controls (newline, carriage return, ESC of terminal sequences), Unicode line breaks, and the
+# backslash that introduces the escapes: what a client could use to forge or hide lines in a text log.
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\\]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return "\\\\" if code == 0x5C else f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(text: str) -> str:
+    """`text` for a log line: every control character written as an escape (a newline as `\\x0a`), so a
+    request path can never start a line of its own or move a terminal's cursor."""
+    return _UNPRINTABLE.sub(_escape, text)
 
 
 def session_id_of(record: logging.LogRecord) -> str | None:
@@ -28,7 +44,7 @@ def session_id_of(record: logging.LogRecord) -> str | None:
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
-            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),

@@ -29,14 +29,20 @@ class _StateCollector(Collector):
         self.gpu_requests = False
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        sessions = GaugeMetricFamily("inferserver_sessions", "Sessions known to the server, by status.", labels=["status"])
+        sessions = GaugeMetricFamily(
+            "inferserver_sessions", "Sessions known to the server, by status.", labels=["status"]
+        )
         for status in STATUSES:
             sessions.add_metric([status], self.counts.get(status, 0))
         yield sessions
-        yield GaugeMetricFamily("inferserver_queue_length", "Runs waiting for a free slot.", value=self.counts.get("ready", 0))
+        yield GaugeMetricFamily(
+            "inferserver_queue_length", "Runs waiting for a free slot.", value=self.counts.get("ready", 0)
+        )
         # Until the GPU pool exists (issue 4) "usage" is whether runs ask the engine for GPUs at all.
         yield GaugeMetricFamily(
-            "inferserver_gpu_requests_enabled", "1 when runs request GPUs from the Docker engine.", value=int(self.gpu_requests)
+            "inferserver_gpu_requests_enabled",
+            "1 when runs request GPUs from the Docker engine.",
+            value=int(self.gpu_requests),
         )
 
 
@@ -45,10 +51,16 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.runs = Counter("inferserver_runs", "Finished runs, by outcome.", ["outcome"], registry=self.registry)
         self.run_seconds = Histogram(
-            "inferserver_run_duration_seconds", "Time from a run's start to its end.", buckets=RUN_BUCKETS, registry=self.registry
+            "inferserver_run_duration_seconds",
+            "Time from a run's start to its end.",
+            buckets=RUN_BUCKETS,
+            registry=self.registry,
         )
         self.queue_wait = Histogram(
-            "inferserver_queue_wait_seconds", "Time a run waited in the queue.", buckets=WAIT_BUCKETS, registry=self.registry
+            "inferserver_queue_wait_seconds",
+            "Time a run waited in the queue.",
+            buckets=WAIT_BUCKETS,
+            registry=self.registry,
         )
         self.uploaded = Counter("inferserver_uploaded_bytes", "Bytes of input files received.", registry=self.registry)
         self.downloaded = Counter("inferserver_downloaded_bytes", "Bytes of output files sent.", registry=self.registry)

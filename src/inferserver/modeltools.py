@@ -43,7 +43,8 @@ class ProgressBar:
         total = sum(size for _, size in self.layers.values())
         fraction = done / total if total else 0.0
         filled = int(fraction * BAR_WIDTH)
-        self.out.write(f"\r{self.image} [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {fraction:4.0%} {done / 1e6:.1f}/{total / 1e6:.1f} MB")
+        bar = "#" * filled + "." * (BAR_WIDTH - filled)
+        self.out.write(f"\r{self.image} [{bar}] {fraction:4.0%} {done / 1e6:.1f}/{total / 1e6:.1f} MB")
         self.out.flush()
 
     def end(self, note: str) -> None:

@@ -16,6 +16,7 @@ LABEL=org.inferserver.fixture-hash
 
 SAY_PREFIX=images
 source "$ROOT/scripts/image-build-args.sh"
+source "$ROOT/scripts/busybox.sh"
 parse_build_args "$@"
 if [[ ${#names[@]} -eq 0 ]]; then
     for f in "$HERE"/*.sh; do
@@ -25,26 +26,6 @@ if [[ ${#names[@]} -eq 0 ]]; then
 fi
 
 docker info >/dev/null 2>&1 || die "no Docker engine answers (run scripts/docker-engine.sh)"
-
-# Debian's busybox-static: installed copy if present, else the .deb unpacked into the cache.
-busybox_binary() {
-    if [[ $(dpkg-query -W -f='${Status}' busybox-static 2>/dev/null) == "install ok installed" ]]; then
-        echo /bin/busybox
-        return
-    fi
-    local dir=$CACHE/busybox-static
-    if [[ ! -x $dir/root/bin/busybox ]]; then
-        say "fetching busybox-static into $dir"
-        rm -rf "$dir"
-        mkdir -p "$dir"
-        if ! (cd "$dir" && apt-get download busybox-static >/dev/null 2>&1); then
-            apt-get update -q >/dev/null || die "apt-get update failed"
-            (cd "$dir" && apt-get download busybox-static >/dev/null) || die "apt-get download busybox-static failed"
-        fi
-        dpkg -x "$dir"/busybox-static_*.deb "$dir/root"
-    fi
-    echo "$dir/root/bin/busybox"
-}
 
 fixture_hash() {
     cat "$HERE/$1.sh" "$HERE/build.sh" | sha256sum | cut -d' ' -f1
@@ -84,7 +65,7 @@ build_one() {
 
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
-BUSYBOX=$(busybox_binary)
+BUSYBOX=$(busybox_binary "$CACHE")
 for n in "${names[@]}"; do
     build_one "$n"
 done

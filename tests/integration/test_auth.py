@@ -3,6 +3,7 @@ secret, and credentials files re-read when they change."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -12,7 +13,8 @@ import httpx
 
 from inferserver.credentials import hash_password, hash_token
 
-from .conftest import write_nifti
+from ..conftest import REPO
+from .conftest import ServerFactory, write_nifti
 
 CHALLENGE = 'Basic realm="inferserver"'
 
@@ -23,7 +25,7 @@ def refused(response: httpx.Response, detail: str) -> None:
     assert response.json() == {"errors": [{"detail": detail}]}
 
 
-def test_basic_users_and_bearer_tokens(make_server, tmp_path: Path) -> None:  # noqa: ANN001
+def test_basic_users_and_bearer_tokens(make_server: ServerFactory, tmp_path: Path) -> None:
     users = tmp_path / "users"
     users.write_text(f"# lab members\nalice:{hash_password('correct horse')}\n")
     tokens = tmp_path / "tokens"
@@ -89,3 +91,56 @@ def test_cli_hash_commands(tmp_path: Path) -> None:
     token, file_line = subprocess.run([sys.executable, "-m", "inferserver", "hash-token", "--comment", "robot"],
                                       capture_output=True, text=True, timeout=60).stdout.splitlines()
     assert file_line == f"{hash_token(token)}  # robot" and len(token) >= 40
+
+
+def dockerfile_healthcheck(url: str) -> list[str]:
+    """The Dockerfile's HEALTHCHECK command (python3 in the image), pointed at `url` instead of the container's port."""
+    text = (REPO / "Dockerfile").read_text().replace("\\\n", " ")
+    line = next(line for line in text.splitlines() if line.startswith("HEALTHCHECK"))
+    argv = json.loads(line.split(" CMD ", 1)[1])
+    assert argv[0] == "python3" and "http://127.0.0.1:8000/healthz" in argv[-1], argv
+    return [sys.executable, *argv[1:-1], argv[-1].replace("http://127.0.0.1:8000", url)]
+
+
+def test_the_liveness_probe_needs_no_credential_and_nothing_else_is_open(make_server: ServerFactory, tmp_path: Path) -> None:
+    users = tmp_path / "users"
+    users.write_text(f"alice:{hash_password('pw')}\n")
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{hash_token('tok-1')}\n")
+    server = make_server(AUTH_USERS_FILE=str(users), AUTH_TOKENS_FILE=str(tokens))
+
+    probe = subprocess.run(dockerfile_healthcheck(server.url), capture_output=True, text=True, timeout=30, check=False)
+    assert probe.returncode == 0, probe.stderr
+    with server.client() as client:
+        healthz = client.get("/healthz")
+        assert healthz.status_code == 200 and healthz.json() == {"data": {"status": "ok"}}
+        for path in ("/readyz", "/metrics", "/docs", "/openapi.json", "/gpus", "/", "/healthz/"):
+            refused(client.get(path), "authentication required")
+        refused(client.post("/healthz"), "authentication required")
+        schema = client.get("/openapi.json", headers={"Authorization": "Bearer tok-1"}).json()
+        assert "security" not in schema["paths"]["/healthz"]["get"]
+        assert "401" not in schema["paths"]["/healthz"]["get"]["responses"]
+        assert "401" in schema["paths"]["/readyz"]["get"]["responses"]
+
+
+def test_a_malformed_users_file_refuses_bearer_tokens_too(make_server: ServerFactory, tmp_path: Path) -> None:
+    users = tmp_path / "users"
+    users.write_text(f"alice:{hash_password('pw')}\n")
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{hash_token('tok-1')}\n")
+    server = make_server(AUTH_USERS_FILE=str(users), AUTH_TOKENS_FILE=str(tokens))
+    bearer = {"Authorization": "Bearer tok-1"}
+    with server.client() as client:
+        assert client.get("/models", headers=bearer).status_code == 200
+        users.write_text("alice-without-a-hash\n")
+        for answer in (client.get("/models", headers=bearer), client.get("/models", auth=("alice", "pw")),
+                       client.get("/models")):
+            assert answer.status_code == 503
+            assert answer.json() == {"errors": [{"detail": "access control is misconfigured on the server; see its log"}]}
+        tokens.write_text("not-a-digest\n")
+        users.write_text(f"alice:{hash_password('pw')}\n")  # the users file is fixed, the tokens file is broken
+        assert client.get("/models", auth=("alice", "pw")).status_code == 503
+        tokens.write_text(f"{hash_token('tok-1')}\n")
+        assert client.get("/models", headers=bearer).status_code == 200
+    assert f"{users} line 1: expected user:hash" in server.output()
+    assert f"{tokens} line 1: expected the 64 hex digits" in server.output()

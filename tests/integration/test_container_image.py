@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from inferserver.credentials import hash_password
+
 from ..conftest import REPO, TEST_MODELS
 from ..files import file_sha256, nifti_gz_like
 from .conftest import Server, _docker, start_server, stop_and_check
@@ -37,8 +39,9 @@ def server_image(fixture_images: None) -> str:
     return IMAGE
 
 
-def container_command(image: str, name: str, sessions: Path) -> Callable[[int], list[str]]:
-    """`docker run` in the foreground as the README shows it; signals reach gunicorn through the docker CLI."""
+def container_command(image: str, name: str, sessions: Path, *options: str) -> Callable[[int], list[str]]:
+    """`docker run` in the foreground as the README shows it (plus `options`); signals reach gunicorn through
+    the docker CLI."""
     socket = docker_socket()
 
     def command(port: int) -> list[str]:
@@ -46,7 +49,7 @@ def container_command(image: str, name: str, sessions: Path) -> Callable[[int], 
             "docker", "run", "--rm", "--name", name, "-p", f"127.0.0.1:{port}:8000",
             "-v", f"{socket}:/var/run/docker.sock", "--group-add", str(socket.stat().st_gid),
             "-v", f"{TEST_MODELS}:/etc/inferserver/models:ro", "-v", f"{sessions}:/var/inferserver",
-            "--health-interval", "1s", image,
+            "--health-interval", "1s", *options, image,
         ]
 
     return command
@@ -70,10 +73,35 @@ def test_the_image_runs_as_a_non_root_user_with_conversion_and_turns_healthy(con
     assert _docker("exec", name, "id", "-un").stdout.strip() == "inferserver"
     imported = _docker("exec", name, "python3", "-c", "import SimpleITK")  # the convert extra is installed
     assert imported.returncode == 0, imported.stderr
-    deadline = time.monotonic() + 30
+    wait_healthy(name)
+
+
+def wait_healthy(name: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
     while (health := _docker("inspect", "-f", "{{.State.Health.Status}}", name).stdout.strip()) != "healthy":
-        assert time.monotonic() < deadline, f"health check still {health!r} after 30 s"
+        assert time.monotonic() < deadline, f"health check still {health!r} after {timeout} s"
         time.sleep(0.5)
+
+
+def test_with_access_control_on_the_image_still_turns_healthy(server_image: str, tmp_path: Path) -> None:
+    users = tmp_path / "users"
+    users.write_text(f"alice:{hash_password('pw')}\n")
+    users.chmod(0o644)
+    sessions = tmp_path / "sessions"
+    sessions.mkdir()
+    os.chown(sessions, IMAGE_UID, IMAGE_UID)
+    name = f"inferserver-test-{uuid.uuid4().hex[:8]}"
+    access = ("-v", f"{users}:/etc/inferserver/users:ro", "-e", "INFERSERVER_AUTH_USERS_FILE=/etc/inferserver/users")
+    server = start_server(tmp_path, command=container_command(server_image, name, sessions, *access))
+    try:
+        wait_healthy(name)
+        with server.client() as client:
+            assert client.get("/models").status_code == 401
+            models = client.get("/models", auth=("alice", "pw"))
+            assert models.status_code == 200 and "copy" in models.json()["data"]
+    finally:
+        stop_and_check([server])
+        _docker("rm", "-f", name)  # only if the stop above failed
 
 
 def test_ablinfer_cli_against_the_container_copies_byte_for_byte(container: tuple[Server, str], tmp_path: Path) -> None:

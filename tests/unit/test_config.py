@@ -251,6 +251,7 @@ GiB, MiB = 1 << 30, 1 << 20
 def test_limits_have_safe_defaults() -> None:
     s = load_settings()
     assert s.MAX_UPLOAD_BYTES == 16 * GiB
+    assert s.MAX_OUTPUT_BYTES == 16 * GiB
     assert s.DISK_RESERVE_BYTES == 2 * GiB
     assert s.RUN_TIMEOUT == 21600
     assert s.CONTAINER_MEMORY == 8 * GiB
@@ -267,6 +268,7 @@ def test_sizes_in_env_take_human_units(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("INFERSERVER_CONTAINER_MEMORY", "512MiB")
     monkeypatch.setenv("INFERSERVER_CONTAINER_SHM", "1g")
     monkeypatch.setenv("INFERSERVER_MAX_UPLOAD_BYTES", "2GB")
+    monkeypatch.setenv("INFERSERVER_MAX_OUTPUT_BYTES", "64MiB")
     monkeypatch.setenv("INFERSERVER_LOG_MAX_BYTES", "1048576")
     monkeypatch.setenv("INFERSERVER_DISK_RESERVE_BYTES", "0")
     monkeypatch.setenv("INFERSERVER_CONTAINER_CPUS", "1.5")
@@ -274,6 +276,7 @@ def test_sizes_in_env_take_human_units(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.CONTAINER_MEMORY == 512 * MiB
     assert s.CONTAINER_SHM == GiB
     assert s.MAX_UPLOAD_BYTES == 2 * 10**9
+    assert s.MAX_OUTPUT_BYTES == 64 * MiB
     assert s.LOG_MAX_BYTES == MiB
     assert s.DISK_RESERVE_BYTES == 0
     assert s.CONTAINER_CPUS == 1.5
@@ -292,6 +295,8 @@ def test_sizes_in_the_file_take_numbers_or_human_units(tmp_path: Path, monkeypat
         ("CONTAINER_MEMORY", "8 gigs", "is not a size"),
         ("CONTAINER_MEMORY", "1m", "must be at least 6 MiB"),  # Docker refuses less
         ("MAX_UPLOAD_BYTES", "0", "must be at least 1 byte"),
+        ("MAX_OUTPUT_BYTES", "0", "must be at least 1 byte"),
+        ("MAX_OUTPUT_BYTES", "huge", "is not a size"),
         ("CONTAINER_SHM", "-1", "is not a size"),
         ("LOG_MAX_BYTES", "lots", "is not a size"),
         ("RUN_TIMEOUT", "0", "greater than 0"),
@@ -376,3 +381,19 @@ def test_a_wrong_input_staging_is_named(monkeypatch: pytest.MonkeyPatch, env: di
         monkeypatch.setenv(f"INFERSERVER_{name}", value)
     with pytest.raises(SettingsError, match=re.escape(says)):
         load_settings()
+
+
+def test_string_parameter_limit_stays_under_the_exec_limit() -> None:
+    assert load_settings().MAX_STRING_PARAM_BYTES == 64 * 1024
+    assert load_settings(MAX_STRING_PARAM_BYTES="100KiB").MAX_STRING_PARAM_BYTES == 100 * 1024
+    with pytest.raises(SettingsError, match=r"setting MAX_STRING_PARAM_BYTES='128KiB' is invalid: .*must be at most "
+                       r"131071 bytes: Linux cannot pass one command argument of 128 KiB or more"):
+        load_settings(MAX_STRING_PARAM_BYTES="128KiB")
+
+
+def test_failed_credentials_limit_defaults_and_bounds() -> None:
+    settings = load_settings()
+    assert (settings.AUTH_MAX_FAILURES, settings.AUTH_FAILURE_WINDOW) == (10, 60)
+    for name in ("AUTH_MAX_FAILURES", "AUTH_FAILURE_WINDOW"):
+        with pytest.raises(SettingsError, match=f"setting {name}=0 is invalid"):
+            load_settings(**{name: 0})

@@ -165,3 +165,40 @@ def test_matches_what_ablinfer_accepts_for_client_bodies() -> None:
     assert cfg.inputs == {n: v["enabled"] for n, v in norm["inputs"].items()}
     assert cfg.outputs == {n: v["enabled"] for n, v in norm["outputs"].items()}
     assert cfg.params == {n: v["value"] for n, v in norm["params"].items()}
+
+
+HUGE = 10**400  # 401 digits: float() of it overflows
+
+
+@pytest.mark.parametrize("name, value, reason", [
+    ("rate", HUGE, "an integer of about 401 digits is outside the allowed range [0, 1]"),
+    ("rate", -HUGE, "an integer of about 401 digits is outside the allowed range [0, 1]"),
+    ("count", HUGE, "an integer of about 401 digits is outside the allowed range [1, 10]"),
+    ("label", "a\0b", "must not contain a NUL character (it cannot be passed to the model's command)"),
+    ("label", "x" * (64 * 1024 + 1), "is 65537 bytes long; the limit is 65536 bytes (MAX_STRING_PARAM_BYTES)"),
+    ("label", "é" * (32 * 1024 + 1), "is 65538 bytes long; the limit is 65536 bytes (MAX_STRING_PARAM_BYTES)"),
+])
+def test_values_a_model_command_cannot_take_are_refused_by_name(name: str, value: Any, reason: str) -> None:
+    err = fails({"params": {name: {"value": value}}})
+    assert (err.field, err.reason) == (f"params/{name}", reason)
+
+
+def test_string_limit_is_inclusive_and_set_by_the_caller() -> None:
+    assert run({"params": {"label": {"value": "x" * 64 * 1024}}}).params["label"] == "x" * 64 * 1024
+    request = SessionRequest.model_validate({"params": {"label": {"value": "x" * 11}}})
+    with pytest.raises(ConfigError, match="is 11 bytes long; the limit is 10 bytes"):
+        validate_run_config(SPEC, request, max_string_bytes=10)
+
+
+def test_a_huge_integer_under_an_infinite_bound_is_refused_not_overflowed() -> None:
+    raw = json.loads(json.dumps(SPEC.wire()))
+    raw["params"]["rate"]["max"] = float("inf")
+    spec = ModelSpec.from_raw(raw)
+    with pytest.raises(ConfigError, match="about 401 digits is too large for a float"):
+        validate_run_config(spec, SessionRequest.model_validate({"params": {"rate": {"value": HUGE}}}))
+    assert validate_run_config(spec, SessionRequest.model_validate({"params": {"rate": {"value": 10**300}}})).params["rate"] == 1e300
+
+
+def test_long_wrong_values_are_not_echoed_whole() -> None:
+    err = fails({"params": {"count": {"value": "y" * 100_000}}})
+    assert len(err.reason) < 120

@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from pathlib import Path
-from collections.abc import Sequence
+import tempfile
+from pathlib import Path, PurePosixPath
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
 
 from inferserver.config import GpuMode
 from inferserver.runner.docker import LABEL_SESSION, split_image
-from inferserver.runner import execute
+from inferserver.runner import execute, outputs
 from inferserver.runner.execute import Runner
 from inferserver.runner.jobs import FileTransfer, RunFailed, RunJob, RunLimits, RunOutcome
+from inferserver.runner.tarstream import SizeGuard, TarMember, extract_single_file, tar_stream
 
 GPU_REQUEST = [{"Driver": "", "Count": -1, "Capabilities": [["gpu"]]}]
 NO_DRIVER = 'Docker engine error 500: could not select device driver "" with capabilities: [[gpu]]'
@@ -37,6 +39,7 @@ class FakeBackend:
         nvidia: bool = False,
         gpu_driver: bool = True,
         log_lines: tuple[bytes, ...] = (b"model says hello\n",),
+        stall_after: int | None = None,
     ) -> None:
         self.exit_code = exit_code
         self.oom_killed = oom_killed
@@ -45,6 +48,9 @@ class FakeBackend:
         self.nvidia = nvidia
         self.gpu_driver = gpu_driver  # False: like dockerd without the NVIDIA container toolkit
         self.log_lines = log_lines
+        self.stall_after = stall_after  # the archive stops coming after this many bytes, until cancelled
+        self.stalled = asyncio.Event()
+        self.remove_seconds = 0.0
         self.calls: list[str] = []
         self.configs: list[dict[str, Any]] = []
         self.names: list[str] = []
@@ -101,19 +107,40 @@ class FakeBackend:
         self.exited.set()
         return self.exit_code, self.oom_killed
 
-    async def get_file(self, container_id: str, path: str, dest: Path) -> int:
+    async def get_file(self, container_id: str, path: str, dest: Path, guard: SizeGuard | None = None) -> int:
         self._maybe_fail(f"get_file {path}")
         if path not in self.files:
             raise FileNotFoundError(path)
-        dest.write_bytes(self.files[path])
-        return len(self.files[path])
+        # The engine's archive of the one file, through the real extraction and the runner's guard.
+        chunks = one_file_tar(path, self.files[path])
+        if self.stall_after is not None:
+            chunks = self._stall(chunks, self.stall_after)
+        return await extract_single_file(chunks, dest, guard)
+
+    async def _stall(self, chunks: AsyncIterator[bytes], after: int) -> AsyncIterator[bytes]:
+        sent = 0
+        async for chunk in chunks:
+            if sent >= after:
+                self.stalled.set()
+                await asyncio.Event().wait()
+            sent += len(chunk)
+            yield chunk
 
     async def ping(self) -> None:
         self._maybe_fail("ping")
 
     async def remove(self, container_id: str) -> None:
         self.calls.append("remove")
+        await asyncio.sleep(self.remove_seconds)
         self.removed.append(container_id)
+
+
+async def one_file_tar(path: str, data: bytes, chunk: int = 64 << 10) -> AsyncIterator[bytes]:
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "file"
+        source.write_bytes(data)
+        async for piece in tar_stream([TarMember(PurePosixPath(path).name, source)], chunk_size=chunk):
+            yield piece
 
 
 class MemoryLog:
@@ -125,7 +152,8 @@ class MemoryLog:
 
 
 GiB = 1 << 30
-LIMITS = RunLimits(memory=8 * GiB, cpus=0, pids=4096, shm_size=2 * GiB, timeout=600, log_bytes=1 << 20)
+LIMITS = RunLimits(memory=8 * GiB, cpus=0, pids=4096, shm_size=2 * GiB, timeout=600, log_bytes=1 << 20,
+                   output_bytes=GiB, disk_reserve=0)
 
 
 def make_job(
@@ -463,7 +491,8 @@ async def test_mounts_survive_the_fall_back_to_the_cpu(tmp_path: Path) -> None:
 
 async def test_config_carries_the_limits_and_drops_every_privilege(tmp_path: Path) -> None:
     backend = FakeBackend(files=ALL_OUTPUTS)
-    limits = RunLimits(memory=16 << 20, cpus=1.5, pids=64, shm_size=1 * GiB, timeout=600, log_bytes=1 << 20)
+    limits = RunLimits(memory=16 << 20, cpus=1.5, pids=64, shm_size=1 * GiB, timeout=600, log_bytes=1 << 20,
+                   output_bytes=GiB, disk_reserve=0)
     await run(backend, make_job(tmp_path, limits=limits))
     [config] = backend.configs
     host = config["HostConfig"]
@@ -486,14 +515,16 @@ async def test_no_cpu_limit_sets_no_nanocpus(tmp_path: Path) -> None:
 
 async def test_oom_reason_names_the_runs_own_limit(tmp_path: Path) -> None:
     backend = FakeBackend(exit_code=137, oom_killed=True)
-    limits = RunLimits(memory=16 << 20, cpus=0, pids=64, shm_size=GiB, timeout=600, log_bytes=1 << 20)
+    limits = RunLimits(memory=16 << 20, cpus=0, pids=64, shm_size=GiB, timeout=600, log_bytes=1 << 20,
+                   output_bytes=GiB, disk_reserve=0)
     outcome, _, _ = await run(backend, make_job(tmp_path, limits=limits))
     assert outcome == RunOutcome(False, "exceeded the memory limit of 16 MiB", 137)
 
 
 async def test_a_run_over_its_time_is_stopped_and_fails_saying_so(tmp_path: Path) -> None:
     backend = FakeBackend(files=ALL_OUTPUTS, fail={"wait_forever": RuntimeError()})
-    limits = RunLimits(memory=GiB, cpus=0, pids=64, shm_size=GiB, timeout=1, log_bytes=1 << 20)
+    limits = RunLimits(memory=GiB, cpus=0, pids=64, shm_size=GiB, timeout=1, log_bytes=1 << 20,
+                   output_bytes=GiB, disk_reserve=0)
     outcome, started, log = await run(backend, make_job(tmp_path, limits=limits))
     assert outcome == RunOutcome(False, "timed out after 1 s", None)
     assert started == ["cid-1"]
@@ -506,7 +537,8 @@ async def test_a_run_over_its_time_is_stopped_and_fails_saying_so(tmp_path: Path
 
 async def test_the_run_log_is_capped(tmp_path: Path) -> None:
     backend = FakeBackend(files=ALL_OUTPUTS, log_lines=(b"0123456789" * 10 + b"\n",) * 50)
-    limits = RunLimits(memory=GiB, cpus=0, pids=64, shm_size=GiB, timeout=600, log_bytes=1024)
+    limits = RunLimits(memory=GiB, cpus=0, pids=64, shm_size=GiB, timeout=600, log_bytes=1024,
+                       output_bytes=GiB, disk_reserve=0)
     outcome, _, log = await run(backend, make_job(tmp_path, limits=limits))
     assert outcome.ok  # a long log is no failure
     assert log.data.endswith(b"\ninferserver: log truncated at 1 KiB (LOG_MAX_BYTES)\n")
@@ -557,3 +589,99 @@ async def test_pool_devices_refused_by_the_engine_fail_the_run_with_its_reason(t
     outcome, started, _ = await run(backend, dataclasses.replace(make_job(tmp_path), gpu_ids=["0"]), GpuMode.AUTO)
     assert not outcome.ok and "could not select device driver" in outcome.reason
     assert started == []
+
+
+# -- staging out: limits, our own disk's errors, cancels -------------------------------------------------------
+
+
+def output_limits(output_bytes: int = GiB, disk_reserve: int = 0) -> RunLimits:
+    return dataclasses.replace(LIMITS, output_bytes=output_bytes, disk_reserve=disk_reserve)
+
+
+def partials(tmp_path: Path) -> list[str]:
+    return [p.name for p in (tmp_path / "outputs").iterdir() if p.name.endswith(".partial")]
+
+
+async def test_a_full_disk_names_session_path_not_the_engine_and_leaves_no_partial(tmp_path: Path) -> None:
+    job = dataclasses.replace(make_job(tmp_path), disk_note="SESSION_PATH (/srv/sessions)")
+    (tmp_path / "outputs" / ".vol.nii.gz.partial").symlink_to("/dev/full")  # every write there: ENOSPC
+    backend = FakeBackend(files=ALL_OUTPUTS)
+    outcome, _, _ = await run(backend, job)
+    assert outcome == RunOutcome(False, "no space left on SESSION_PATH (/srv/sessions) while writing output vol")
+    assert backend.removed == ["cid-1"]
+    assert partials(tmp_path) == []
+
+
+async def test_another_local_write_error_names_the_output_and_its_file(tmp_path: Path) -> None:
+    job = make_job(tmp_path)
+    partial = tmp_path / "outputs" / ".seg.nii.gz.partial"
+    partial.mkdir()  # opening it for writing: EISDIR
+    outcome, _, _ = await run(FakeBackend(files=ALL_OUTPUTS), job)
+    assert outcome == RunOutcome(False, f"could not write output seg to {partial}: Is a directory")
+
+
+async def test_an_output_over_max_output_bytes_fails_before_its_first_byte(tmp_path: Path) -> None:
+    backend = FakeBackend(files={"/data/seg.nii.gz": b"s" * 100, "/data/vol.nii.gz": b"v" * 101})
+    outcome, _, _ = await run(backend, make_job(tmp_path, limits=output_limits(output_bytes=100)))
+    assert outcome == RunOutcome(False, "output vol is 101 bytes, over the limit of 100 bytes (MAX_OUTPUT_BYTES)")
+    assert backend.removed == ["cid-1"]
+    assert partials(tmp_path) == []
+
+
+async def test_an_output_that_would_eat_into_the_disk_reserve_fails_naming_it(tmp_path: Path) -> None:
+    job = dataclasses.replace(make_job(tmp_path, limits=output_limits(disk_reserve=1 << 60)),
+                              disk_note="SESSION_PATH (/srv/sessions)")
+    outcome, _, _ = await run(FakeBackend(files=ALL_OUTPUTS), job)
+    assert outcome.ok is False
+    assert outcome.reason.startswith("not enough disk space for output seg (12 bytes): SESSION_PATH (/srv/sessions) "
+                                     "keeps 1048576 TiB free (DISK_RESERVE_BYTES) and has "), outcome.reason
+    assert partials(tmp_path) == []
+
+
+async def test_the_reserve_is_checked_again_as_the_output_streams(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    free = iter([10 * GiB] + [GiB] * 1000)  # another writer takes the disk once the copy has begun
+    monkeypatch.setattr(outputs, "free_bytes", lambda path: next(free))
+    monkeypatch.setattr(outputs, "DISK_CHECK_BYTES", 64 << 10)
+    job = make_job(tmp_path, outputs=("seg",), limits=output_limits(disk_reserve=2 * GiB))
+    backend = FakeBackend(files={"/data/seg.nii.gz": bytes(1 << 20)})
+    outcome, _, _ = await run(backend, job)
+    assert outcome == RunOutcome(False, f"not enough disk space for output seg (1 MiB): {tmp_path / 'outputs'} keeps "
+                                        "2 GiB free (DISK_RESERVE_BYTES) and has 1.0 GiB free")
+    assert partials(tmp_path) == []
+
+
+async def test_a_cancel_while_an_output_is_staged_out_removes_the_container_and_the_partial(tmp_path: Path) -> None:
+    backend = FakeBackend(files=ALL_OUTPUTS | {"/data/seg.nii.gz": bytes(4 << 20)}, stall_after=1 << 20)
+    job = make_job(tmp_path)
+    task = asyncio.create_task(run(backend, job))
+    await asyncio.wait_for(backend.stalled.wait(), 5)
+    assert partials(tmp_path) == [".seg.nii.gz.partial"]
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert backend.removed == ["cid-1"]
+    assert list((tmp_path / "outputs").iterdir()) == []
+
+
+async def test_a_detach_while_an_output_is_staged_out_leaves_the_container_and_no_partial(tmp_path: Path) -> None:
+    backend = FakeBackend(files=ALL_OUTPUTS | {"/data/seg.nii.gz": bytes(4 << 20)}, stall_after=1 << 20)
+    task = asyncio.create_task(run(backend, make_job(tmp_path)))
+    await asyncio.wait_for(backend.stalled.wait(), 5)
+    task.cancel(execute.DETACH)  # server shutdown: the next start re-attaches and stages out anew
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert backend.removed == []
+    assert list((tmp_path / "outputs").iterdir()) == []
+
+
+async def test_repeated_cancels_do_not_cut_the_removal_short(tmp_path: Path) -> None:
+    backend = FakeBackend(files=ALL_OUTPUTS | {"/data/seg.nii.gz": bytes(4 << 20)}, stall_after=1 << 20)
+    backend.remove_seconds = 0.3  # a container holding gigabytes takes a while to go
+    task = asyncio.create_task(run(backend, make_job(tmp_path)))
+    await asyncio.wait_for(backend.stalled.wait(), 5)
+    for _ in range(5):  # the dispatcher cancels a cancelled run again at each tick
+        task.cancel()
+        await asyncio.sleep(0.05)
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert backend.removed == ["cid-1"]  # removed before the run ended, not abandoned half way

@@ -312,3 +312,29 @@ def test_the_inferserver_section_asks_for_gpus_and_goes_out_as_written(gpus: int
 def test_a_wrong_gpu_count_names_the_field(section: dict[str, Any], says: str) -> None:
     with pytest.raises(SpecError, match=says):
         ModelSpec.from_raw({**base_1_3(), "inferserver": section})
+
+
+@pytest.mark.parametrize("section, name", [("inputs", "vol"), ("outputs", "seg")])
+@pytest.mark.parametrize("extension, says", [
+    ("/../../x", "must not contain '/', '\\', NUL or control characters, not '/../../x': it becomes part of a file name"),
+    ("..\\x.nii", "must not contain '/'"),
+    (".nii\0", "must not contain '/'"),
+    (".nii\n", "must not contain '/'"),
+    (".nii\x1b", "must not contain '/'"),
+    ("." + "x" * 255, "is 256 bytes long; a file name part may have at most 255"),
+])
+def test_an_extension_that_is_no_file_name_part_is_refused(section: str, name: str, extension: str, says: str) -> None:
+    raw = base_1_3()
+    raw[section][name]["extension"] = extension
+    with pytest.raises(SpecError) as caught:
+        ModelSpec.from_raw(raw)
+    assert str(caught.value).startswith(f"{section}/{name}/extension: {says}")
+
+
+def test_name_and_extension_together_must_fit_a_file_name() -> None:
+    raw = base_1_3()
+    raw["inputs"]["vol"]["extension"] = "." + "x" * 252  # 253 bytes: a part alone may be that long; vol + it: 256
+    with pytest.raises(SpecError, match="inputs/vol: name and extension make a file name over 255 bytes"):
+        ModelSpec.from_raw(raw)
+    raw["inputs"]["v"] = raw["inputs"].pop("vol")  # 254 bytes
+    assert ModelSpec.from_raw(raw).inputs["v"].extension == "." + "x" * 252

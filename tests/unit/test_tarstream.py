@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import tarfile
@@ -17,6 +18,7 @@ from inferserver.runner.tarstream import (
     SourceChanged,
     TarMember,
     TruncatedArchive,
+    WriteFailed,
     extract_single_file,
     parents_of,
     tar_stream,
@@ -266,3 +268,38 @@ async def test_extract_empty_archive_and_garbage(tmp_path: Path) -> None:
         await extract_single_file(_chunked(_tar([], tarfile.PAX_FORMAT), 512), tmp_path / "out")
     with pytest.raises(ArchiveError, match="corrupt"):
         await extract_single_file(_chunked(os.urandom(2048), 512), tmp_path / "out")
+
+
+async def test_extract_asks_the_guard_before_opening_dest_and_as_it_writes(tmp_path: Path) -> None:
+    data = _tar([("out.bin", bytes(300_000))], tarfile.PAX_FORMAT)
+    calls: list[tuple[int, int]] = []
+
+    def refuse(size: int, written: int) -> None:
+        calls.append((size, written))
+        raise RuntimeError("too big")
+
+    dest = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="too big"):
+        await extract_single_file(_chunked(data, 65536), dest, refuse)
+    assert calls == [(300_000, 0)]  # from the header alone
+    assert not dest.exists()  # refused before the file was made
+
+    calls.clear()
+    assert await extract_single_file(_chunked(data, 65536), dest, lambda s, w: calls.append((s, w))) == 300_000
+    assert calls[0] == (300_000, 0) and calls[-1] == (300_000, 300_000)
+    assert [w for _, w in calls] == sorted(w for _, w in calls)
+
+
+async def test_extract_write_errors_are_write_failed_and_stream_errors_stay_apart(tmp_path: Path) -> None:
+    data = _tar([("out.bin", bytes(3 << 20))], tarfile.PAX_FORMAT)
+    with pytest.raises(WriteFailed) as failed:
+        await extract_single_file(_chunked(data, 65536), Path("/dev/full"))
+    assert failed.value.error.errno == errno.ENOSPC
+    assert str(failed.value) == "could not write /dev/full: No space left on device"
+
+    async def reset_midway() -> AsyncIterator[bytes]:
+        yield data[:1 << 20]
+        raise ConnectionResetError("the engine went away")  # an OSError, but not ours
+
+    with pytest.raises(ConnectionResetError):
+        await extract_single_file(reset_midway(), tmp_path / "out")

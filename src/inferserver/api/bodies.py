@@ -18,6 +18,8 @@ from .envelope import ApiError
 JSON_TYPES = ("application/json",)
 # The ablinfer client sends application/octet-stream; curl -T and many scripts send no type at all.
 UPLOAD_TYPES = ("application/octet-stream", "multipart/form-data")  # raw body, or one file part
+# `check` sniffs the body's first bytes as they are: a multipart body would be sniffed by its boundary line.
+CHECK_TYPES = ("application/octet-stream",)
 
 
 def media_type(request: Request) -> str | None:

@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
+from ..logs import printable
 from ..sessions.errors import (
     AtCapacity,
     Conflict,
@@ -24,6 +25,7 @@ from ..sessions.errors import (
     TooLarge,
     WrongState,
 )
+from .auth import OPEN_PATHS
 
 logger = logging.getLogger(__name__)
 
@@ -109,11 +111,18 @@ def install_error_handlers(app: FastAPI) -> None:
             response.headers["Allow"] = _allowed_methods(request)
         return response
 
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette raises the exception on after this answer, so uvicorn still logs its traceback; the client
+        # gets the envelope, not a plain-text page.
+        return error_response(500, "internal server error; the server's log has the details")
+
     @app.exception_handler(ClientDisconnect)
     async def _gone(request: Request, exc: ClientDisconnect) -> Response:
         # The client left mid-body: an upload's partial file is already gone and the input still
         # needed. Nobody is left to read an answer; this one only keeps the log free of a traceback.
-        logger.info("%s %s: the client disconnected before its request body was complete", request.method, request.url.path)
+        logger.info("%s %s: the client disconnected before its request body was complete", request.method,
+                    printable(request.url.path))
         return Response(status_code=400)
 
 
@@ -133,12 +142,14 @@ def install_openapi(app: FastAPI) -> None:
             schema = get_openapi(
                 title=app.title, version=app.version, summary=app.summary, routes=app.routes,
             )
-            for path in schema.get("paths", {}).values():
+            for route, path in schema.get("paths", {}).items():
                 for operation in path.values():
                     responses = operation.setdefault("responses", {})
                     if responses.pop("422", None) is not None:  # our handler answers those as 400
                         responses.setdefault("400", {"description": "Bad request", "content": {
                             "application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}}})
+                    if route in OPEN_PATHS:
+                        continue
                     responses["401"] = UNAUTHORIZED
                     operation["security"] = [{}, {"basic": []}, {"bearer": []}]  # {}: when access control is off
             schema.setdefault("components", {})["securitySchemes"] = {

@@ -13,7 +13,7 @@ from ..specs.model import ModelSpec
 from ..specs.runconfig import SessionRequest
 from ..volumes.sniff import check_filetype
 from . import deps
-from .bodies import UPLOAD_TYPES, BoundedJsonRoute, require_media_type
+from .bodies import CHECK_TYPES, BoundedJsonRoute, require_media_type
 from .envelope import ApiError, Envelope, error_responses
 from .paths import InputName, ModelId, shown
 
@@ -92,7 +92,7 @@ async def check_input(model_id: ModelId, name: InputName, request: Request, dire
     spec = spec_of(directory, model_id)
     if name not in spec.inputs:
         raise ApiError(404, f"model {model_id} has no input {shown(name)}")
-    require_media_type(request, UPLOAD_TYPES)
+    require_media_type(request, CHECK_TYPES)
     header = await deps.read_limited(request, CHECK_LIMIT)
     settings = request.app.state.settings
     result = check_filetype(

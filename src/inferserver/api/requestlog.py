@@ -12,7 +12,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..logs import current_session
+from ..logs import current_session, printable
 
 logger = logging.getLogger("inferserver.access")
 
@@ -45,8 +45,10 @@ class RequestLog:
         finally:
             duration = time.monotonic() - began
             fields = {"method": scope["method"], "path": path, "status": status, "duration_ms": round(duration * 1000, 1)}
-            suffix = f" session {session_id}" if session_id else ""
+            # The path is the client's, percent-decoded: escaped, a `%0a` in it cannot forge a line of the text log.
+            # (The JSON format escapes by itself; its `path` field stays exactly what was asked for.)
+            suffix = f" session {printable(session_id)}" if session_id else ""
             logger.info(
-                "%s %s %d %.1f ms%s", scope["method"], path, status, duration * 1000, suffix, extra=fields
+                "%s %s %d %.1f ms%s", scope["method"], printable(path), status, duration * 1000, suffix, extra=fields
             )
             current_session.reset(token)

@@ -8,6 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException
+from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
 from ..sessions.errors import InvalidInput
 from ..sessions.manager import SessionManager
@@ -28,6 +30,17 @@ class VolumeResponse(FileResponse):
     """Starlette reads files in 64 KiB pieces, a thread hop each; volumes are big: 1 MiB pieces."""
 
     chunk_size = 1 << 20
+
+    @classmethod
+    def _parse_range_header(cls, http_range: str, file_size: int) -> list[tuple[int, int]]:
+        # Starlette answers a bad Range in plain text; raised as HTTPException it reaches the envelope handler.
+        try:
+            return super()._parse_range_header(http_range, file_size)
+        except MalformedRangeHeader as exc:
+            raise HTTPException(400, f"Range header: {exc.content.removeprefix('Range header: ')}") from None
+        except RangeNotSatisfiable as exc:
+            raise HTTPException(416, f"Range header: no range starts within the file's {exc.max_size} bytes",
+                                headers={"Content-Range": f"bytes */{exc.max_size}"}) from None
 
 Sessions = Annotated[SessionManager, Depends(deps.sessions)]
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from pathlib import Path
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import aiodocker
@@ -19,7 +19,7 @@ from aiodocker.exceptions import DockerError
 from aiodocker.multiplexed import MultiplexedResult
 
 from .jobs import FileTransfer, LogSink, RunFailed
-from .tarstream import TarMember, extract_single_file, parents_of, tar_stream
+from .tarstream import SizeGuard, TarMember, extract_single_file, parents_of, tar_stream
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,8 @@ IDENTITY = {"Accept-Encoding": "identity"}
 SIGKILL_EXIT = 137  # 128 + SIGKILL: what an OOM kill looks like from the exit status
 OOM_FLAG_POLLS = 10
 OOM_FLAG_INTERVAL = 0.1
+# Removing a container holding gigabytes takes about half a second; an engine taking this long is stuck.
+REMOVE_TIMEOUT = 20.0
 
 
 class EngineUnavailable(RunFailed):
@@ -168,22 +170,27 @@ class DockerBackend:
             headers={"Content-Type": "application/x-tar"},
         )
 
-    async def get_file(self, container_id: str, path: str, dest: Path) -> int:
-        """Stream one file out of the container to `dest`; RunFailed when it is absent or not a file."""
+    async def get_file(self, container_id: str, path: str, dest: Path, guard: SizeGuard | None = None) -> int:
+        """Stream one file out of the container to `dest`: FileNotFoundError when it is absent, ArchiveError
+        when it is not a file, WriteFailed when our disk fails, RunFailed from the engine or from `guard`."""
         docker = self.client()
         try:
             async with docker._query(
                 f"containers/{container_id}/archive", method="GET", params={"path": path}, timeout=None,
                 headers=IDENTITY,
             ) as response:
-                return await extract_single_file(response.content.iter_chunked(ARCHIVE_CHUNK), dest)
+                try:
+                    return await extract_single_file(response.content.iter_chunked(ARCHIVE_CHUNK), dest, guard)
+                finally:
+                    # Dropped, never drained or released: while dockerd still writes an archive nobody reads,
+                    # it holds the container, and removing it hangs (even `docker rm -f`). aiodocker's
+                    # _query leaves the response open on exit.
+                    response.close()
         except DockerError as exc:
             if exc.status == 404:
                 raise FileNotFoundError(path) from exc
             raise engine_error(exc) from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            if isinstance(exc, FileNotFoundError):
-                raise
+        except (aiohttp.ClientError, OSError) as exc:  # the connection: our own disk's errors are WriteFailed
             raise engine_error(exc) from exc
 
     async def start(self, container_id: str) -> None:
@@ -196,8 +203,11 @@ class DockerBackend:
         try:
             async with docker._query(f"containers/{container_id}/logs", params=params, timeout=None,
                                      headers=IDENTITY) as response:
-                async for frame in MultiplexedResult(response, raw=False):
-                    await log.write(frame)
+                try:
+                    async for frame in MultiplexedResult(response, raw=False):
+                        await log.write(frame)
+                finally:
+                    response.close()  # cancelled: drop the stream now, not when the response is collected
         except (DockerError, aiohttp.ClientError, OSError) as exc:
             raise engine_error(exc) from exc
 
@@ -247,13 +257,19 @@ class DockerBackend:
         except (DockerError, aiohttp.ClientError, OSError) as exc:
             raise engine_error(exc) from exc
 
-    async def remove(self, container_id: str) -> None:
-        """Remove the container and its anonymous volumes; never raises (it runs in cleanup paths)."""
+    async def remove(self, container_id: str, timeout: float = REMOVE_TIMEOUT) -> None:
+        """Remove the container and its anonymous volumes. Never raises and never waits
+        longer than `timeout` (it runs in cleanup and shutdown paths); a container left is removed later
+        as an orphan."""
         try:
-            await docker_container(self.client(), container_id).delete(force=True, v=True)
+            async with asyncio.timeout(timeout):
+                await docker_container(self.client(), container_id).delete(force=True, v=True)
         except DockerError as exc:
             if exc.status != 404:
                 logger.warning("could not remove container %s: %s", container_id, exc.message)
+        except TimeoutError:
+            logger.warning("could not remove container %s: the engine did not answer within %g s",
+                           container_id, timeout)
         except Exception as exc:  # engine gone: nothing more we can do here
             logger.warning("could not remove container %s: %r", container_id, exc)
 

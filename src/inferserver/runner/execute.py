@@ -15,6 +15,8 @@ from ..sizes import human_size
 from .docker import LABEL_SESSION, DockerBackend
 from .jobs import LogSink, RunFailed, RunJob, RunLimits, RunOutcome, StartedCallback
 from .logcap import CappedLog
+from .outputs import OutputGuard, write_failure
+from .tarstream import WriteFailed
 
 logger = logging.getLogger(__name__)
 
@@ -41,13 +43,19 @@ async def _ignore(outcome: RunOutcome) -> None:
 
 
 async def _uncancelled(work: Awaitable[None]) -> None:
-    """Await `work` to its end even if cancelled meanwhile; the cancellation is raised afterwards."""
+    """Await `work` to its end even if cancelled meanwhile, however often; the first cancellation is raised
+    afterwards. The dispatcher cancels a cancelled run again at each tick: a second cancel must not cut short
+    the container's removal (which is bounded by its own timeout)."""
     task = asyncio.ensure_future(work)
-    try:
-        await asyncio.shield(task)
-    except asyncio.CancelledError:
-        await task
-        raise
+    cancelled: asyncio.CancelledError | None = None
+    while not task.done():
+        try:
+            await asyncio.wait({task})
+        except asyncio.CancelledError as exc:
+            cancelled = cancelled or exc
+    task.result()
+    if cancelled is not None:
+        raise cancelled
 
 
 def exit_reason(exit_code: int, oom_killed: bool, memory: int) -> str:
@@ -220,19 +228,23 @@ class Runner:
         return container_id
 
     async def collect(self, container_id: str, job: RunJob) -> None:
-        """Take every enabled output; name every missing one in a single reason."""
+        """Take every enabled output; name every missing one in a single reason. No partial file is left."""
         missing: list[str] = []
         for output in job.outputs:
             partial = output.host.with_name(f".{output.host.name}.partial")
             try:
-                await self.backend.get_file(container_id, output.container, partial)
+                await self.backend.get_file(container_id, output.container, partial,
+                                            OutputGuard(output, job.limits, job.disk_note))
             except FileNotFoundError:
                 missing.append(f"{output.name} (expected at {output.container})")
                 continue
+            except WriteFailed as exc:
+                _unlink(partial)
+                raise write_failure(output, exc, job.disk_note) from exc
             except ValueError as exc:  # not a regular file, truncated archive
                 _unlink(partial)
                 raise RunFailed(f"output {output.name} at {output.container}: {exc}") from exc
-            except BaseException:
+            except BaseException:  # a limit, the engine, a cancel
                 _unlink(partial)
                 raise
             os.replace(partial, output.host)
@@ -278,5 +290,10 @@ class SkipLog:
 
 
 def _unlink(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
+    """Remove a partial output; one that cannot go is logged, never a second failure on top of the first."""
+    try:
         path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        logger.warning("could not remove the partial output %s: %s", path, exc)

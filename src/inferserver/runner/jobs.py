@@ -29,6 +29,8 @@ class RunLimits:
     shm_size: int  # bytes of /dev/shm
     timeout: int  # seconds from the container's start to its exit
     log_bytes: int  # the session log stops growing past this
+    output_bytes: int  # the largest output file taken out of the container
+    disk_reserve: int  # free bytes the disk outputs are written to keeps; an output eating into it fails the run
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,9 @@ class RunJob:
     gpu_ids: list[str] | None = None
     # Added to the reason when the engine refuses an input's bind mount: which setting to look at.
     mount_note: str = ""
+    # How reasons name the disk outputs are written to, e.g. "SESSION_PATH (/var/inferserver)";
+    # empty: the output's own directory.
+    disk_note: str = ""
 
     @property
     def mounted_inputs(self) -> list[FileTransfer]:

@@ -12,9 +12,12 @@ import os
 import stat
 import tarfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from types import TracebackType
+from typing import Self
 
 import aiofiles
 import aiofiles.os
@@ -50,6 +53,21 @@ class EmptyArchive(ArchiveError):
 
 class SourceChanged(RuntimeError):
     """A file changed size while it was being streamed; the archive would be corrupt."""
+
+
+class WriteFailed(Exception):
+    """Writing the member to our own disk failed. Not an OSError on purpose: the stream's errors (the
+    engine's connection) are OSErrors too, and the two must not be taken for each other."""
+
+    def __init__(self, path: Path, error: OSError) -> None:
+        super().__init__(f"could not write {path}: {error.strerror or error}")
+        self.path = path
+        self.error = error
+
+
+# Called with the member's size from its header and the bytes written so far: once before the first byte
+# (written 0) and after each piece. It raises to refuse the member; the caller removes what was written.
+SizeGuard = Callable[[int, int], None]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,22 +264,61 @@ async def _first_member(reader: _Reader) -> tarfile.TarInfo:
         return info
 
 
-async def extract_single_file(chunks: AsyncIterator[bytes], dest: Path) -> int:
+class _LocalFile:
+    """A BlockWriter whose OSErrors become WriteFailed naming `dest`."""
+
+    def __init__(self, dest: Path) -> None:
+        self._dest = dest
+        self._writer = BlockWriter(dest)
+
+    @property
+    def size(self) -> int:
+        return self._writer.size
+
+    async def __aenter__(self) -> Self:
+        with self._local():
+            await self._writer.__aenter__()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        with self._local():
+            await self._writer.__aexit__(exc_type, exc, tb)
+
+    async def write(self, piece: bytes) -> None:
+        with self._local():
+            await self._writer.write(piece)
+
+    @contextmanager
+    def _local(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            raise WriteFailed(self._dest, exc) from exc
+
+
+async def extract_single_file(chunks: AsyncIterator[bytes], dest: Path, guard: SizeGuard | None = None) -> int:
     """Write the first member of the tar stream `chunks` to `dest` as it arrives; return its size.
 
     Made for `GET /containers/{id}/archive?path=<file>`. Reading stops after the member's data
     and padding; the caller closes the stream. `dest` is only opened once the member is known to
-    be a regular file.
+    be a regular file and `guard` has accepted its size. Errors writing `dest` raise WriteFailed;
+    the caller removes a partly written `dest`.
     """
     reader = _Reader(chunks)
     info = await _first_member(reader)
     if info.type not in tarfile.REGULAR_TYPES or info.type == tarfile.GNUTYPE_SPARSE:
         kind = _KINDS.get(info.type, f"has unsupported tar type {info.type!r}")
         raise NotARegularFile(info.name.rstrip("/"), kind)
+    if guard is not None:
+        guard(info.size, 0)
 
-    async with BlockWriter(dest) as out:
+    async with _LocalFile(dest) as out:
         async for piece in reader.stream(info.size):
             await out.write(piece)
+            if guard is not None:
+                guard(info.size, out.size)
     async for _ in reader.stream(-info.size % BLOCK):  # a missing padding means a cut stream too
         pass
     return out.size

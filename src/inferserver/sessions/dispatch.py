@@ -45,11 +45,20 @@ class SessionLog:
         self.path = path
         self.signals = signals
         self.session_id = session_id
+        self.failed = False
 
     async def write(self, data: bytes) -> None:
         # Small appends to the page cache: cheaper inline than a thread hop per frame.
-        with open(self.path, "ab") as log:
-            log.write(data)
+        try:
+            with open(self.path, "ab") as log:
+                log.write(data)
+        except OSError as exc:
+            # Our disk (full SESSION_PATH), not the engine: the log misses lines, but the run goes on and
+            # its outcome is still recorded with the true reason.
+            if not self.failed:
+                logger.warning("session %s: could not write its log %s: %s", self.session_id, self.path, exc)
+            self.failed = True
+            return
         self.signals.notify(self.session_id)
 
 
@@ -65,6 +74,7 @@ def job_for(plan: SessionPlan, instance: str, settings: Settings, gpu_ids: list[
         labels={LABEL_MODEL: spec.id, LABEL_INSTANCE: instance},
         gpu_ids=gpu_ids,
         mount_note=mount_note(settings),
+        disk_note=f"SESSION_PATH ({settings.SESSION_PATH})",
     )
 
 

@@ -18,7 +18,7 @@ class DispatchLock:
         self._file: IO[bytes] | None = None
 
     def try_acquire(self) -> bool:
-        handle = open(self.path, "ab")
+        handle = open(self.path, "ab")  # noqa: SIM115 - stays open: the flock lasts as long as the file
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -60,7 +60,7 @@ class SessionManager:
         if loaded is None:
             raise NotFound(f"unknown model {model_id!r}")
         try:
-            config = validate_run_config(loaded.spec, request)
+            config = validate_run_config(loaded.spec, request, max_string_bytes=self.settings.MAX_STRING_PARAM_BYTES)
         except ConfigError as exc:
             raise InvalidInput(str(exc)) from exc
         check_room(await self.live_count(), self.settings.MAX_SESSIONS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -40,11 +41,10 @@ class Signal:
         self._event = asyncio.Event()
 
     @staticmethod
-    async def wait(token: asyncio.Event, timeout: float) -> None:
-        try:
-            await asyncio.wait_for(token.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
+    async def wait(token: asyncio.Event, seconds: float) -> None:
+        """Until the token is notified, or `seconds` have passed (a wake-up for polling, not an error)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(token.wait(), seconds)
 
 
 class Signals:

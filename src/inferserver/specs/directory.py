@@ -89,6 +89,8 @@ def assemble(loaded: list[LoadedModel], errors: list[SpecLoadError]) -> ModelDir
         files = ", ".join(str(m.path) for m in same)
         for m in same:
             result.errors.append(
-                SpecLoadError(m.path, f"model id {model_id!r} is used by several files ({files}); none of them is served")
+                SpecLoadError(
+                    m.path, f"model id {model_id!r} is used by several files ({files}); none of them is served"
+                )
             )
     return result

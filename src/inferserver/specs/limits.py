@@ -34,7 +34,9 @@ class ModelLimits(GpuDemand):
     # forbid: a misspelt limit ("memroy") must not silently leave the model unlimited by it.
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    memory: Annotated[int | str, _size_at_least(DOCKER_MIN_MEMORY)] | None = Field(None, description="Memory limit, e.g. \"16GiB\"; at most CONTAINER_MEMORY.")
+    memory: Annotated[int | str, _size_at_least(DOCKER_MIN_MEMORY)] | None = Field(
+        None, description='Memory limit, e.g. "16GiB"; at most CONTAINER_MEMORY.'
+    )
     cpus: Annotated[int | float, Field(gt=0)] | None = Field(None, description="CPUs; at most CONTAINER_CPUS.")
     pids: Annotated[int, Field(gt=0)] | None = Field(None, description="Processes and threads; at most CONTAINER_PIDS.")
     shm_size: SizeValue | None = Field(None, description="Size of /dev/shm, e.g. \"1g\"; at most CONTAINER_SHM.")

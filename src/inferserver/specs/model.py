@@ -12,6 +12,7 @@ Two rules shape these classes:
 from __future__ import annotations
 
 import math
+import unicodedata
 from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import (
@@ -31,6 +32,7 @@ from .upgrade import CURRENT_VERSION, upgrade_spec
 Status = Literal["required", "suggested", "optional"]
 SECTIONS = ("inputs", "outputs", "params")
 
+NAME_MAX = 255  # bytes in one file name (Linux, and the archives that carry files into containers)
 INT_MIN, INT_MAX = -2147483648, 2147483647
 FLOAT_MIN, FLOAT_MAX = -3.40282e038, 3.40282e038
 
@@ -111,6 +113,17 @@ class IOSpec(_SpecPart):
         if isinstance(data, dict) and data.get("type") == "segmentation":
             data = _filled(data, colours={}, names={})
         return data
+
+    @field_validator("extension")
+    @classmethod
+    def _file_name_part(cls, extension: str) -> str:
+        # The extension ends the file's name on disk and in the container (<name><extension>).
+        if any(c in "/\\" or unicodedata.category(c) == "Cc" for c in extension):
+            raise ValueError(f"must not contain '/', '\\', NUL or control characters, not {_short(extension)}: "
+                             "it becomes part of a file name")
+        if len(extension.encode()) > NAME_MAX:
+            raise ValueError(f"is {len(extension.encode())} bytes long; a file name part may have at most {NAME_MAX}")
+        return extension
 
     @field_validator("colours")
     @classmethod
@@ -235,6 +248,8 @@ class ModelSpec(_SpecPart):
                 if not name.isidentifier():
                     raise ValueError(f"{section}/{name}: name must be a valid Python identifier")
                 seen.add(name)
+                if section != "params" and len(f"{name}{getattr(self, section)[name].extension}".encode()) > NAME_MAX:
+                    raise ValueError(f"{section}/{name}: name and extension make a file name over {NAME_MAX} bytes")
         if self.order:
             if len(self.order) != len(seen):
                 raise ValueError("order: must list every input, output and param exactly once")

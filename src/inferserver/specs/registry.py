@@ -75,7 +75,9 @@ class ModelRegistry:
         for error in fresh.errors:
             if str(error) in reported - self._reported:
                 kept = self._good.get(error.path)
-                note = f"; still serving its previous version {kept.spec.version}" if kept and error.path in self._bad else ""
+                note = ""
+                if kept is not None and error.path in self._bad:
+                    note = f"; still serving its previous version {kept.spec.version}"
                 logger.error("model spec not served: %s%s", error, note)
         self._reported = reported
         before, after = self.directory.models, fresh.models
@@ -85,7 +87,8 @@ class ModelRegistry:
             logger.info("model %s is no longer served", model_id)
         for model_id in before.keys() & after.keys():
             if before[model_id].spec is not after[model_id].spec and before[model_id].spec != after[model_id].spec:
-                logger.info("model %s updated to version %s from %s", model_id, after[model_id].spec.version, after[model_id].path)
+                new = after[model_id]
+                logger.info("model %s updated to version %s from %s", model_id, new.spec.version, new.path)
 
 
 def _stamps(path: Path) -> dict[Path, Stamp]:

@@ -91,7 +91,12 @@ class RunConfig:
         )
 
 
-def validate_run_config(spec: ModelSpec, request: SessionRequest) -> RunConfig:
+# Each string value becomes one argument of the model's command: Linux refuses to exec one over 128 KiB,
+# and each session keeps its configuration on disk (MAX_STRING_PARAM_BYTES; this is its default).
+MAX_STRING_BYTES = 64 << 10
+
+
+def validate_run_config(spec: ModelSpec, request: SessionRequest, *, max_string_bytes: int = MAX_STRING_BYTES) -> RunConfig:
     """Check ``request`` against ``spec`` and fill in defaults; ConfigError names the bad field."""
     for section in ("inputs", "params", "outputs"):
         known = getattr(spec, section)
@@ -103,7 +108,7 @@ def validate_run_config(spec: ModelSpec, request: SessionRequest) -> RunConfig:
     return RunConfig(
         inputs=_enabled(spec.inputs, request.inputs, "inputs"),
         outputs=_enabled(spec.outputs, request.outputs, "outputs"),
-        params={name: _param_value(name, p, request.params.get(name)) for name, p in spec.params.items()},
+        params={name: _param_value(name, p, request.params.get(name), max_string_bytes) for name, p in spec.params.items()},
     )
 
 
@@ -125,7 +130,7 @@ def _enabled(specs: dict[str, IOSpec], given: dict[str, IOChoice], section: str)
     return out
 
 
-def _param_value(name: str, spec: Any, choice: ParamChoice | None) -> ParamValue:
+def _param_value(name: str, spec: Any, choice: ParamChoice | None, max_string_bytes: int) -> ParamValue:
     field_name = f"params/{name}"
     if choice is None or "value" not in choice.model_fields_set:
         # The spec default as written, like ablinfer (a float param's default 1 stays 1).
@@ -134,22 +139,27 @@ def _param_value(name: str, spec: Any, choice: ParamChoice | None) -> ParamValue
 
     if isinstance(spec, IntParam):
         if isinstance(v, bool) or not isinstance(v, int):
-            raise ConfigError(field_name, f"must be an integer, not {v!r}")
+            raise ConfigError(field_name, f"must be an integer, not {_shown(v)}")
         return _in_range(field_name, v, spec)
     if isinstance(spec, FloatParam):
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise ConfigError(field_name, f"must be a number, not {v!r}")
-        if not math.isfinite(v):
+            raise ConfigError(field_name, f"must be a number, not {_shown(v)}")
+        if isinstance(v, float) and not math.isfinite(v):
             raise ConfigError(field_name, f"must be a finite number, not {v!r}")
-        return _in_range(field_name, float(v), spec)
+        # Range first: Python compares a huge int with a float exactly, while float() of it overflows.
+        in_range = _in_range(field_name, v, spec)
+        try:
+            return float(in_range)
+        except OverflowError:  # only under a spec whose bound is Infinity
+            raise ConfigError(field_name, f"{_shown(v)} is too large for a float") from None
     if isinstance(spec, BoolParam):
         if not isinstance(v, bool):
-            raise ConfigError(field_name, f"must be true or false, not {v!r}")
+            raise ConfigError(field_name, f"must be true or false, not {_shown(v)}")
         return v
     if isinstance(spec, StringParam):
         if not isinstance(v, str):
-            raise ConfigError(field_name, f"must be a string, not {v!r}")
-        return v
+            raise ConfigError(field_name, f"must be a string, not {_shown(v)}")
+        return _command_string(field_name, v, max_string_bytes)
     if isinstance(spec, EnumParam):
         values = list(spec.enum.values())
         # Compare types too: True == 1 in Python, but not in the enum.
@@ -157,11 +167,29 @@ def _param_value(name: str, spec: Any, choice: ParamChoice | None) -> ParamValue
             return v
         allowed = ", ".join(repr(x) for x in values)
         hint = f" ({v!r} is a label; send its value {spec.enum[v]!r})" if isinstance(v, str) and v in spec.enum else ""
-        raise ConfigError(field_name, f"must be one of the values {allowed}, not {v!r}{hint}")
+        raise ConfigError(field_name, f"must be one of the values {allowed}, not {_shown(v)}{hint}")
     raise ConfigError(field_name, f"unsupported parameter type {getattr(spec, 'type', '?')!r}")
+
+
+def _command_string(field_name: str, v: str, max_bytes: int) -> str:
+    """A string that can be one argument of the model's command: no NUL, at most `max_bytes` in UTF-8."""
+    if "\0" in v:
+        raise ConfigError(field_name, "must not contain a NUL character (it cannot be passed to the model's command)")
+    size = len(v.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        raise ConfigError(field_name, f"is {size} bytes long; the limit is {max_bytes} bytes (MAX_STRING_PARAM_BYTES)")
+    return v
 
 
 def _in_range(field_name: str, v: int | float, spec: IntParam | FloatParam) -> int | float:
     if v < spec.min or v > spec.max:
-        raise ConfigError(field_name, f"{v!r} is outside the allowed range [{spec.min}, {spec.max}]")
+        raise ConfigError(field_name, f"{_shown(v)} is outside the allowed range [{spec.min}, {spec.max}]")
     return v
+
+
+def _shown(value: Any) -> str:
+    """A value as the caller sent it, cut short: a 401-digit number or a 1 MiB string is not echoed whole."""
+    if isinstance(value, int) and abs(value) >= 10**60:  # str() of a huge int is slow, or refused past 4300 digits
+        return f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
