@@ -5,6 +5,7 @@ kill -9, NIfTI short by its datatype refused, and lossless .nii <-> .nii.gz."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -115,8 +116,10 @@ def test_a_nrrd_data_file_upload_is_refused_and_reads_nothing(server: Server, ca
         sid = new_session(client, "copy")
         answer = upload(client, sid, LEAKS[case])
         assert answer.status_code == 400, answer.text
-        assert detail(answer) == (f"input input_vol: {REFUSED_FIELD} (no detached data file, no byte or line skip) "
-                                  "(the upload claims to be .nrrd; it cannot be converted to .nii.gz)")
+        assert detail(answer) == (
+            f"input input_vol: {REFUSED_FIELD} (no detached data file, no byte or line skip) "
+            "(the upload claims to be .nrrd; it cannot be converted to .nii.gz)"
+        )
         status = client.get(f"/sessions/{sid}").json()["data"]
     assert status["status"] == "waiting" and status["needed"] == ["input_vol"]
     assert inputs_of(server, sid) == []
@@ -159,8 +162,10 @@ def test_format_on_a_nrrd_output_with_a_data_file_is_refused_without_convert_inp
             for target in (".nii", ".nii.gz"):
                 answer = client.get(f"/sessions/{sid}/outputs/output_vol", params={"format": target})
                 assert answer.status_code == 400, answer.text
-                assert detail(answer) == (f"output output_vol cannot be converted to {target}: output output_vol: "
-                                          f"{REFUSED_FIELD} (no detached data file, no byte or line skip)")
+                assert detail(answer) == (
+                    f"output output_vol cannot be converted to {target}: output output_vol: "
+                    f"{REFUSED_FIELD} (no detached data file, no byte or line skip)"
+                )
         outputs = sorted(p.name for p in (server.session_path / sid / "outputs").iterdir() if p.suffix != ".lock")
         assert outputs == ["output_vol.nrrd"]
     finally:
@@ -184,8 +189,10 @@ def bomb(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     return data
 
 
-BOMB_REFUSAL = ("its NIfTI header describes 2147483648 bytes of voxels (1024 x 1024 x 1024, 2 bytes each), over the "
-                "conversion limit of 1073741824 bytes (MAX_CONVERT_BYTES)")
+BOMB_REFUSAL = (
+    "its NIfTI header describes 2147483648 bytes of voxels (1024 x 1024 x 1024, 2 bytes each), over the "
+    "conversion limit of 1073741824 bytes (MAX_CONVERT_BYTES)"
+)
 
 
 def test_a_decompression_bomb_is_413_from_its_header_with_memory_flat(server: Server, bomb: bytes) -> None:
@@ -201,8 +208,11 @@ def test_a_decompression_bomb_is_413_from_its_header_with_memory_flat(server: Se
         assert upload(client, sid, bomb).status_code == 200
         assert server.wait_status(sid, {"complete", "failed"})["status"] == "complete"
         with ThreadPoolExecutor(6) as pool:
-            answers = list(pool.map(lambda _: client.get(f"/sessions/{sid}/outputs/output_vol",
-                                                         params={"format": ".nrrd"}), range(6)))
+            answers = list(
+                pool.map(
+                    lambda _: client.get(f"/sessions/{sid}/outputs/output_vol", params={"format": ".nrrd"}), range(6)
+                )
+            )
     for answer in answers:
         assert answer.status_code == 413 and detail(answer) == f"output output_vol: {BOMB_REFUSAL}"
     grown = peak_rss(server) - before
@@ -230,16 +240,23 @@ def _six_parallel_requests_run_one_conversion(server: Server, tmp_path: Path, *,
         assert server.wait_status(sid, {"complete", "failed"})["status"] == "complete"
         before = peak_rss(server) if measure else 0
         with ThreadPoolExecutor(6) as pool:
-            answers = list(pool.map(lambda _: client.get(f"/sessions/{sid}/outputs/output_vol",
-                                                         params={"format": ".nrrd"}), range(6)))
+            answers = list(
+                pool.map(
+                    lambda _: client.get(f"/sessions/{sid}/outputs/output_vol", params={"format": ".nrrd"}), range(6)
+                )
+            )
     grown = peak_rss(server) - before if measure else 0
     if measure:
         print(f"peak RSS growth serving six parallel ?format=.nrrd of a 40 MB volume: {grown / 2**20:.1f} MiB")
     assert [a.status_code for a in answers] == [200] * 6
     assert len({a.content for a in answers}) == 1 and len(answers[0].content) > 39_000_000
     log = server.output()
-    assert log.count(f"output output_vol: converting .nii.gz to .nrrd (39753500 bytes of voxels): "
-                     f"{server.session_path / sid}") == 1, log
+    assert (
+        log.count(
+            f"output output_vol: converting .nii.gz to .nrrd (39753500 bytes of voxels): {server.session_path / sid}"
+        )
+        == 1
+    ), log
     assert grown < 64 << 20
 
 
@@ -256,10 +273,14 @@ def test_nifti_short_by_its_datatype_is_refused(server: Server, datatype_case: s
         sid = new_session(client, "copy_nrrd")
         answer = upload(client, sid, body)
     assert answer.status_code == 400, answer.text
-    reason = ("NIfTI bitpix 8 disagrees with datatype 16 (32 bits)" if datatype_case == "bitpix lies"
-              else "its header describes 32352 bytes of header and voxels, but the file holds 8352")
-    assert detail(answer) == (f"input input_vol: {reason} (the upload claims to be .nii; it cannot be converted to "
-                              ".nrrd)")
+    reason = (
+        "NIfTI bitpix 8 disagrees with datatype 16 (32 bits)"
+        if datatype_case == "bitpix lies"
+        else "its header describes 32352 bytes of header and voxels, but the file holds 8352"
+    )
+    assert detail(answer) == (
+        f"input input_vol: {reason} (the upload claims to be .nii; it cannot be converted to .nrrd)"
+    )
     assert inputs_of(server, sid) == []
 
 
@@ -280,7 +301,9 @@ def test_nifti_gzip_and_gunzip_are_lossless_for_inputs_and_outputs(server: Serve
     assert as_gz.status_code == 200 and gzip.decompress(as_gz.content) == original
 
 
-def test_nrrd_round_trip_keeps_voxels_geometry_and_descrip_but_not_byte_order_or_codes(server: Server, tmp_path: Path) -> None:
+def test_nrrd_round_trip_keeps_voxels_geometry_and_descrip_but_not_byte_order_or_codes(
+    server: Server, tmp_path: Path
+) -> None:
     """NRRD <-> NIfTI goes through SimpleITK: what survives it (the README says the same)."""
     original = nibabel.load(real_volume())
     with server.client() as client:
@@ -306,8 +329,12 @@ def test_the_disk_reserve_is_507_and_leaves_no_file(fixture_images: None, tmp_pa
     disk.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300m", "tmpfs", str(disk)], check=True)
     try:
-        server = start_server(tmp_path / "srv", write_models(tmp_path / "models"), session_path=disk / "sessions",
-                              DISK_RESERVE_BYTES="100MiB")
+        server = start_server(
+            tmp_path / "srv",
+            write_models(tmp_path / "models"),
+            session_path=disk / "sessions",
+            DISK_RESERVE_BYTES="100MiB",
+        )
         try:
             # 250 KB of gzip that decompresses to 230 MB of voxels: the .nii.gz written would eat into the reserve
             data = gzip.compress(bytes(230_000_000), 9)
@@ -317,8 +344,9 @@ def test_the_disk_reserve_is_507_and_leaves_no_file(fixture_images: None, tmp_pa
                 sid = new_session(client, "copy")
                 answer = upload(client, sid, body)
             assert answer.status_code == 507, answer.text
-            assert detail(answer).startswith("not enough disk space for input input_vol: the server keeps 100 MiB free "
-                                             "(DISK_RESERVE_BYTES) and has ")
+            assert detail(answer).startswith(
+                "not enough disk space for input input_vol: the server keeps 100 MiB free (DISK_RESERVE_BYTES) and has "
+            )
             assert inputs_of(server, sid) == []
             assert abs(os.statvfs(disk).f_bavail - free_before) < 64  # pages: nothing was written and left
         finally:
@@ -338,7 +366,9 @@ def test_kill_9_during_a_conversion_leaves_no_partial_after_restart(fixture_imag
         with server.client() as client:
             sid = new_session(client, "copy_nii")
             with volume.open("rb") as stream:
-                assert client.put(f"/sessions/{sid}/inputs/input_vol", content=stream, headers=OCTETS).status_code == 200
+                assert (
+                    client.put(f"/sessions/{sid}/inputs/input_vol", content=stream, headers=OCTETS).status_code == 200
+                )
         assert server.wait_status(sid, {"complete", "failed"}, timeout=120)["status"] == "complete"
         outputs = server.session_path / sid / "outputs"
         request = threading.Thread(target=lambda: _get_quietly(server, sid), daemon=True)
@@ -367,10 +397,8 @@ def test_kill_9_during_a_conversion_leaves_no_partial_after_restart(fixture_imag
 
 
 def _get_quietly(server: Server, sid: str) -> None:
-    try:
+    with contextlib.suppress(httpx.HTTPError):  # the server is killed under this request
         httpx.get(f"{server.url}/sessions/{sid}/outputs/output_vol", params={"format": ".nii.gz"}, timeout=120)
-    except httpx.HTTPError:
-        pass  # the server is killed under this request
 
 
 def test_a_disk_that_fills_during_conversion_is_507_not_400(fixture_images: None, tmp_path: Path) -> None:
@@ -380,8 +408,9 @@ def test_a_disk_that_fills_during_conversion_is_507_not_400(fixture_images: None
     disk.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=250m", "tmpfs", str(disk)], check=True)
     try:
-        server = start_server(tmp_path / "srv", write_models(tmp_path / "models"), session_path=disk / "sessions",
-                              DISK_RESERVE_BYTES="0")
+        server = start_server(
+            tmp_path / "srv", write_models(tmp_path / "models"), session_path=disk / "sessions", DISK_RESERVE_BYTES="0"
+        )
         try:
             volume = tmp_path / "zeros.nii.gz"  # 154 MB of float32 zeros, 150 KB gzipped
             nibabel.save(nibabel.Nifti1Image(np.zeros((400, 400, 240), np.float32), np.eye(4)), volume)
@@ -392,14 +421,19 @@ def test_a_disk_that_fills_during_conversion_is_507_not_400(fixture_images: None
                 for sid in sids:
                     assert server.wait_status(sid, {"complete", "failed"})["status"] == "complete"
                 with ThreadPoolExecutor(2) as pool:
-                    answers = list(pool.map(lambda sid: client.get(f"/sessions/{sid}/outputs/output_vol",
-                                                                   params={"format": ".nrrd"}), sids))
+                    answers = list(
+                        pool.map(
+                            lambda sid: client.get(f"/sessions/{sid}/outputs/output_vol", params={"format": ".nrrd"}),
+                            sids,
+                        )
+                    )
             assert sorted(a.status_code for a in answers) == [200, 507], [a.text[:300] for a in answers]
             failed = next(a for a in answers if a.status_code == 507)
             assert detail(failed).startswith("output output_vol: not enough disk space to write the converted file")
-            for sid, answer in zip(sids, answers):
-                outputs = sorted(p.name for p in (server.session_path / sid / "outputs").iterdir()
-                                 if not p.name.endswith(".lock"))
+            for sid, answer in zip(sids, answers, strict=False):
+                outputs = sorted(
+                    p.name for p in (server.session_path / sid / "outputs").iterdir() if not p.name.endswith(".lock")
+                )
                 kept = ["output_vol.nii.gz"] + ([".output_vol.nii.gz.as.nrrd"] if answer.status_code == 200 else [])
                 assert outputs == sorted(kept)
         finally:

@@ -67,8 +67,11 @@ async def test_a_write_past_the_file_size_limit_is_507_and_leaves_nothing(tmp_pa
 
 async def test_too_little_memory_is_413(tmp_path: Path) -> None:
     path = volume(tmp_path, (400, 400, 400))  # 256 MB of voxels in a 700 MiB address space
-    with pytest.raises(ConversionTooLarge, match=rf"^{LABEL}: the conversion needs more memory than its limit of "
-                                                 r"734003200 bytes \(from MAX_CONVERT_BYTES\)$"):
+    with pytest.raises(
+        ConversionTooLarge,
+        match=rf"^{LABEL}: the conversion needs more memory than its limit of "
+        r"734003200 bytes \(from MAX_CONVERT_BYTES\)$",
+    ):
         await converter(tmp_path, memory=700 << 20).converted_copy(path, ".nrrd", LABEL)
     assert leftovers(path) == []
 
@@ -88,8 +91,11 @@ def sleeper(tmp: Path, timeout: int) -> tuple[Converter, Path]:
     pid_file = tmp / "child.pid"
 
     class Sleeper(Converter):
-        command = (sys.executable, "-c", (f"import os, time; open('{pid_file}', 'w').write(str(os.getpid())); "
-                   "time.sleep(60)"))
+        command = (
+            sys.executable,
+            "-c",
+            (f"import os, time; open('{pid_file}', 'w').write(str(os.getpid())); time.sleep(60)"),
+        )
 
     return Sleeper(ConvertLimits(1 << 30, timeout, 2, tmp / "slots"), lambda label, coming: None), pid_file
 
@@ -102,7 +108,9 @@ async def test_a_conversion_past_convert_timeout_is_killed_413(tmp_path: Path) -
     path = volume(tmp_path, (10, 10, 10))
     conv, pid_file = sleeper(tmp_path, 1)
     started = time.monotonic()
-    with pytest.raises(ConversionTooLarge, match=rf"^{LABEL}: the conversion took longer than CONVERT_TIMEOUT \(1 s\)$"):
+    with pytest.raises(
+        ConversionTooLarge, match=rf"^{LABEL}: the conversion took longer than CONVERT_TIMEOUT \(1 s\)$"
+    ):
         await conv.converted_copy(path, ".nrrd", LABEL)
     assert time.monotonic() - started < 5
     assert leftovers(path) == [] and gone(pid_file)
@@ -124,9 +132,15 @@ async def test_max_conversions_are_shared_slots(tmp_path: Path) -> None:
     marks.mkdir()
 
     class Stamping(Converter):
-        command = (sys.executable, "-c", ("import sys, time, os, json; d = json.loads(sys.argv[1]); "
-                   f"open('{marks}/' + str(time.monotonic_ns()), 'w').write(d['dest']); time.sleep(0.5); "
-                   f"open('{marks}/' + str(time.monotonic_ns()), 'w').write(d['dest']); print('{{\"ok\": true}}')"))
+        command = (
+            sys.executable,
+            "-c",
+            (
+                "import sys, time, os, json; d = json.loads(sys.argv[1]); "
+                f"open('{marks}/' + str(time.monotonic_ns()), 'w').write(d['dest']); time.sleep(0.5); "
+                f"open('{marks}/' + str(time.monotonic_ns()), 'w').write(d['dest']); print('{{\"ok\": true}}')"
+            ),
+        )
 
     conv = Stamping(ConvertLimits(1 << 30, 60, 1, tmp_path / "slots"), lambda label, coming: None)
     a = volume(tmp_path / "a", (5, 5, 5))

@@ -3,6 +3,7 @@ and properties (hypothesis) that no header gets a detached file read or an alloc
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import struct
 import tracemalloc
@@ -28,11 +29,23 @@ def nrrd_file(fields: str, data: bytes = b"") -> bytes:
     return b"NRRD0004\n" + fields.encode() + b"\n" + data
 
 
-@pytest.mark.parametrize("line", [
-    "data file: /etc/passwd", "data file: ../../inferserver.db", "data file: /proc/self/environ",
-    "data file: LIST\nx.raw", "data file: slice%03d.raw 0 9 1 2", "datafile: /etc/passwd", "Data File: /etc/passwd",
-    "DATA  FILE: /dev/zero", "data file:=/etc/passwd", " data\tfile : /etc/passwd", "byte skip: -1", "line skip: 3",
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "data file: /etc/passwd",
+        "data file: ../../inferserver.db",
+        "data file: /proc/self/environ",
+        "data file: LIST\nx.raw",
+        "data file: slice%03d.raw 0 9 1 2",
+        "datafile: /etc/passwd",
+        "Data File: /etc/passwd",
+        "DATA  FILE: /dev/zero",
+        "data file:=/etc/passwd",
+        " data\tfile : /etc/passwd",
+        "byte skip: -1",
+        "line skip: 3",
+    ],
+)
 def test_any_form_of_detached_data_is_refused_naming_the_field(line: str) -> None:
     head = nrrd_file(f"type: uint8\ndimension: 3\nsizes: 64 1 1\nencoding: raw\n{line}\n", b"x" * 64)
     with pytest.raises(ConversionError) as caught:
@@ -44,7 +57,9 @@ def test_any_form_of_detached_data_is_refused_naming_the_field(line: str) -> Non
 @pytest.mark.parametrize("encoding", ["bzip2", "bz2", "ascii", "text", "hex", "zstd"])
 def test_encodings_not_counted_exactly_are_refused(encoding: str) -> None:
     head = nrrd_file(f"type: uint8\ndimension: 1\nsizes: 4\nencoding: {encoding}\n", b"1 2 3 4")
-    with pytest.raises(ConversionError, match=rf"^{LABEL}: NRRD encoding '{encoding}' is not accepted: only raw, gzip, gz$"):
+    with pytest.raises(
+        ConversionError, match=rf"^{LABEL}: NRRD encoding '{encoding}' is not accepted: only raw, gzip, gz$"
+    ):
         nrrd.parse(head, LABEL, GiB)
 
 
@@ -61,8 +76,10 @@ def test_nrrd_over_the_cap_is_413_from_the_header_alone() -> None:
     head = nrrd_file("type: short\ndimension: 3\nsizes: 1024 1024 1024\nencoding: gzip\n")
     with pytest.raises(ConversionTooLarge) as caught:
         nrrd.parse(head, LABEL, GiB)
-    assert str(caught.value) == (f"{LABEL}: its NRRD header describes 2147483648 bytes of voxels (sizes 1024 1024 1024, "
-                                 "type short), over the conversion limit of 1073741824 bytes (MAX_CONVERT_BYTES)")
+    assert str(caught.value) == (
+        f"{LABEL}: its NRRD header describes 2147483648 bytes of voxels (sizes 1024 1024 1024, "
+        "type short), over the conversion limit of 1073741824 bytes (MAX_CONVERT_BYTES)"
+    )
 
 
 def test_a_nrrd_good_header_gives_offset_encoding_and_size() -> None:
@@ -92,8 +109,11 @@ def test_nifti_element_size_comes_from_datatype_and_bitpix_must_agree(tmp_path: 
     # short by datatype: bitpix and datatype both say float32, the file holds int16's worth
     short = with_field(with_field(raw, 70, "h", 16), 72, "h", 32)
     (tmp_path / "short.nii").write_bytes(short)
-    with pytest.raises(ConversionError, match=rf"^{LABEL}: its header describes 832 bytes of header and voxels, "
-                                              "but the file holds 592$"):
+    with pytest.raises(
+        ConversionError,
+        match=rf"^{LABEL}: its header describes 832 bytes of header and voxels, "
+        "but the file holds 592$",
+    ):
         verify(tmp_path / "short.nii", ".nii", LABEL, GiB)
 
 
@@ -101,7 +121,7 @@ def test_nifti_element_size_comes_from_datatype_and_bitpix_must_agree(tmp_path: 
 def test_nifti_pair_files_are_refused(magic: bytes) -> None:
     raw = bytearray(nifti_bytes())
     raw[344:348] = magic
-    with pytest.raises(ConversionError, match="is a .hdr/.img pair whose voxels are in a separate file"):
+    with pytest.raises(ConversionError, match=r"is a \.hdr/\.img pair whose voxels are in a separate file"):
         nifti.parse(bytes(raw), LABEL, GiB)
 
 
@@ -118,16 +138,22 @@ def test_nifti2_pair_is_refused_and_single_file_accepted() -> None:
 def test_nifti_bomb_over_the_cap_is_413() -> None:
     raw = nifti_bytes((1, 1, 1))
     raw = struct.pack("<8h", 3, 1024, 1024, 1024, 1, 1, 1, 1).join([raw[:40], raw[56:]])
-    with pytest.raises(ConversionTooLarge, match=r"2147483648 bytes of voxels \(1024 x 1024 x 1024, 2 bytes each\), "
-                                                 r"over the conversion limit of 1073741824 bytes \(MAX_CONVERT_BYTES\)"):
+    with pytest.raises(
+        ConversionTooLarge,
+        match=r"2147483648 bytes of voxels \(1024 x 1024 x 1024, 2 bytes each\), "
+        r"over the conversion limit of 1073741824 bytes \(MAX_CONVERT_BYTES\)",
+    ):
         nifti.parse(raw, LABEL, GiB)
 
 
 def test_gzip_streams_are_counted_whole(tmp_path: Path) -> None:
     whole = real_volume().read_bytes()
     gz = gzip.compress(whole)
-    cases = {"truncated": gz[:-100], "crc": gz[:-8] + b"\0\0\0\0" + gz[-4:],
-             "too long": gzip.compress(whole + b"\0" * (TRAILING_SLACK + 1))}
+    cases = {
+        "truncated": gz[:-100],
+        "crc": gz[:-8] + b"\0\0\0\0" + gz[-4:],
+        "too long": gzip.compress(whole + b"\0" * (TRAILING_SLACK + 1)),
+    }
     for content in cases.values():
         (tmp_path / "v.nii.gz").write_bytes(content)
         with pytest.raises(ConversionError, match=f"^{LABEL}: the gzip stream"):
@@ -155,12 +181,15 @@ def nrrd_headers(draw: st.DrawFn) -> tuple[bytes, bool]:
     """A mostly well-formed NRRD header (sizes up to 2^40 each); some name detached data in any case, spacing and
     separator, anywhere among the fields."""
     sizes = draw(st.lists(st.integers(-2, 1 << 40), min_size=1, max_size=4))
-    lines = [f"type: {draw(st.sampled_from(['uint8', 'short', 'double', 'block', 'unsigned long long']))}",
-             f"dimension: {len(sizes) if draw(st.integers(0, 9)) else 17}",
-             "sizes: " + " ".join(map(str, sizes)),
-             f"encoding: {draw(st.sampled_from(['raw', 'gzip', 'gz', 'bzip2', 'ascii']))}"]
-    lines += draw(st.lists(st.sampled_from(["endian: big", "# comment", "key:=value", "content: x", "kinds: domain"]),
-                           max_size=3))
+    lines = [
+        f"type: {draw(st.sampled_from(['uint8', 'short', 'double', 'block', 'unsigned long long']))}",
+        f"dimension: {len(sizes) if draw(st.integers(0, 9)) else 17}",
+        "sizes: " + " ".join(map(str, sizes)),
+        f"encoding: {draw(st.sampled_from(['raw', 'gzip', 'gz', 'bzip2', 'ascii']))}",
+    ]
+    lines += draw(
+        st.lists(st.sampled_from(["endian: big", "# comment", "key:=value", "content: x", "kinds: domain"]), max_size=3)
+    )
     detached = draw(st.integers(0, 2)) == 0
     if detached:
         name = draw(st.sampled_from(DETACHED))
@@ -192,10 +221,8 @@ def test_property_no_nrrd_header_gets_detached_data_or_an_allocation_past_the_bo
     path = tmp_path / "v.nrrd"
     path.write_bytes(head + gzip.compress(b"\0" * 100_000))
     tracemalloc.start()
-    try:
+    with contextlib.suppress(ConversionError):
         verify(path, ".nrrd", LABEL, bound)
-    except ConversionError:
-        pass
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 8 << 20

@@ -24,8 +24,14 @@ class UploadResult:
 
 
 async def receive_file(
-    chunks: AsyncIterator[bytes], dest: Path, *, label: str, expected_ext: str, check_types: bool,
-    convert: bool = False, converter: Converter | None = None,
+    chunks: AsyncIterator[bytes],
+    dest: Path,
+    *,
+    label: str,
+    expected_ext: str,
+    check_types: bool,
+    convert: bool = False,
+    converter: Converter | None = None,
 ) -> UploadResult:
     """Write the body to `dest` atomically; a wrong file type or a broken body leaves `dest` untouched.
 
@@ -41,10 +47,8 @@ async def receive_file(
     try:
         async with BlockWriter(partial, sha256=True) as out:
             async for chunk in chunks:
-                if not head.complete:
-                    head.feed(chunk)
-                    if head.complete:
-                        checked = _check(head.head, label, expected_ext, check_types, convert)
+                if not head.complete and head.feed(chunk):
+                    checked = _check(head.head, label, expected_ext, check_types, convert)
                 await out.write(chunk)
             if checked is None:  # a file shorter than the sniffing window
                 checked = _check(head.head, label, expected_ext, check_types, convert)

@@ -33,8 +33,16 @@ from .worker import KINDS, Job
 if TYPE_CHECKING:
     from ..config import Settings
 
-__all__ = ["FORMATS", "INSTALL_HINT", "ConversionError", "ConvertLimits", "Converter", "available", "convertible",
-           "format_of"]
+__all__ = [
+    "FORMATS",
+    "INSTALL_HINT",
+    "ConversionError",
+    "ConvertLimits",
+    "Converter",
+    "available",
+    "convertible",
+    "format_of",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +76,12 @@ class ConvertLimits:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ConvertLimits:
-        return cls(settings.MAX_CONVERT_BYTES, settings.CONVERT_TIMEOUT, settings.MAX_CONVERSIONS,
-                   settings.SESSION_PATH / ".convert-slots")
+        return cls(
+            settings.MAX_CONVERT_BYTES,
+            settings.CONVERT_TIMEOUT,
+            settings.MAX_CONVERSIONS,
+            settings.SESSION_PATH / ".convert-slots",
+        )
 
     def child_limits(self, volume: Volume) -> tuple[int, int]:
         """Address space and file size the child may use for this volume."""
@@ -128,10 +140,25 @@ class Converter:
         memory, file_size = self.limits.child_limits(volume)
         async with self._slot():
             self.check_disk(label, file_size)
-            logger.info("%s: converting %s to %s (%d bytes of voxels): %s", label, source_format, target,
-                        volume.voxel_bytes, source)
-            job = Job(str(source), source_format, str(dest), target, label, self.limits.max_voxel_bytes, memory,
-                      self.limits.timeout, file_size)
+            logger.info(
+                "%s: converting %s to %s (%d bytes of voxels): %s",
+                label,
+                source_format,
+                target,
+                volume.voxel_bytes,
+                source,
+            )
+            job = Job(
+                str(source),
+                source_format,
+                str(dest),
+                target,
+                label,
+                self.limits.max_voxel_bytes,
+                memory,
+                self.limits.timeout,
+                file_size,
+            )
             await self._run_child(job)
 
     @contextlib.asynccontextmanager
@@ -152,14 +179,19 @@ class Converter:
     async def _run_child(self, job: Job) -> None:
         env = {**os.environ, "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": "1"}  # one core per conversion
         proc = await asyncio.create_subprocess_exec(
-            *self.command, job.to_json(),
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+            *self.command,
+            job.to_json(),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
         )
         try:
             out, err = await asyncio.wait_for(proc.communicate(), self.limits.timeout)
         except TimeoutError:
-            raise ConversionTooLarge(f"{job.label}: the conversion took longer than CONVERT_TIMEOUT "
-                                     f"({self.limits.timeout} s)") from None
+            raise ConversionTooLarge(
+                f"{job.label}: the conversion took longer than CONVERT_TIMEOUT ({self.limits.timeout} s)"
+            ) from None
         finally:
             if proc.returncode is None:  # timed out or cancelled: nothing may write into the session afterwards
                 proc.kill()
@@ -177,7 +209,9 @@ def _raise_for(job: Job, returncode: int | None, out: bytes, err: bytes) -> None
         raise KINDS[result["error"]](result["detail"])
     if returncode == -signal.SIGXCPU:
         raise ConversionTooLarge(f"{job.label}: the conversion used more CPU time than CONVERT_TIMEOUT allows")
-    logger.error("%s: the conversion process failed (exit %s): %s", job.label, returncode, err[-2000:].decode(errors="replace"))
+    logger.error(
+        "%s: the conversion process failed (exit %s): %s", job.label, returncode, err[-2000:].decode(errors="replace")
+    )
     if returncode == -signal.SIGKILL:
         raise ConversionTooLarge(f"{job.label}: the conversion process was killed (out of memory?)")
     raise ConversionError(f"{job.label}: the conversion process failed (exit {returncode})")
@@ -205,7 +239,8 @@ def _try_lock(path: Path) -> int | None:
 @contextlib.asynccontextmanager
 async def _flock(path: Path) -> AsyncIterator[None]:
     """An exclusive flock on `path`, waited for without blocking the event loop."""
-    while (fd := _try_lock(path)) is None:
+    # Polled: the holder may be another worker process, which no asyncio.Event can hear from.
+    while (fd := _try_lock(path)) is None:  # noqa: ASYNC110
         await asyncio.sleep(LOCK_POLL)
     try:
         yield

@@ -57,8 +57,10 @@ def parse(head: bytes, label: str, max_voxel_bytes: int) -> NiftiHeader:
     else:
         raise ConversionError(f"{label}: no NIfTI header (sizeof_hdr is neither 348 nor 540 in either byte order)")
     if magic == _PAIR[version]:
-        raise ConversionError(f"{label}: NIfTI magic {magic[:3].decode()!r} is a .hdr/.img pair whose voxels are in "
-                              "a separate file; only single-file NIfTI (n+1, n+2) is accepted")
+        raise ConversionError(
+            f"{label}: NIfTI magic {magic[:3].decode()!r} is a .hdr/.img pair whose voxels are in "
+            "a separate file; only single-file NIfTI (n+1, n+2) is accepted"
+        )
     if magic != _SINGLE_FILE[version]:
         raise ConversionError(f"{label}: NIfTI magic {magic!r} is not {_SINGLE_FILE[version]!r}")
     size = ELEMENT_SIZE.get(datatype)
@@ -70,13 +72,20 @@ def parse(head: bytes, label: str, max_voxel_bytes: int) -> NiftiHeader:
     if not 1 <= rank <= 7 or any(d < 1 for d in dims[1 : rank + 1]):
         raise ConversionError(f"{label}: NIfTI dim {list(dims)} is invalid (dim[0] 1..7, each used dim >= 1)")
     header_size = 348 if version == 1 else 540
-    if not (math.isfinite(offset_field) and offset_field == int(offset_field)
-            and header_size <= offset_field <= MAX_VOX_OFFSET):
-        raise ConversionError(f"{label}: NIfTI vox_offset {offset_field} is not a whole number of bytes between "
-                              f"{header_size} and {MAX_VOX_OFFSET}")
+    if not (
+        math.isfinite(offset_field)
+        and offset_field == int(offset_field)
+        and header_size <= offset_field <= MAX_VOX_OFFSET
+    ):
+        raise ConversionError(
+            f"{label}: NIfTI vox_offset {offset_field} is not a whole number of bytes between "
+            f"{header_size} and {MAX_VOX_OFFSET}"
+        )
     voxel_bytes = math.prod(dims[1 : rank + 1]) * size
     if voxel_bytes > max_voxel_bytes:
-        raise ConversionTooLarge(f"{label}: its NIfTI header describes {voxel_bytes} bytes of voxels "
-                                 f"({' x '.join(map(str, dims[1:rank + 1]))}, {size} bytes each), over the "
-                                 f"conversion limit of {max_voxel_bytes} bytes (MAX_CONVERT_BYTES)")
+        raise ConversionTooLarge(
+            f"{label}: its NIfTI header describes {voxel_bytes} bytes of voxels "
+            f"({' x '.join(map(str, dims[1 : rank + 1]))}, {size} bytes each), over the "
+            f"conversion limit of {max_voxel_bytes} bytes (MAX_CONVERT_BYTES)"
+        )
     return NiftiHeader(version, int(offset_field), voxel_bytes)

@@ -22,10 +22,10 @@ _TYPES: dict[str, int] = {}
 for _size, _names in {
     1: "signed char, int8, int8_t, uchar, unsigned char, uint8, uint8_t",
     2: "short, short int, signed short, signed short int, int16, int16_t, "
-       "ushort, unsigned short, unsigned short int, uint16, uint16_t",
+    "ushort, unsigned short, unsigned short int, uint16, uint16_t",
     4: "int, signed int, int32, int32_t, uint, unsigned int, uint32, uint32_t, float",
     8: "longlong, long long, long long int, signed long long, signed long long int, int64, int64_t, "
-       "ulonglong, unsigned long long, unsigned long long int, uint64, uint64_t, double",
+    "ulonglong, unsigned long long, unsigned long long int, uint64, uint64_t, double",
 }.items():
     _TYPES.update(dict.fromkeys((n.strip() for n in _names.split(",")), _size))
 # Fields that make the reader look somewhere other than right after the header.
@@ -62,8 +62,10 @@ def parse(head: bytes, label: str, max_voxel_bytes: int) -> NrrdHeader:
         name, sep, value = text.partition(":")
         key = _key(name)
         if key in _ELSEWHERE:
-            raise ConversionError(f"{label}: NRRD field {name.strip()!r} is refused: only data attached right after "
-                                  "the header is read (no detached data file, no byte or line skip)")
+            raise ConversionError(
+                f"{label}: NRRD field {name.strip()!r} is refused: only data attached right after "
+                "the header is read (no detached data file, no byte or line skip)"
+            )
         if not sep or value.startswith("="):
             continue  # a comment-like line or a key/value pair (`key:=value`): not a field
         if key in fields:
@@ -72,9 +74,11 @@ def parse(head: bytes, label: str, max_voxel_bytes: int) -> NrrdHeader:
     encoding = _encoding(fields, label)
     voxel_bytes = _voxel_bytes(fields, label)
     if voxel_bytes > max_voxel_bytes:
-        raise ConversionTooLarge(f"{label}: its NRRD header describes {voxel_bytes} bytes of voxels (sizes "
-                                 f"{fields['sizes']}, type {fields['type']}), over the conversion limit of "
-                                 f"{max_voxel_bytes} bytes (MAX_CONVERT_BYTES)")
+        raise ConversionTooLarge(
+            f"{label}: its NRRD header describes {voxel_bytes} bytes of voxels (sizes "
+            f"{fields['sizes']}, type {fields['type']}), over the conversion limit of "
+            f"{max_voxel_bytes} bytes (MAX_CONVERT_BYTES)"
+        )
     return NrrdHeader(end, encoding, voxel_bytes)
 
 
@@ -82,8 +86,10 @@ def _header_end(head: bytes, label: str) -> int:
     """Offset just after the blank line that ends the header, within the size and line bounds."""
     match = re.search(rb"\n\r?\n", head[:MAX_HEADER_BYTES])
     if match is None:
-        raise ConversionError(f"{label}: the NRRD header has no blank line ending it within {MAX_HEADER_BYTES} bytes "
-                              "(a detached header, or a header too long)")
+        raise ConversionError(
+            f"{label}: the NRRD header has no blank line ending it within {MAX_HEADER_BYTES} bytes "
+            "(a detached header, or a header too long)"
+        )
     if head.count(b"\n", 0, match.start()) >= MAX_HEADER_LINES:
         raise ConversionError(f"{label}: the NRRD header has more than {MAX_HEADER_LINES} lines")
     return match.end()
@@ -110,6 +116,7 @@ def _voxel_bytes(fields: dict[str, str], label: str) -> int:
     except (KeyError, ValueError):
         raise ConversionError(f"{label}: the NRRD 'dimension' and 'sizes' fields are missing or not integers") from None
     if not 1 <= dimension <= 16 or len(sizes) != dimension or any(s < 1 for s in sizes):
-        raise ConversionError(f"{label}: NRRD sizes {fields['sizes']!r} do not match dimension {dimension} "
-                              "(1..16 positive sizes)")
+        raise ConversionError(
+            f"{label}: NRRD sizes {fields['sizes']!r} do not match dimension {dimension} (1..16 positive sizes)"
+        )
     return math.prod(sizes) * size

@@ -78,10 +78,7 @@ def check_filetype(header: bytes, expected_ext: str, *, check: bool, convert: bo
     expected = expected_ext.lower()
     can_convert = _can_convert(filetype, expected, enabled=convert)
     acceptable = (
-        not check
-        or expected not in SNIFFABLE
-        or (filetype is not None and filetype.lower() == expected)
-        or can_convert
+        not check or expected not in SNIFFABLE or (filetype is not None and filetype.lower() == expected) or can_convert
     )
     return CheckResult(filetype, acceptable, can_convert)
 
@@ -97,10 +94,12 @@ class HeadCollector:
     def __init__(self) -> None:
         self._head = bytearray()
 
-    def feed(self, chunk: bytes) -> None:
+    def feed(self, chunk: bytes) -> bool:
+        """Keep what is still missing of the head from `chunk`; whether the head is now complete."""
         missing = SNIFF_BYTES - len(self._head)
         if missing > 0:
             self._head += chunk[:missing]
+        return self.complete
 
     @property
     def head(self) -> bytes:

@@ -93,8 +93,9 @@ def count_gzip(stream: BinaryIO, limit: int, label: str) -> int:
             started = True
             total += len(inflater.decompress(pending, BLOCK))
             if total > limit:
-                raise ConversionError(f"{label}: the gzip stream decompresses to more than the {limit} bytes its "
-                                      "header allows")
+                raise ConversionError(
+                    f"{label}: the gzip stream decompresses to more than the {limit} bytes its header allows"
+                )
             if inflater.eof:  # another member may follow
                 pending, inflater, started = inflater.unused_data, zlib.decompressobj(wbits=31), False
             else:

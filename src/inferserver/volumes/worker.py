@@ -24,8 +24,11 @@ from .errors import ConversionError, ConversionNoSpace, ConversionTooLarge
 from .verify import BLOCK, open_regular, verify
 
 IMAGE_IO = {".nrrd": "NrrdImageIO", ".nii": "NiftiImageIO", ".nii.gz": "NiftiImageIO"}
-KINDS: dict[str, type[ConversionError]] = {"invalid": ConversionError, "too_large": ConversionTooLarge,
-                                            "no_space": ConversionNoSpace}
+KINDS: dict[str, type[ConversionError]] = {
+    "invalid": ConversionError,
+    "too_large": ConversionTooLarge,
+    "no_space": ConversionNoSpace,
+}
 _PR_SET_PDEATHSIG = 1
 
 
@@ -93,8 +96,10 @@ def _simpleitk(link: Path, job: Job, dest: Path) -> None:
     try:
         import SimpleITK as sitk
     except ImportError as exc:  # the server saw it importable: here it did not fit the address-space limit
-        raise ConversionTooLarge(f"{job.label}: SimpleITK could not be loaded within the conversion's memory limit "
-                                 f"of {job.memory} bytes: {exc}") from None
+        raise ConversionTooLarge(
+            f"{job.label}: SimpleITK could not be loaded within the conversion's memory limit "
+            f"of {job.memory} bytes: {exc}"
+        ) from None
     try:
         image = sitk.ReadImage(str(link), sitk.sitkUnknown, IMAGE_IO[job.source_format])
         # .nrrd raw: fastest to write and to read back
@@ -106,8 +111,10 @@ def _simpleitk(link: Path, job: Job, dest: Path) -> None:
 def _itk_error(message: str, job: Job, dest: Path) -> ConversionError:
     # A verified file that ITK fails to load did not fit in memory (nifti_image_load reports a failed malloc so).
     if any(sign in message.lower() for sign in ("bad_alloc", "allocate", "nifti_image_load failed")):
-        return ConversionTooLarge(f"{job.label}: the conversion needs more memory than its limit of {job.memory} "
-                                  "bytes (from MAX_CONVERT_BYTES)")
+        return ConversionTooLarge(
+            f"{job.label}: the conversion needs more memory than its limit of {job.memory} "
+            "bytes (from MAX_CONVERT_BYTES)"
+        )
     if _out_of_space(dest, job):
         return _no_space(job)
     lines = [line.strip() for line in message.splitlines() if line.strip()]
@@ -123,8 +130,9 @@ def _out_of_space(dest: Path, job: Job) -> bool:
 
 
 def _no_space(job: Job) -> ConversionNoSpace:
-    return ConversionNoSpace(f"{job.label}: not enough disk space to write the converted file "
-                             f"(it may take up to {job.file_size} bytes)")
+    return ConversionNoSpace(
+        f"{job.label}: not enough disk space to write the converted file (it may take up to {job.file_size} bytes)"
+    )
 
 
 def outcome(job: Job) -> dict[str, Any]:
@@ -134,8 +142,11 @@ def outcome(job: Job) -> dict[str, Any]:
         kind = next(k for k, cls in reversed(KINDS.items()) if isinstance(exc, cls))
         return {"error": kind, "detail": str(exc)}
     except MemoryError:
-        return {"error": "too_large", "detail": f"{job.label}: the conversion needs more memory than its limit of "
-                                                f"{job.memory} bytes (from MAX_CONVERT_BYTES)"}
+        return {
+            "error": "too_large",
+            "detail": f"{job.label}: the conversion needs more memory than its limit of "
+            f"{job.memory} bytes (from MAX_CONVERT_BYTES)",
+        }
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
             return {"error": "no_space", "detail": str(_no_space(job))}
