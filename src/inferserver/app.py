@@ -23,6 +23,7 @@ from .api.auth import AccessControl, AuthMiddleware
 from .api.envelope import install_error_handlers, install_openapi
 from .api.requestlog import RequestLog
 from .config import Settings, load_settings
+from .fdlimit import raise_open_file_limit
 from .limits import limits_for
 from .health import Readiness
 from .logs import configure_logging
@@ -45,6 +46,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.settings = settings
     if not logging.getLogger().handlers:  # `inferserver serve` configures logging itself; other hosts may not
         configure_logging(settings.LOG_FORMAT)
+    raise_open_file_limit()  # each worker process: it is the one that holds the connections
     app.state.access = AccessControl.from_settings(settings)  # a bad credentials file stops start-up
     if app.state.access is not None:
         logger.info("access control on: users %s, tokens %s", settings.AUTH_USERS_FILE, settings.AUTH_TOKENS_FILE)

@@ -88,7 +88,7 @@ async def cancel_session(session_id: SessionId, manager: Sessions) -> Envelope[S
 @router.put(
     "/{session_id}/inputs/{name}",
     response_model=Envelope[UploadReceived],
-    responses=error_responses(400, 404, 409, 413, 415, 507),
+    responses=error_responses(400, 404, 408, 409, 413, 415, 507),
     openapi_extra=deps.RAW_BODY,
     summary="Upload an input file as the raw request body (streamed to disk)",
     description="413 when it is over MAX_UPLOAD_BYTES; 507 when it would leave less than DISK_RESERVE_BYTES free.",
@@ -100,7 +100,7 @@ async def put_input(session_id: SessionId, name: InputName, request: Request, ma
 @router.post(
     "/{session_id}/inputs/{name}",
     response_model=Envelope[UploadReceived],
-    responses=error_responses(400, 404, 409, 413, 415, 507),
+    responses=error_responses(400, 404, 408, 409, 413, 415, 507),
     openapi_extra=MULTIPART_BODY,
     summary="Upload an input file as the one file part of a multipart/form-data body (streamed, never spooled)",
 )

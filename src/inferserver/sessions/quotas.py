@@ -1,21 +1,26 @@
-"""What clients may put on the server: upload size, the session disk's free-space reserve, live sessions.
+"""What clients may put on the server: upload size and pace, the session disk's free-space reserve, live sessions.
 
 Each refusal names the limit, so the user knows what to ask the operator for.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Settings
 from ..sizes import human_size, rough_size
-from .errors import AtCapacity, InsufficientStorage, TooLarge
+from .errors import AtCapacity, InsufficientStorage, Stalled, TooLarge
 
 # A chunked upload does not say how big it is: the free space is looked at again after each this many bytes.
 DISK_CHECK_BYTES = 64 << 20
+# An upload must bring this many bytes in each UPLOAD_IDLE_TIMEOUT of waiting for them: a body that trickles
+# in a byte a second is as stuck as one that stopped, and holds its input's claim as long.
+PROGRESS_BYTES = 16 << 10
 
 
 @dataclass(frozen=True)
@@ -23,10 +28,12 @@ class UploadLimits:
     max_bytes: int
     disk_reserve: int
     disk: Path  # any path on the session disk
+    idle_timeout: float = 60.0  # UPLOAD_IDLE_TIMEOUT
 
     @classmethod
     def from_settings(cls, settings: Settings) -> UploadLimits:
-        return cls(settings.MAX_UPLOAD_BYTES, settings.DISK_RESERVE_BYTES, settings.SESSION_PATH)
+        return cls(settings.MAX_UPLOAD_BYTES, settings.DISK_RESERVE_BYTES, settings.SESSION_PATH,
+                   settings.UPLOAD_IDLE_TIMEOUT)
 
     def check_disk(self, label: str, coming: int) -> None:
         """InsufficientStorage when `coming` more bytes would leave less free than the reserve."""
@@ -42,9 +49,9 @@ class UploadLimits:
 async def limited_upload(
     chunks: AsyncIterator[bytes], declared: int | None, limits: UploadLimits, label: str
 ) -> AsyncIterator[bytes]:
-    """`chunks` passed through until the upload breaks a limit, then TooLarge or InsufficientStorage.
+    """`chunks` passed through until the upload breaks a limit, then TooLarge, InsufficientStorage or Stalled.
 
-    With a Content-Length (`declared`) both limits are decided before the first byte is taken; either
+    With a Content-Length (`declared`) both size limits are decided before the first byte is taken; either
     way they are checked again as the bytes arrive. The receiver removes its partial file on the error.
     """
     over = f"{label} is over the upload limit of {human_size(limits.max_bytes)} (MAX_UPLOAD_BYTES)"
@@ -53,7 +60,7 @@ async def limited_upload(
     limits.check_disk(label, declared if declared is not None else DISK_CHECK_BYTES)
     received = 0
     next_disk_check = DISK_CHECK_BYTES
-    async for chunk in chunks:
+    async for chunk in progressing(chunks, limits.idle_timeout, label):
         received += len(chunk)
         if received > limits.max_bytes:
             raise TooLarge(over)
@@ -61,6 +68,30 @@ async def limited_upload(
             # Other uploads share the disk: what was free at the start may be gone now.
             limits.check_disk(label, max(declared - received, 0) if declared is not None else DISK_CHECK_BYTES)
             next_disk_check = received + DISK_CHECK_BYTES
+        yield chunk
+
+
+async def progressing(chunks: AsyncIterator[bytes], idle_timeout: float, label: str) -> AsyncIterator[bytes]:
+    """`chunks` passed through while at least PROGRESS_BYTES come in each `idle_timeout` s spent waiting for
+    them; then Stalled. Only the wait counts: time the receiver spends writing is not the client's."""
+    iterator = aiter(chunks)
+    waited, window = 0.0, 0
+    while True:
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(idle_timeout - waited):
+                chunk = await anext(iterator)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise Stalled(
+                f"{label}: the upload sent less than {PROGRESS_BYTES // 1024} KiB in {idle_timeout:g} s "
+                "(UPLOAD_IDLE_TIMEOUT); it was dropped and the input can be uploaded again"
+            ) from None
+        waited += time.monotonic() - started
+        window += len(chunk)
+        if window >= PROGRESS_BYTES:
+            waited, window = 0.0, 0
         yield chunk
 
 
