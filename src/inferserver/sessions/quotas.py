@@ -98,6 +98,10 @@ async def progressing(chunks: AsyncIterator[bytes], idle_timeout: float, label: 
 def check_room(live: int, limit: int) -> None:
     """AtCapacity when `live` sessions (not complete or failed) already fill the `limit`."""
     if live >= limit:
-        raise AtCapacity(
-            f"the server holds its limit of {limit} live sessions (MAX_SESSIONS); try again once some have finished"
-        )
+        raise at_capacity(limit)
+
+
+def at_capacity(limit: int) -> AtCapacity:
+    return AtCapacity(
+        f"the server holds its limit of {limit} live sessions (MAX_SESSIONS); try again once some have finished"
+    )
