@@ -75,7 +75,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.dispatcher = dispatcher
     app.state.metrics = metrics
     app.state.gpu_requests_on = lambda: bool(settings.gpu_pool) or runner.gpu_requests_on
-    app.state.readiness = Readiness(backend, directory, settings.MODEL_PATH, settings.SESSION_PATH)
+    app.state.readiness = Readiness(backend, directory, settings.MODEL_PATH, settings.SESSION_PATH,
+                                    settings.DISK_RESERVE_BYTES)
 
     # Every worker process runs a dispatcher; the dispatch lock lets exactly one of them start runs.
     tasks = [

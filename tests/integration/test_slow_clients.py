@@ -14,7 +14,14 @@ import httpx
 import pytest
 
 from . import rawhttp
-from .conftest import Server, ServerFactory, shipped_gunicorn, start_server, stop_and_check, write_nifti
+from .conftest import (
+    Server,
+    ServerFactory,
+    shipped_gunicorn,
+    start_server,
+    stop_and_check,
+    write_nifti,
+)
 
 TIMEOUT = 2.0  # HEADER_TIMEOUT and UPLOAD_IDLE_TIMEOUT of the servers here
 SLACK = 2.0  # how late after its timeout a cut may come (a loaded CI machine)

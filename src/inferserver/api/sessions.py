@@ -77,7 +77,7 @@ async def get_session(session_id: SessionId, manager: Sessions) -> Envelope[Sess
 @router.delete(
     "/{session_id}",
     response_model=Envelope[SessionStatus],
-    responses=error_responses(404, 409),
+    responses=error_responses(404, 409, 507),
     summary="Cancel a waiting, queued or running session (it ends failed, info `cancelled`)",
 )
 async def cancel_session(session_id: SessionId, manager: Sessions) -> Envelope[SessionStatus]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import secrets
@@ -25,7 +26,7 @@ from ..specs.runconfig import RunConfig, SessionRequest, validate_run_config
 from .changes import ChangeCache
 from .errors import Conflict, InvalidInput, NotFound, WrongState
 from .logstream import follow_log
-from .quotas import at_capacity, check_room
+from .quotas import at_capacity, check_disk, check_room, out_of_space_is_507
 from .state import LIVE, SessionFiles, SessionPlan, Signal, Signals, Status
 from .store import SessionRow, SessionView, Store
 from .uploads import UploadResult, receive_file
@@ -63,12 +64,16 @@ class SessionManager:
         except ConfigError as exc:
             raise InvalidInput(str(exc)) from exc
         check_room(await self.live_count(), self.settings.MAX_SESSIONS)  # cheap early refusal, without a lock
+        # Sessions are metadata too: a disk under its reserve takes none (their rows and directories filled it).
+        spec, wire_config = loaded.spec.wire(), config.to_json()
+        check_disk(self.root, self.settings.DISK_RESERVE_BYTES, "a new session", len(json.dumps([spec, wire_config])))
         session_id = str(uuid.uuid4())  # random: ids are unguessable
         files = SessionFiles(self.root / session_id)
-        files.create()
+        with out_of_space_is_507("a new session"):
+            files.create()
         now = time.time()
         row = SessionRow(
-            id=session_id, model_id=model_id, spec=loaded.spec.wire(), config=config.to_json(),
+            id=session_id, model_id=model_id, spec=spec, config=wire_config,
             status=Status.WAITING.value, info="", created=now, updated=now, cancel_requested=False, attempts=0,
         )
         inputs = [name for name in loaded.spec.inputs if config.inputs[name]]
@@ -133,18 +138,20 @@ class SessionManager:
         dest = plan.input_path(name)
         # Received in full (and converted) under a name of its own first; it becomes the input only once
         # the store has taken it (_land). The ".upload-<pid>-" in the name lets the janitor remove leftovers.
-        staged = dest.with_name(f".{dest.name}.upload-{os.getpid()}-{secrets.token_hex(4)}{plan.spec.inputs[name].extension}")
+        extension = plan.spec.inputs[name].extension
+        staged = dest.with_name(f".{dest.name}.upload-{os.getpid()}-{secrets.token_hex(4)}{extension}")
         landing: asyncio.Task[None] | None = None
         beat = asyncio.create_task(self._heartbeat(session_id, name, owner))
         try:
-            result = await receive_file(
-                chunks,
-                staged,
-                label=f"input {name}",
-                expected_ext=plan.spec.inputs[name].extension,
-                check_types=self.settings.CHECK_INPUT_FILETYPES,
-                convert=self.settings.CONVERT_INPUTS,
-            )
+            with out_of_space_is_507(f"input {name}"):  # the reserve is checked as bytes come; others share the disk
+                result = await receive_file(
+                    chunks,
+                    staged,
+                    label=f"input {name}",
+                    expected_ext=extension,
+                    check_types=self.settings.CHECK_INPUT_FILETYPES,
+                    convert=self.settings.CONVERT_INPUTS,
+                )
             # Shielded: a request cancelled now must not split the store's decision from the rename.
             landing = asyncio.create_task(self._land(session_id, name, owner, staged, dest))
             await asyncio.shield(landing)

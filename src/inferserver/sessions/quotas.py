@@ -6,9 +6,11 @@ Each refusal names the limit, so the user knows what to ask the operator for.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,8 +18,11 @@ from ..config import Settings
 from ..sizes import human_size, rough_size
 from .errors import AtCapacity, InsufficientStorage, Stalled, TooLarge
 
-# A chunked upload does not say how big it is: the free space is looked at again after each this many bytes.
-DISK_CHECK_BYTES = 64 << 20
+# A chunked upload does not say how big it is: the free space is looked at again after each this many bytes
+# (a statvfs is cheap; concurrent uploads can overshoot the reserve by this much each).
+DISK_CHECK_BYTES = 8 << 20
+OUT_OF_SPACE = {errno.ENOSPC, errno.EDQUOT}
+POSTGRES_DISK_FULL = "53100"  # SQLSTATE disk_full
 # An upload must bring this many bytes in each UPLOAD_IDLE_TIMEOUT of waiting for them: a body that trickles
 # in a byte a second is as stuck as one that stopped, and holds its input's claim as long.
 PROGRESS_BYTES = 16 << 10
@@ -37,13 +42,51 @@ class UploadLimits:
 
     def check_disk(self, label: str, coming: int) -> None:
         """InsufficientStorage when `coming` more bytes would leave less free than the reserve."""
-        st = os.statvfs(self.disk)
-        free = st.f_bavail * st.f_frsize
-        if free - coming < self.disk_reserve:
-            raise InsufficientStorage(
-                f"not enough disk space for {label}: the server keeps {human_size(self.disk_reserve)} free "
-                f"(DISK_RESERVE_BYTES) and has {rough_size(free)} free"
-            )
+        check_disk(self.disk, self.disk_reserve, label, coming)
+
+
+def free_bytes(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def check_disk(disk: Path, reserve: int, label: str, coming: int) -> None:
+    """InsufficientStorage when `coming` more bytes on `disk` would leave less free than `reserve`."""
+    free = free_bytes(disk)
+    if free - coming < reserve:
+        raise InsufficientStorage(
+            f"not enough disk space for {label}: the server keeps {human_size(reserve)} free "
+            f"(DISK_RESERVE_BYTES) and has {rough_size(free)} free"
+        )
+
+
+def out_of_space(exc: BaseException) -> bool:
+    """The error says a disk is full: a file write (ENOSPC, EDQUOT), SQLite ("database or disk is full") or
+    PostgreSQL (SQLSTATE 53100), also when wrapped by SQLAlchemy (its `orig`)."""
+    for error in (exc, getattr(exc, "orig", None)):
+        if isinstance(error, OSError) and error.errno in OUT_OF_SPACE:
+            return True
+        if error is None:
+            continue
+        if POSTGRES_DISK_FULL in (getattr(error, "sqlstate", None), getattr(error, "pgcode", None)):
+            return True
+        if "database or disk is full" in str(error):
+            return True
+    return False
+
+
+@contextlib.contextmanager
+def out_of_space_is_507(label: str) -> Iterator[None]:
+    """A full disk while doing `label` becomes InsufficientStorage (507) naming DISK_RESERVE_BYTES, not a 500."""
+    try:
+        yield
+    except Exception as exc:
+        if not out_of_space(exc):
+            raise
+        raise InsufficientStorage(
+            f"not enough disk space for {label}: the disk is full (DISK_RESERVE_BYTES is the free space the server "
+            "keeps on SESSION_PATH's disk; the operator must free space)"
+        ) from exc
 
 
 async def limited_upload(

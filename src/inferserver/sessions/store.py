@@ -39,6 +39,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from .changes import ChangeToken
 from .forecast import QueuePlace
+from .quotas import out_of_space_is_507
 from .state import LIVE, Status
 
 # pg_advisory_xact_lock key of session creation: any constant no other program on the database uses.
@@ -141,9 +142,12 @@ class Store:
 
     @contextlib.asynccontextmanager
     async def _write(self, *, visible: bool = True) -> AsyncIterator[AsyncSession]:
-        """A transaction; once it is committed, `changes` is replaced unless nothing a client sees changed."""
-        async with self.sessionmaker.begin() as db:
-            yield db
+        """A transaction; once it is committed, `changes` is replaced unless nothing a client sees changed.
+
+        A database whose disk is full refuses with InsufficientStorage (507), not a bare driver error (500)."""
+        with out_of_space_is_507("the session database to record the change"):
+            async with self.sessionmaker.begin() as db:
+                yield db
         if visible:
             self.changes.replace()
 
@@ -211,7 +215,7 @@ class Store:
         values = {k: (v.value if isinstance(v, Status) else v) for k, v in values.items()}
         async with self._write(visible=visible) as db:
             result = await db.execute(query.values(updated=time.time(), **values))
-            return result.rowcount == 1
+            return _one_row(result)
 
     async def touch(self, session_id: str) -> None:
         await self.update(session_id, visible=False)
@@ -322,7 +326,7 @@ class Store:
                 )
                 .values(owner=owner, heartbeat=now)
             )
-            return result.rowcount == 1
+            return _one_row(result)
 
     async def land_upload(self, session_id: str, name: str, owner: str) -> bool:
         """Mark the input landed if the claim is still `owner`'s and the session still waits for inputs.
@@ -341,7 +345,7 @@ class Store:
                 )
                 .values(landed=True, heartbeat=time.time())
             )
-            return result.rowcount == 1
+            return _one_row(result)
 
     async def heartbeat(self, session_id: str, name: str, owner: str) -> None:
         async with self._write(visible=False) as db:
@@ -386,6 +390,11 @@ class Store:
             return int(n or 0)
 
 
+def _one_row(result: Any) -> bool:
+    """An UPDATE's result changed exactly one row (rowcount is on the cursor result, untyped in SQLAlchemy)."""
+    return int(result.rowcount) == 1
+
+
 def _waiting(session_id: str) -> Any:
     """The session still takes inputs (a condition for a statement on its inputs)."""
     return exists().where(and_(SessionRow.id == session_id, SessionRow.status == Status.WAITING.value))
@@ -400,7 +409,7 @@ async def _queue_if_complete(db: Any, session_id: str, now: float) -> bool:
         .where(SessionRow.id == session_id, SessionRow.status == Status.WAITING.value, ~missing)
         .values(status=Status.READY.value, queued_at=now, updated=now, info="")
     )
-    return result.rowcount == 1
+    return _one_row(result)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
