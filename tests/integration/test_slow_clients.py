@@ -4,10 +4,11 @@ is answered and cut off within its timeout, leaves no partial file, and frees it
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -184,6 +185,17 @@ def test_a_body_sent_a_byte_a_second_is_cut_and_frees_the_input(
     assert_input_free(server, session_id, volume)
 
 
+def test_a_json_body_that_stops_is_cut_too(server: Server) -> None:
+    body = b'{"inputs": {}, "params": {}, "outputs": {}}'
+    with rawhttp.connect(server.url) as sock:
+        sock.sendall(b"POST /models/copy HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body[:10]))
+        received, took = until_closed(sock, TIMEOUT + SLACK)
+    detail = "request body: the upload sent less than 16 KiB in 2 s (UPLOAD_IDLE_TIMEOUT); send the request again"
+    assert answer(received) == (408, detail)
+    assert took >= TIMEOUT - 0.5
+
+
 def test_a_slow_but_steady_upload_is_not_cut(server: Server, session_id: str, volume: bytes) -> None:
     """16 KiB every second is slow, but never 2 s without 16 KiB: it lands whole."""
     body = volume[:65536 * 2]
@@ -214,12 +226,42 @@ def test_the_shipped_gunicorn_config_bounds_the_head_too(make_server: ServerFact
 # -- open files -----------------------------------------------------------------------------------
 
 
-def test_the_server_raises_its_open_file_limit_to_the_hard_limit(make_server: ServerFactory) -> None:
-    def under_prlimit(port: int) -> list[str]:
-        return ["prlimit", "--nofile=1024:8192", sys.executable, "-m", "inferserver", "serve", "--port", str(port)]
+def under_prlimit(soft: int, hard: int) -> Callable[[int], list[str]]:
+    """`inferserver serve` started with this open-file limit (prlimit execs it: the pid is the server's)."""
+    return lambda port: ["prlimit", f"--nofile={soft}:{hard}", sys.executable, "-m", "inferserver", "serve",
+                         "--port", str(port)]
 
-    server = make_server(command=under_prlimit)
+
+def open_fds(server: Server) -> int:
+    return len(os.listdir(f"/proc/{server.process.pid}/fd"))
+
+
+def test_the_server_raises_its_open_file_limit_to_the_hard_limit(make_server: ServerFactory) -> None:
+    server = make_server(command=under_prlimit(1024, 8192))
     limits = Path(f"/proc/{server.process.pid}/limits").read_text()
     line = next(line for line in limits.splitlines() if line.startswith("Max open files"))
     assert line.split()[3:5] == ["8192", "8192"], line
-    assert "open files: soft limit raised from 1024 to 8192" in server.output()
+    assert "open files: soft limit raised from 1024 to 8192 (room for about 4096 log streams at once)" in server.output()
+
+
+def test_1100_half_open_connections_neither_lock_clients_out_nor_stay(make_server: ServerFactory) -> None:
+    """The attack on a server started with the usual soft limit of 1024: 1100 connections that send half a head."""
+    server = make_server(command=under_prlimit(1024, 4096), **SHORT)
+    before = open_fds(server)
+    sockets = []
+    try:
+        for _ in range(1100):
+            sock = rawhttp.connect(server.url)
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            sockets.append(sock)
+        opened = time.monotonic()
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            assert client.get("/models").status_code == 200  # a legitimate client is served meanwhile
+        assert open_fds(server) >= before + 1000  # they were all accepted: the limit held them
+        while open_fds(server) > before + 5 and time.monotonic() - opened < TIMEOUT + SLACK + 2:
+            time.sleep(0.1)
+        assert open_fds(server) <= before + 5, f"{open_fds(server) - before} connections still open"
+    finally:
+        for sock in sockets:
+            sock.close()
+    assert "Too many open files" not in server.output()

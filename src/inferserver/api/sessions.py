@@ -119,7 +119,7 @@ async def _upload(session_id: str, name: str, request: Request, manager: Session
     try:
         result = await manager.upload(session_id, name, chunks)
     except InvalidInput:
-        await deps.drain(raw)
+        await deps.drain(raw, limits.idle_timeout)
         raise
     request.app.state.metrics.uploaded.inc(result.size)
     return Envelope(data=UploadReceived(sha256=result.sha256))

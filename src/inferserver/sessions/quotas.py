@@ -114,9 +114,13 @@ async def limited_upload(
         yield chunk
 
 
-async def progressing(chunks: AsyncIterator[bytes], idle_timeout: float, label: str) -> AsyncIterator[bytes]:
+async def progressing(
+    chunks: AsyncIterator[bytes], idle_timeout: float, label: str,
+    then: str = "it was dropped and the input can be uploaded again",
+) -> AsyncIterator[bytes]:
     """`chunks` passed through while at least PROGRESS_BYTES come in each `idle_timeout` s spent waiting for
-    them; then Stalled. Only the wait counts: time the receiver spends writing is not the client's."""
+    them; then Stalled (its message: `label`, what happened, `then`). Only the wait counts: time the receiver
+    spends writing is not the client's."""
     iterator = aiter(chunks)
     waited, window = 0.0, 0
     while True:
@@ -129,7 +133,7 @@ async def progressing(chunks: AsyncIterator[bytes], idle_timeout: float, label: 
         except TimeoutError:
             raise Stalled(
                 f"{label}: the upload sent less than {PROGRESS_BYTES // 1024} KiB in {idle_timeout:g} s "
-                "(UPLOAD_IDLE_TIMEOUT); it was dropped and the input can be uploaded again"
+                f"(UPLOAD_IDLE_TIMEOUT); {then}"
             ) from None
         waited += time.monotonic() - started
         window += len(chunk)
