@@ -4,8 +4,6 @@ uploads nor a full database ever make a 500."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,45 +11,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import ServerFactory, write_nifti
+from .conftest import ServerFactory, fill, free, write_nifti
 
 MiB = 1 << 20
 OCTET = {"Content-Type": "application/octet-stream"}
 RECORD = {"inputs": {"mask": {"enabled": True}}, "params": {}, "outputs": {}}  # waits for two inputs: no run starts
 RESERVE_NAMED = "(DISK_RESERVE_BYTES)"
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Callable[[int], Path]]:
-    """Mount tmpfs disks of a given size in MiB; unmounted at the end (after the servers on them are stopped:
-    request this fixture before make_server)."""
-    mounted: list[Path] = []
-
-    def mount(size_mib: int) -> Path:
-        where = tmp_path / f"disk{len(mounted)}"
-        where.mkdir()
-        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mib}m", "tmpfs", str(where)], check=True)
-        mounted.append(where)
-        return where
-
-    yield mount
-    for where in mounted:
-        subprocess.run(["umount", "-l", str(where)], check=False)
-
-
-def free(path: Path) -> int:
-    st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize
-
-
-def fill(disk: Path, leave: int) -> Path:
-    """A file taking all but `leave` bytes of the disk's free space."""
-    filler = disk / "filler"
-    with filler.open("ab") as out:
-        while (room := free(disk) - leave) > 0:
-            out.write(b"\0" * min(room, MiB))
-            out.flush()
-    return filler
 
 
 def details(response: httpx.Response) -> str:
