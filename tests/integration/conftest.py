@@ -202,7 +202,9 @@ class ServerFactory:
         self.tmp = tmp
         self.started: list[Server] = []
 
-    def __call__(self, command: Launcher = serve_command(), session_path: Path | None = None, **settings: str) -> Server:
+    def __call__(
+        self, command: Launcher = serve_command(), session_path: Path | None = None, **settings: str
+    ) -> Server:
         return self._track(start_server(self.tmp / f"server{len(self.started)}", command=command,
                                         session_path=session_path, **settings))
 

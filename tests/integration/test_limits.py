@@ -190,7 +190,8 @@ def test_a_chunked_upload_is_507_when_the_reserve_exceeds_the_free_space(small_d
         session_id = create(client, "copy")
         fill(disk, leave=12 * MiB)
         message = detail(client.put(f"/sessions/{session_id}/inputs/input_vol", content=chunks(b"\0" * MiB), headers=OCTET), 507)
-        assert message.startswith("not enough disk space for input input_vol: the server keeps 16 MiB free (DISK_RESERVE_BYTES)")
+        assert message.startswith(
+            "not enough disk space for input input_vol: the server keeps 16 MiB free (DISK_RESERVE_BYTES)")
         assert client.get(f"/sessions/{session_id}").json()["data"]["status"] == "waiting"
     assert inputs_on_disk(server, session_id) == {}
 

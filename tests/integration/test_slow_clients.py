@@ -240,7 +240,8 @@ def test_the_server_raises_its_open_file_limit_to_the_hard_limit(make_server: Se
     limits = Path(f"/proc/{server.process.pid}/limits").read_text()
     line = next(line for line in limits.splitlines() if line.startswith("Max open files"))
     assert line.split()[3:5] == ["8192", "8192"], line
-    assert "open files: soft limit raised from 1024 to 8192 (room for about 4096 log streams at once)" in server.output()
+    said = "open files: soft limit raised from 1024 to 8192 (room for about 4096 log streams at once)"
+    assert said in server.output()
 
 
 def test_1100_half_open_connections_neither_lock_clients_out_nor_stay(make_server: ServerFactory) -> None:
