@@ -7,6 +7,9 @@
 # Run:      docker run -d -p 8000:8000 -v /var/run/docker.sock:/var/run/docker.sock \
 #               --group-add $(stat -c %g /var/run/docker.sock) \
 #               -v /etc/inferserver/models:/etc/inferserver/models:ro -v inferserver-sessions:/var/inferserver inferserver
+# Open files: the server raises its soft RLIMIT_NOFILE to the hard limit at start (a log stream holds two file
+# descriptors); an image cannot set the limit itself, so where the engine's default is low add
+# `--ulimit nofile=65536:65536` to `docker run`.
 ARG BASE=python:3.12-slim
 FROM ${BASE}
 

@@ -63,4 +63,9 @@ proc_name = "inferserver"
 def post_worker_init(worker) -> None:  # noqa: ANN001 - gunicorn's hook signature
     config = getattr(worker, "config", None)  # the uvicorn Config the worker runs
     if config is not None:
+        from inferserver.protocol import PROTOCOL
+
         config.timeout_graceful_shutdown = max(1, graceful_timeout - 10)
+        # The protocol `inferserver serve` runs: MAX_HEADER_BYTES (431) and HEADER_TIMEOUT (408) hold here too,
+        # so half-sent heads cannot pile up open connections. The worker loads it when its server starts.
+        config.http = PROTOCOL

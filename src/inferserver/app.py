@@ -24,6 +24,7 @@ from .api.auth import HASH_THREADS, AccessControl, AuthMiddleware
 from .api.envelope import install_error_handlers, install_openapi
 from .api.requestlog import RequestLog
 from .config import Settings, load_settings
+from .fdlimit import raise_open_file_limit
 from .limits import limits_for
 from .health import Readiness
 from .logs import configure_logging
@@ -46,6 +47,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.settings = settings
     if not logging.getLogger().handlers:  # `inferserver serve` configures logging itself; other hosts may not
         configure_logging(settings.LOG_FORMAT)
+    raise_open_file_limit()  # each worker process: it is the one that holds the connections
     app.state.access = AccessControl.from_settings(settings)  # a bad credentials file stops start-up
     # Password checks get threads of their own: guessers must not queue ahead of upload writes, which use
     # the default executor (filewriter.py).
@@ -77,7 +79,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.dispatcher = dispatcher
     app.state.metrics = metrics
     app.state.gpu_requests_on = lambda: bool(settings.gpu_pool) or runner.gpu_requests_on
-    app.state.readiness = Readiness(backend, directory, settings.MODEL_PATH, settings.SESSION_PATH)
+    app.state.readiness = Readiness(backend, directory, settings.MODEL_PATH, settings.SESSION_PATH,
+                                    settings.DISK_RESERVE_BYTES)
 
     # Every worker process runs a dispatcher; the dispatch lock lets exactly one of them start runs.
     tasks = [

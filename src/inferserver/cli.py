@@ -21,7 +21,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"inferserver {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    serve = commands.add_parser("serve", help="run the HTTP server", description="Run the HTTP server under uvicorn.")
+    serve = commands.add_parser(
+        "serve", help="run the HTTP server",
+        description="Run the HTTP server under uvicorn. Slow clients are cut off: a request line and headers "
+        "must arrive within INFERSERVER_HEADER_TIMEOUT seconds (default 30; else 408) and be at most "
+        "INFERSERVER_MAX_HEADER_BYTES (default 65536; else 431), and an upload must send 16 KiB per "
+        "INFERSERVER_UPLOAD_IDLE_TIMEOUT seconds (default 60; else 408). The soft open-file limit is raised to "
+        "the hard one (each log stream holds two file descriptors).",
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
     serve.add_argument("--workers", type=int, default=1, help="worker processes; any answers any request (default: %(default)s)")

@@ -134,6 +134,16 @@ class Settings(BaseSettings):
     LOG_FORMAT: Literal["text", "json"] = Field("text", description="Log lines as plain text, or one JSON object per line.")
     MAX_JSON_BYTES: int = Field(1 << 20, ge=1024, description="Largest JSON request body (POST /models/{id}); larger is 413.")
     MAX_HEADER_BYTES: int = Field(64 << 10, ge=4096, description="Largest request line plus headers; larger is 431 (inferserver serve).")
+    HEADER_TIMEOUT: float = Field(
+        30.0, gt=0, le=3600,
+        description="Seconds a client may take to send a request's line and headers; then 408 and the connection "
+        "is closed (inferserver serve and the shipped gunicorn config).",
+    )
+    UPLOAD_IDLE_TIMEOUT: float = Field(
+        60.0, gt=0, le=3600,
+        description="Seconds an upload may go without sending 16 KiB of its body; then it is ended with 408, its "
+        "partial file dropped and the input free for a new upload.",
+    )
     AUTH_USERS_FILE: Path | None = Field(None, description="File of `user:hash` lines; when set, HTTP Basic is accepted (and required).")
     AUTH_TOKENS_FILE: Path | None = Field(None, description="File of sha256 hex API token hashes; when set, Bearer tokens are accepted (and required).")
     AUTH_MAX_FAILURES: int = Field(10, ge=1, description="Failed credentials one client address may send within AUTH_FAILURE_WINDOW; then 429 until the window ends.")

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from .runner.docker import DockerBackend
 from .runner.jobs import RunFailed
+from .sessions.quotas import free_bytes
+from .sizes import human_size, rough_size
 from .specs.directory import ModelDirectory
 
 PING_SECONDS = 2.0
@@ -20,6 +22,7 @@ class Readiness:
     models: ModelDirectory
     model_path: Path
     session_path: Path
+    disk_reserve: int = 0  # DISK_RESERVE_BYTES
 
     async def problems(self) -> list[str]:
         """Empty when ready; otherwise one reason per failed check."""
@@ -37,6 +40,11 @@ class Readiness:
             found.append(f"no model is served from {self.model_path}")
         if not _writable(self.session_path):
             found.append(f"SESSION_PATH {self.session_path} is not writable")
+        elif (free := free_bytes(self.session_path)) < self.disk_reserve:
+            found.append(
+                f"disk space: SESSION_PATH {self.session_path} has {rough_size(free)} free, less than "
+                f"DISK_RESERVE_BYTES ({human_size(self.disk_reserve)}); new sessions and uploads are refused with 507"
+            )
         return found
 
 

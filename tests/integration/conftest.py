@@ -202,7 +202,9 @@ class ServerFactory:
         self.tmp = tmp
         self.started: list[Server] = []
 
-    def __call__(self, command: Launcher = serve_command(), session_path: Path | None = None, **settings: str) -> Server:
+    def __call__(
+        self, command: Launcher = serve_command(), session_path: Path | None = None, **settings: str
+    ) -> Server:
         return self._track(start_server(self.tmp / f"server{len(self.started)}", command=command,
                                         session_path=session_path, **settings))
 
@@ -262,6 +264,39 @@ def module_server(tmp_path_factory: pytest.TempPathFactory, fixture_images: None
     server = start_server(tmp_path_factory.mktemp("server"))
     yield server
     stop_and_check([server])
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Callable[[int], Path]]:
+    """Mount tmpfs disks of a given size in MiB; unmounted at the end (after the servers on them are stopped:
+    request this fixture before make_server)."""
+    mounted: list[Path] = []
+
+    def mount(size_mib: int) -> Path:
+        where = tmp_path / f"disk{len(mounted)}"
+        where.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mib}m", "tmpfs", str(where)], check=True)
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def free(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def fill(disk: Path, leave: int) -> Path:
+    """A file taking all but `leave` bytes of the disk's free space."""
+    filler = disk / "filler"
+    with filler.open("ab") as out:
+        while (room := free(disk) - leave) > 0:
+            out.write(b"\0" * min(room, 1 << 20))
+            out.flush()
+    return filler
 
 
 def write_nifti(path: Path, megabytes: float, seed: int = 0) -> Path:

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from .conftest import Server, containers_removed, leftover_containers, write_nifti, write_nrrd
+from .conftest import Server, containers_removed, fill, leftover_containers, write_nifti, write_nrrd
 
 OCTET = {"Content-Type": "application/octet-stream"}
 MiB, GiB = 1 << 20, 1 << 30
@@ -182,12 +182,16 @@ def test_an_upload_eating_into_the_disk_reserve_is_507_and_the_session_keeps_its
     assert inputs_on_disk(server, session_id) == {"mask.nrrd": mask}  # intact, and no partial volume
 
 
-def test_a_chunked_upload_is_507_when_the_reserve_exceeds_the_free_space(make_server, tmp_path: Path) -> None:
-    server = make_server(DISK_RESERVE_BYTES="1024TiB")
+def test_a_chunked_upload_is_507_when_the_reserve_exceeds_the_free_space(small_disk, make_server) -> None:
+    # The session is created while there is room: a disk already under its reserve takes no new session.
+    disk = small_disk(64)
+    server = make_server(session_path=disk / "sessions", DISK_RESERVE_BYTES="16MiB")
     with server.client() as client:
         session_id = create(client, "copy")
+        fill(disk, leave=12 * MiB)
         message = detail(client.put(f"/sessions/{session_id}/inputs/input_vol", content=chunks(b"\0" * MiB), headers=OCTET), 507)
-        assert message.startswith("not enough disk space for input input_vol: the server keeps 1024 TiB free (DISK_RESERVE_BYTES)")
+        assert message.startswith(
+            "not enough disk space for input input_vol: the server keeps 16 MiB free (DISK_RESERVE_BYTES)")
         assert client.get(f"/sessions/{session_id}").json()["data"]["status"] == "waiting"
     assert inputs_on_disk(server, session_id) == {}
 

@@ -262,6 +262,8 @@ def test_limits_have_safe_defaults() -> None:
     assert s.MAX_SESSIONS == 200
     assert s.CONTAINER_NETWORK == "none"
     assert (s.MAX_CONVERT_BYTES, s.CONVERT_TIMEOUT, s.MAX_CONVERSIONS) == (GiB, 300, 2)
+    assert s.HEADER_TIMEOUT == 30  # slow clients are cut off, but a slow link still sends a head in time
+    assert s.UPLOAD_IDLE_TIMEOUT == 60
 
 
 def test_sizes_in_env_take_human_units(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -306,6 +308,10 @@ def test_sizes_in_the_file_take_numbers_or_human_units(tmp_path: Path, monkeypat
         ("MAX_CONVERT_BYTES", "0", "must be at least 1 byte"),
         ("CONVERT_TIMEOUT", "0", "greater than 0"),
         ("MAX_CONVERSIONS", "0", "greater than or equal to 1"),
+        ("HEADER_TIMEOUT", "0", "greater than 0"),
+        ("HEADER_TIMEOUT", "soon", "valid number"),
+        ("UPLOAD_IDLE_TIMEOUT", "-5", "greater than 0"),
+        ("UPLOAD_IDLE_TIMEOUT", "86400", "less than or equal to 3600"),
     ],
 )
 def test_a_wrong_limit_names_the_setting(monkeypatch: pytest.MonkeyPatch, name: str, value: str, says: str) -> None:

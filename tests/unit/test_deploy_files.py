@@ -81,3 +81,21 @@ def test_gunicorn_config_takes_overrides_from_the_environment(monkeypatch: pytes
 def test_gunicorn_config_names_a_bad_value(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(SystemExit, match=r"INFERSERVER_WORKERS='many' is not a whole number"):
         gunicorn_settings(monkeypatch, INFERSERVER_WORKERS="many")
+
+
+def test_the_unit_raises_the_open_file_limit_far_above_1024() -> None:
+    """Each log stream holds two file descriptors: 1024 would end at ~500 streams (and reset other clients)."""
+    values = [line.split("=", 1)[1] for line in UNIT.read_text().splitlines() if line.startswith("LimitNOFILE=")]
+    assert values == ["65536"]
+
+
+def test_the_gunicorn_config_runs_the_bounded_protocol() -> None:
+    """The header size and time bounds of `inferserver serve` hold under gunicorn too."""
+    from types import SimpleNamespace
+
+    from inferserver.protocol import PROTOCOL
+
+    settings = runpy.run_path(str(GUNICORN_CONF))
+    worker = SimpleNamespace(config=SimpleNamespace(timeout_graceful_shutdown=0, http="auto"))
+    settings["post_worker_init"](worker)
+    assert worker.config.http == PROTOCOL

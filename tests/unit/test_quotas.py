@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -10,7 +13,12 @@ from types import SimpleNamespace
 import pytest
 
 from inferserver.sessions import quotas
-from inferserver.sessions.errors import AtCapacity, InsufficientStorage, TooLarge
+from inferserver.sessions.errors import (
+    AtCapacity,
+    InsufficientStorage,
+    Stalled,
+    TooLarge,
+)
 from inferserver.sessions.quotas import UploadLimits, check_room, limited_upload
 from inferserver.sessions.uploads import receive_file
 
@@ -48,8 +56,8 @@ def disk(monkeypatch: pytest.MonkeyPatch) -> Disk:
     return fake
 
 
-def limits(max_bytes: int = 10 * 1024, reserve: int = GiB) -> UploadLimits:
-    return UploadLimits(max_bytes=max_bytes, disk_reserve=reserve, disk=Path("/sessions"))
+def limits(max_bytes: int = 10 * 1024, reserve: int = GiB, idle: float = 60.0) -> UploadLimits:
+    return UploadLimits(max_bytes=max_bytes, disk_reserve=reserve, disk=Path("/sessions"), idle_timeout=idle)
 
 
 async def take(body: AsyncIterator[bytes]) -> int:
@@ -124,3 +132,79 @@ def test_the_live_session_limit() -> None:
     with pytest.raises(AtCapacity) as caught:
         check_room(2, limit=2)
     assert "limit of 2 live sessions (MAX_SESSIONS)" in str(caught.value)
+
+
+class Trickle:
+    """A body that sends `size` bytes every `every` seconds, `chunks` times."""
+
+    def __init__(self, chunks: int, size: int, every: float) -> None:
+        self.chunks, self.size, self.every = chunks, size, every
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for _ in range(self.chunks):
+            await asyncio.sleep(self.every)
+            yield b"x" * self.size
+
+
+async def test_an_upload_that_stops_is_stalled_after_the_idle_timeout(disk: Disk) -> None:
+    started = time.monotonic()
+    with pytest.raises(Stalled) as caught:
+        await take(limited_upload(aiter(Trickle(3, 1024, 10)), None, limits(max_bytes=GiB, idle=0.3), "input volume"))
+    assert 0.25 < time.monotonic() - started < 1
+    assert str(caught.value) == ("input volume: the upload sent less than 16 KiB in 0.3 s (UPLOAD_IDLE_TIMEOUT); "
+                                 "it was dropped and the input can be uploaded again")
+
+
+async def test_an_upload_that_trickles_is_stalled_though_bytes_keep_coming(disk: Disk) -> None:
+    taken = 0
+    with pytest.raises(Stalled):
+        async for chunk in limited_upload(aiter(Trickle(100, 1, 0.05)), None, limits(max_bytes=GiB, idle=0.3), "x"):
+            taken += len(chunk)
+    assert 3 <= taken <= 7  # about 0.3 s of one byte per 0.05 s
+
+
+async def test_an_upload_bringing_16_kib_per_timeout_goes_on(disk: Disk) -> None:
+    body = Trickle(8, quotas.PROGRESS_BYTES, 0.2)  # 1.6 s in all, but 16 KiB every 0.2 s of a 0.3 s allowance
+    taken = await take(limited_upload(aiter(body), None, limits(max_bytes=GiB, idle=0.3), "x"))
+    assert taken == 8 * quotas.PROGRESS_BYTES
+
+
+async def test_time_the_receiver_spends_is_not_held_against_the_client(disk: Disk) -> None:
+    taken = 0
+    async for chunk in limited_upload(aiter(Body(5)), None, limits(max_bytes=GiB, idle=0.2), "x"):
+        taken += len(chunk)
+        await asyncio.sleep(0.3)  # a slow disk
+    assert taken == 5 * 1024
+
+
+class DriverError(Exception):
+    def __init__(self, message: str, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+class Wrapped(Exception):
+    """What SQLAlchemy raises: the driver's error as `orig`."""
+
+    def __init__(self, orig: BaseException) -> None:
+        super().__init__(str(orig))
+        self.orig = orig
+
+
+@pytest.mark.parametrize(
+    "error",
+    [OSError(errno.ENOSPC, "No space left on device"), OSError(errno.EDQUOT, "Disk quota exceeded"),
+     Wrapped(DriverError("database or disk is full")), Wrapped(DriverError("could not extend file", "53100"))],
+    ids=["ENOSPC", "EDQUOT", "sqlite", "postgresql"],
+)
+def test_a_full_disk_is_507_naming_the_reserve(error: BaseException) -> None:
+    with pytest.raises(InsufficientStorage) as caught, quotas.out_of_space_is_507("input volume"):
+        raise error
+    assert str(caught.value).startswith("not enough disk space for input volume: the disk is full (DISK_RESERVE_BYTES")
+    assert caught.value.__cause__ is error
+
+
+@pytest.mark.parametrize("error", [OSError(errno.EACCES, "Permission denied"), Wrapped(DriverError("locked", "55P03"))])
+def test_other_errors_pass_unchanged(error: BaseException) -> None:
+    with pytest.raises(type(error)), quotas.out_of_space_is_507("input volume"):
+        raise error

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 
 from fastapi import Request
 
+from ..sessions.errors import Stalled
 from ..sessions.manager import SessionManager
+from ..sessions.quotas import progressing
 from ..specs.directory import ModelDirectory
 from .envelope import ApiError
 
@@ -32,17 +35,21 @@ async def read_limited(request: Request, limit: int) -> bytes:
     if declared is not None and declared > limit:
         raise ApiError(413, f"request body is {declared} bytes; the limit is {limit} bytes")
     body = bytearray()
-    async for chunk in request.stream():
+    # Small bodies stall like big ones: a client that stops sending must not hold its connection for ever.
+    idle = request.app.state.settings.UPLOAD_IDLE_TIMEOUT
+    async for chunk in progressing(request.stream(), idle, "request body", then="send the request again"):
         body += chunk
         if len(body) > limit:
             raise ApiError(413, f"request body exceeds the limit of {limit} bytes")
     return bytes(body)
 
 
-async def drain(stream: AsyncIterator[bytes]) -> None:
-    """Read what the client still sends, so it gets our answer rather than a reset connection."""
-    async for _ in stream:
-        pass
+async def drain(stream: AsyncIterator[bytes], idle_timeout: float) -> None:
+    """Read what the client still sends, so it gets our answer rather than a reset connection; not from a
+    client that stalls (it gets the answer now, and its connection closed)."""
+    with contextlib.suppress(Stalled):
+        async for _ in progressing(stream, idle_timeout, "request body"):
+            pass
 
 
 RAW_BODY = {

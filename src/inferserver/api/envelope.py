@@ -22,6 +22,7 @@ from ..sessions.errors import (
     InvalidInput,
     NotFound,
     SessionError,
+    Stalled,
     TooLarge,
     WrongState,
 )
@@ -59,6 +60,7 @@ STATUS_FOR: dict[type[SessionError], int] = {
     TooLarge: 413,
     InsufficientStorage: 507,
     AtCapacity: 503,
+    Stalled: 408,
 }
 
 
@@ -94,7 +96,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(SessionError)
     async def _session_error(request: Request, exc: SessionError) -> JSONResponse:
         status = next(code for kind, code in STATUS_FOR.items() if isinstance(exc, kind))
-        return error_response(status, str(exc))
+        response = error_response(status, str(exc))
+        if isinstance(exc, Stalled):  # the rest of its body may still trickle in: do not wait for it
+            response.headers["Connection"] = "close"
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -29,10 +29,11 @@ async def healthz() -> Envelope[Health]:
     responses={
         503: {
             **error_responses(503)[503],
-            "description": "Not ready: one error per failed check (Docker engine, model directory, SESSION_PATH).",
+            "description": "Not ready: one error per failed check (Docker engine, model directory, SESSION_PATH "
+            "writable and with DISK_RESERVE_BYTES free).",
         }
     },
-    summary="Ready to run models: Docker engine reachable, models loaded, SESSION_PATH writable",
+    summary="Ready to run models: Docker engine reachable, models loaded, SESSION_PATH writable with space",
 )
 async def readyz(request: Request) -> Response:
     problems = await request.app.state.readiness.problems()

@@ -73,9 +73,10 @@ router.add_api_route(
     create_session,
     methods=["POST"],
     response_model=Envelope[SessionCreated],
-    responses=error_responses(400, 404, 413, 415, 503),
+    responses=error_responses(400, 404, 413, 415, 503, 507),
     summary="Create a session with this run configuration",
-    description="503 when the server already holds MAX_SESSIONS live sessions.",
+    description="503 when the server already holds MAX_SESSIONS live sessions; 507 when SESSION_PATH's disk has less "
+    "than DISK_RESERVE_BYTES free.",
     route_class_override=BoundedJsonRoute,
     strict_content_type=False,  # a body without Content-Type is read as JSON; other types are 415 (bodies.py)
 )

@@ -91,7 +91,7 @@ async def get_session(session_id: SessionId, manager: Sessions) -> Envelope[Sess
 @router.delete(
     "/{session_id}",
     response_model=Envelope[SessionStatus],
-    responses=error_responses(404, 409),
+    responses=error_responses(404, 409, 507),
     summary="Cancel a waiting, queued or running session (it ends failed, info `cancelled`)",
 )
 async def cancel_session(session_id: SessionId, manager: Sessions) -> Envelope[SessionStatus]:
@@ -102,7 +102,7 @@ async def cancel_session(session_id: SessionId, manager: Sessions) -> Envelope[S
 @router.put(
     "/{session_id}/inputs/{name}",
     response_model=Envelope[UploadReceived],
-    responses=error_responses(400, 404, 409, 413, 415, 507),
+    responses=error_responses(400, 404, 408, 409, 413, 415, 507),
     openapi_extra=deps.RAW_BODY,
     summary="Upload an input file as the raw request body (streamed to disk)",
     description="413 when it is over MAX_UPLOAD_BYTES; 507 when it would leave less than DISK_RESERVE_BYTES free.",
@@ -114,7 +114,7 @@ async def put_input(session_id: SessionId, name: InputName, request: Request, ma
 @router.post(
     "/{session_id}/inputs/{name}",
     response_model=Envelope[UploadReceived],
-    responses=error_responses(400, 404, 409, 413, 415, 507),
+    responses=error_responses(400, 404, 408, 409, 413, 415, 507),
     openapi_extra=MULTIPART_BODY,
     summary="Upload an input file as the one file part of a multipart/form-data body (streamed, never spooled)",
 )
@@ -133,7 +133,7 @@ async def _upload(session_id: str, name: str, request: Request, manager: Session
     try:
         result = await manager.upload(session_id, name, chunks)
     except InvalidInput:
-        await deps.drain(raw)
+        await deps.drain(raw, limits.idle_timeout)
         raise
     request.app.state.metrics.uploaded.inc(result.size)
     return Envelope(data=UploadReceived(sha256=result.sha256))

@@ -31,3 +31,7 @@ class InsufficientStorage(SessionError):
 
 class AtCapacity(SessionError):
     """The server already holds as many live sessions as it may."""
+
+
+class Stalled(SessionError):
+    """A client stopped sending a request body (or sends it too slowly to be told from one that stopped)."""

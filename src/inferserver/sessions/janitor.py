@@ -73,7 +73,7 @@ class Janitor:
             owner_host, _, rest = owner.partition(":")
             pid = rest.partition(":")[0]
             if owner_host == host and pid.isdigit() and not process_alive(int(pid)):
-                await self.store.release_upload(session_id, name, owner, landed=False)
+                await self.store.release_upload(session_id, name, owner)
 
 
 def process_alive(pid: int) -> bool:

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import secrets
+import shutil
 import socket
 import time
 import uuid
@@ -25,7 +27,7 @@ from ..volumes.convert import Converter, ConvertLimits
 from .changes import ChangeCache
 from .errors import Conflict, InvalidInput, NotFound, WrongState
 from .logstream import follow_log
-from .quotas import UploadLimits, check_room
+from .quotas import UploadLimits, at_capacity, check_disk, check_room, out_of_space_is_507
 from .state import LIVE, SessionFiles, SessionPlan, Signal, Signals, Status
 from .store import SessionRow, SessionView, Store
 from .uploads import UploadResult, receive_file
@@ -51,7 +53,8 @@ class SessionManager:
         self._described: ChangeCache[tuple[Status, tuple[str, ...], str]] = ChangeCache(store.changes)
         self._plans: OrderedDict[str, SessionPlan] = OrderedDict()
         self._owner_prefix = f"{socket.gethostname()}:{os.getpid()}"
-        self.converter = Converter(ConvertLimits.from_settings(settings), UploadLimits.from_settings(settings).check_disk)
+        disk = UploadLimits.from_settings(settings).check_disk  # a conversion's result is held to the reserve too
+        self.converter = Converter(ConvertLimits.from_settings(settings), disk)
 
     # -- creation and lookup -------------------------------------------------------------
 
@@ -63,15 +66,28 @@ class SessionManager:
             config = validate_run_config(loaded.spec, request, max_string_bytes=self.settings.MAX_STRING_PARAM_BYTES)
         except ConfigError as exc:
             raise InvalidInput(str(exc)) from exc
-        check_room(await self.live_count(), self.settings.MAX_SESSIONS)
+        check_room(await self.live_count(), self.settings.MAX_SESSIONS)  # cheap early refusal, without a lock
+        # Sessions are metadata too: a disk under its reserve takes none (their rows and directories filled it).
+        spec, wire_config = loaded.spec.wire(), config.to_json()
+        check_disk(self.root, self.settings.DISK_RESERVE_BYTES, "a new session", len(json.dumps([spec, wire_config])))
         session_id = str(uuid.uuid4())  # random: ids are unguessable
-        SessionFiles(self.root / session_id).create()
+        files = SessionFiles(self.root / session_id)
+        with out_of_space_is_507("a new session"):
+            files.create()
         now = time.time()
         row = SessionRow(
-            id=session_id, model_id=model_id, spec=loaded.spec.wire(), config=config.to_json(),
+            id=session_id, model_id=model_id, spec=spec, config=wire_config,
             status=Status.WAITING.value, info="", created=now, updated=now, cancel_requested=False, attempts=0,
         )
-        await self.store.add(row, [name for name in loaded.spec.inputs if config.inputs[name]])
+        inputs = [name for name in loaded.spec.inputs if config.inputs[name]]
+        try:
+            added = await self.store.add(row, inputs, max_live=self.settings.MAX_SESSIONS)
+        except BaseException:
+            shutil.rmtree(files.root, ignore_errors=True)
+            raise
+        if not added:  # others were created meanwhile: the serialized count is the one that decides
+            shutil.rmtree(files.root, ignore_errors=True)
+            raise at_capacity(self.settings.MAX_SESSIONS)
         if await self.store.queue_if_complete(session_id):  # a model without enabled inputs is ready at once
             self.dispatch_wakeup.notify()
         logger.info("session %s created for model %s", session_id, model_id)
@@ -112,6 +128,8 @@ class SessionManager:
     # -- inputs ---------------------------------------------------------------------------
 
     async def upload(self, session_id: str, name: str, chunks: AsyncIterator[bytes]) -> UploadResult:
+        """Receive an input. Of concurrent uploads of one input at most one is taken (200): the others, and any
+        that completes once the session was queued or cancelled, get Conflict (409) and leave no file."""
         view = await self.view(session_id)
         plan = self.plan(view.row)
         _check_enabled(plan, "input", name)
@@ -119,30 +137,56 @@ class SessionManager:
             raise WrongState(f"session is {view.status.value}: it takes no more inputs")
         owner = f"{self._owner_prefix}:{secrets.token_hex(4)}"
         if not await self.store.claim_upload(session_id, name, owner, time.time() - UPLOAD_STALE):
-            raise Conflict(f"input {name} is already being uploaded")
-        landed = False
+            raise await self._not_taken(session_id, name, "is already being uploaded")
+        dest = plan.input_path(name)
+        # Received in full (and converted) under a name of its own first; it becomes the input only once
+        # the store has taken it (_land). The ".upload-<pid>-" in the name lets the janitor remove leftovers.
+        extension = plan.spec.inputs[name].extension
+        staged = dest.with_name(f".{dest.name}.upload-{os.getpid()}-{secrets.token_hex(4)}{extension}")
+        landing: asyncio.Task[None] | None = None
         beat = asyncio.create_task(self._heartbeat(session_id, name, owner))
         try:
-            result = await receive_file(
-                chunks,
-                plan.input_path(name),
-                label=f"input {name}",
-                expected_ext=plan.spec.inputs[name].extension,
-                check_types=self.settings.CHECK_INPUT_FILETYPES,
-                convert=self.settings.CONVERT_INPUTS,
-                converter=self.converter,
-            )
-            landed = True
+            with out_of_space_is_507(f"input {name}"):  # the reserve is checked as bytes come; others share the disk
+                result = await receive_file(
+                    chunks,
+                    staged,
+                    label=f"input {name}",
+                    expected_ext=extension,
+                    check_types=self.settings.CHECK_INPUT_FILETYPES,
+                    convert=self.settings.CONVERT_INPUTS,
+                    converter=self.converter,
+                )
+            # Shielded: a request cancelled now must not split the store's decision from the rename.
+            landing = asyncio.create_task(self._land(session_id, name, owner, staged, dest))
+            await asyncio.shield(landing)
         finally:
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beat
-            queued = await asyncio.shield(self.store.release_upload(session_id, name, owner, landed=landed))
+            if landing is not None:
+                await asyncio.wait([landing])  # the claim is held until the file is in place
+            with contextlib.suppress(FileNotFoundError):
+                staged.unlink()
+            queued = await asyncio.shield(self.store.release_upload(session_id, name, owner))
         logger.info("session %s: input %s received (%d bytes)", session_id, name, result.size)
         if queued:
             logger.info("session %s queued", session_id)
             self.dispatch_wakeup.notify()
         return result
+
+    async def _land(self, session_id: str, name: str, owner: str, staged: Path, dest: Path) -> None:
+        if not await self.store.land_upload(session_id, name, owner):
+            raise await self._not_taken(session_id, name, "was not stored: another upload of it took over")
+        os.replace(staged, dest)
+
+    async def _not_taken(self, session_id: str, name: str, busy: str) -> Conflict:
+        """Why an upload was refused: the session moved on (queued, cancelled, gone), or another upload has the
+        input (`busy` says so)."""
+        status = await self.store.status_of(session_id)
+        if status is not Status.WAITING:
+            now = "gone" if status is None else status.value
+            return Conflict(f"input {name} was not stored: the session no longer waits for inputs (it is {now})")
+        return Conflict(f"input {name} {busy}")
 
     async def _heartbeat(self, session_id: str, name: str, owner: str) -> None:
         while True:

@@ -1,8 +1,10 @@
 """Durable session state behind SQLAlchemy 2 (async): SQLite in SESSION_PATH by default, PostgreSQL by URL.
 
 Every change that races between requests or worker processes is one conditional UPDATE (claim an upload
-only if nobody holds a live claim; queue a session only if all its inputs have landed; start a run only if
-it is still queued), so both databases give the same answers without explicit locking.
+only if nobody holds a live claim; land it only if the claim is still ours and the session still waiting;
+queue a session only if all its inputs have landed; start a run only if it is still queued), so both
+databases give the same answers without explicit locking. Creating a session within MAX_SESSIONS is the one
+count-then-insert: it runs serialized (SQLite: BEGIN IMMEDIATE; PostgreSQL: a transaction advisory lock).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from sqlalchemy import (
     func,
     or_,
     select,
+    text,
     tuple_,
     update,
 )
@@ -36,7 +39,11 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from .changes import ChangeToken
 from .forecast import QueuePlace
-from .state import Status
+from .quotas import out_of_space_is_507
+from .state import LIVE, Status
+
+# pg_advisory_xact_lock key of session creation: any constant no other program on the database uses.
+CREATE_LOCK_KEY = 0x696E6672_63726561  # "infrcrea"
 
 
 class Base(DeclarativeBase):
@@ -135,19 +142,43 @@ class Store:
 
     @contextlib.asynccontextmanager
     async def _write(self, *, visible: bool = True) -> AsyncIterator[AsyncSession]:
-        """A transaction; once it is committed, `changes` is replaced unless nothing a client sees changed."""
-        async with self.sessionmaker.begin() as db:
-            yield db
+        """A transaction; once it is committed, `changes` is replaced unless nothing a client sees changed.
+
+        A database whose disk is full refuses with InsufficientStorage (507), not a bare driver error (500)."""
+        with out_of_space_is_507("the session database to record the change"):
+            async with self.sessionmaker.begin() as db:
+                yield db
         if visible:
             self.changes.replace()
 
     # -- sessions ---------------------------------------------------------------------------
 
-    async def add(self, row: SessionRow, inputs: list[str]) -> None:
+    async def add(self, row: SessionRow, inputs: list[str], *, max_live: int | None = None) -> bool:
+        """Insert a session and its inputs; with `max_live`, only while fewer live sessions exist. True if added.
+
+        The count and the insert are one serialized step: concurrent creates (in any worker process) cannot
+        all see room for one more."""
         async with self._write() as db:
+            if max_live is not None:
+                await self._serialize(db)
+                live = await db.scalar(
+                    select(func.count()).where(SessionRow.status.in_([s.value for s in LIVE]))
+                )
+                if int(live or 0) >= max_live:
+                    return False
             db.add(row)
             await db.flush()  # the session row first: inputs refer to it
             db.add_all(InputRow(session_id=row.id, name=n, position=i) for i, n in enumerate(inputs))
+        return True
+
+    async def _serialize(self, db: AsyncSession) -> None:
+        """Make this transaction the only one of its kind until it ends."""
+        if self.engine.dialect.name == "sqlite":
+            # Take the write lock now, before the count: a deferred transaction would read first and let
+            # another writer in between (busy_timeout makes the next one wait its turn).
+            await db.execute(text("BEGIN IMMEDIATE"))
+        else:
+            await db.execute(select(func.pg_advisory_xact_lock(CREATE_LOCK_KEY)))
 
     async def get(self, session_id: str) -> SessionView | None:
         async with self.sessionmaker() as db:
@@ -184,7 +215,7 @@ class Store:
         values = {k: (v.value if isinstance(v, Status) else v) for k, v in values.items()}
         async with self._write(visible=visible) as db:
             result = await db.execute(query.values(updated=time.time(), **values))
-            return result.rowcount == 1
+            return _one_row(result)
 
     async def touch(self, session_id: str) -> None:
         await self.update(session_id, visible=False)
@@ -281,7 +312,8 @@ class Store:
     # -- uploads ----------------------------------------------------------------------------
 
     async def claim_upload(self, session_id: str, name: str, owner: str, stale_before: float) -> bool:
-        """Take the input for an upload unless a live upload holds it (a dead one's claim has gone stale)."""
+        """Take the input for an upload while the session waits for inputs, unless a live upload holds it (a
+        dead one's claim has gone stale)."""
         now = time.time()
         async with self._write() as db:
             result = await db.execute(
@@ -290,10 +322,30 @@ class Store:
                     InputRow.session_id == session_id,
                     InputRow.name == name,
                     or_(InputRow.owner.is_(None), InputRow.heartbeat < stale_before),
+                    _waiting(session_id),
                 )
                 .values(owner=owner, heartbeat=now)
             )
-            return result.rowcount == 1
+            return _one_row(result)
+
+    async def land_upload(self, session_id: str, name: str, owner: str) -> bool:
+        """Mark the input landed if the claim is still `owner`'s and the session still waits for inputs.
+
+        The one step that decides an upload is taken: it comes before its file is renamed into place and
+        before the client is answered. The claim stays held (release_upload ends it), so the session cannot
+        be queued until the file is in place."""
+        async with self._write() as db:  # visible: the input is no longer `needed`
+            result = await db.execute(
+                update(InputRow)
+                .where(
+                    InputRow.session_id == session_id,
+                    InputRow.name == name,
+                    InputRow.owner == owner,
+                    _waiting(session_id),
+                )
+                .values(landed=True, heartbeat=time.time())
+            )
+            return _one_row(result)
 
     async def heartbeat(self, session_id: str, name: str, owner: str) -> None:
         async with self._write(visible=False) as db:
@@ -303,17 +355,15 @@ class Store:
                 .values(heartbeat=time.time())
             )
 
-    async def release_upload(self, session_id: str, name: str, owner: str, *, landed: bool) -> bool:
-        """End an upload; when it landed and it was the last input, queue the session. True if queued."""
+    async def release_upload(self, session_id: str, name: str, owner: str) -> bool:
+        """End an upload (landed or not); when it was the last thing the session waited for, queue the session.
+        True if queued."""
         now = time.time()
         async with self._write() as db:
-            values: dict[str, Any] = {"owner": None, "heartbeat": None}
-            if landed:
-                values["landed"] = True
             await db.execute(
                 update(InputRow)
                 .where(InputRow.session_id == session_id, InputRow.name == name, InputRow.owner == owner)
-                .values(**values)
+                .values(owner=None, heartbeat=None)
             )
             # Even a failed re-upload may have been the last thing holding a complete session back.
             return await _queue_if_complete(db, session_id, now)
@@ -340,6 +390,16 @@ class Store:
             return int(n or 0)
 
 
+def _one_row(result: Any) -> bool:
+    """An UPDATE's result changed exactly one row (rowcount is on the cursor result, untyped in SQLAlchemy)."""
+    return int(result.rowcount) == 1
+
+
+def _waiting(session_id: str) -> Any:
+    """The session still takes inputs (a condition for a statement on its inputs)."""
+    return exists().where(and_(SessionRow.id == session_id, SessionRow.status == Status.WAITING.value))
+
+
 async def _queue_if_complete(db: Any, session_id: str, now: float) -> bool:
     missing = exists().where(
         and_(InputRow.session_id == session_id, or_(InputRow.landed.is_(False), InputRow.owner.is_not(None)))
@@ -349,7 +409,7 @@ async def _queue_if_complete(db: Any, session_id: str, now: float) -> bool:
         .where(SessionRow.id == session_id, SessionRow.status == Status.WAITING.value, ~missing)
         .values(status=Status.READY.value, queued_at=now, updated=now, info="")
     )
-    return result.rowcount == 1
+    return _one_row(result)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
