@@ -183,3 +183,17 @@ async def test_nifti_to_nifti_gz_and_back_is_byte_identical(tmp_path: Path, targ
     header = nibabel.load(unpacked).header
     assert header.endianness == ">" and int(header["qform_code"]) == 2 and int(header["sform_code"]) == 2
     assert header["descrip"].tobytes().rstrip(b"\0") == b"spm - 3D normalized"
+
+
+async def test_a_rescaled_int16_volume_is_read_as_float_within_its_limits(tmp_path: Path) -> None:
+    """A CT with scl_slope/scl_inter: ITK reads it as float32, so the .nrrd is twice the stored voxels; the
+    file-size and memory limits are sized for that, not for the int16 on disk."""
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    path = outputs / "ct.nii.gz"
+    data = np.random.default_rng(0).integers(0, 3000, (128, 128, 64), dtype=np.int16)
+    image = nibabel.Nifti1Image(data, np.eye(4))
+    image.header.set_slope_inter(1.0, -1024.0)
+    nibabel.save(image, path)
+    converted = await converter(tmp_path).converted_copy(path, ".nrrd", LABEL)
+    assert converted.stat().st_size > 128 * 128 * 64 * 4

@@ -102,7 +102,7 @@ def with_field(raw: bytes, offset: int, fmt: str, value: object) -> bytes:
 
 def test_nifti_element_size_comes_from_datatype_and_bitpix_must_agree(tmp_path: Path) -> None:
     raw = nifti_bytes()  # int16: datatype 4, bitpix 16, 120 voxels = 240 bytes after 352
-    assert nifti.parse(raw, LABEL, GiB) == nifti.NiftiHeader(1, 352, 240)
+    assert nifti.parse(raw, LABEL, GiB) == nifti.NiftiHeader(1, 352, 240, 240)
     lying = with_field(raw, 72, "h", 8)  # bitpix 8 claims half the bytes
     with pytest.raises(ConversionError, match=rf"^{LABEL}: NIfTI bitpix 8 disagrees with datatype 4 \(16 bits\)$"):
         nifti.parse(lying, LABEL, GiB)
@@ -238,6 +238,10 @@ def nifti_headers(draw: st.DrawFn) -> bytes:
     bitpix = size * 8 if draw(st.integers(0, 4)) else draw(st.sampled_from([0, 8, 16, 32, -8]))
     rank = draw(st.integers(1, 7)) if draw(st.integers(0, 4)) else draw(st.sampled_from([-1, 0, 8]))
     magic = draw(st.sampled_from([f"n+{version}", f"n+{version}", f"ni{version}", "n+3"])).encode() + b"\x00"
+    slope, inter = (
+        draw(st.sampled_from([0.0, 1.0, 2.5, -1.0, float("nan"), float("inf")])),
+        draw(st.sampled_from([0.0, -1024.0])),
+    )
     header_size = 348 if version == 1 else 540
     offset = header_size + 4 if draw(st.integers(0, 3)) else draw(st.integers(-(1 << 40), 1 << 40))
     if version == 1:
@@ -247,6 +251,7 @@ def nifti_headers(draw: st.DrawFn) -> bytes:
         struct.pack_into(order + "8h", raw, 40, rank, *dims)
         struct.pack_into(order + "2h", raw, 70, datatype, bitpix)
         struct.pack_into(order + "f", raw, 108, float(offset))
+        struct.pack_into(order + "2f", raw, 112, slope, inter)
         raw[344:348] = magic
     else:
         dims = draw(st.lists(st.integers(-3, 1 << 40), min_size=7, max_size=7))
@@ -256,6 +261,7 @@ def nifti_headers(draw: st.DrawFn) -> bytes:
         struct.pack_into(order + "2h", raw, 12, datatype, bitpix)
         struct.pack_into(order + "8q", raw, 16, rank, *dims)
         struct.pack_into(order + "q", raw, 168, offset)
+        struct.pack_into(order + "2d", raw, 176, slope, inter)
     return bytes(raw)
 
 
@@ -270,7 +276,7 @@ def test_property_no_nifti_header_gets_a_pair_file_or_an_allocation_past_the_bou
         header = None
     if header is not None:
         assert raw[344:348] == b"n+1\x00" if header.version == 1 else raw[4:8] == b"n+2\x00"
-        assert header.voxel_bytes <= bound and header.vox_offset <= nifti.MAX_VOX_OFFSET
+        assert header.voxel_bytes <= header.read_bytes <= bound and header.vox_offset <= nifti.MAX_VOX_OFFSET
     body = raw + b"\0" * data
     path = tmp_path / ("v.nii.gz" if gzipped else "v.nii")
     path.write_bytes(gzip.compress(body) if gzipped else body)

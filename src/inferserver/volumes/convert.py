@@ -85,8 +85,10 @@ class ConvertLimits:
 
     def child_limits(self, volume: Volume) -> tuple[int, int]:
         """Address space and file size the child may use for this volume."""
-        memory = CHILD_MEMORY_BASE + 3 * volume.voxel_bytes  # the image, its cast and the writer's buffer
-        written = max(volume.stream_bytes, volume.voxel_bytes + (64 << 10))  # a header and the voxels, or the file
+        # The voxels as stored, then twice as read (ITK reads a NIfTI with scl_slope as float, and a cast or the
+        # writer may hold another copy). What is written: the voxels as read and a header, or the file itself.
+        memory = CHILD_MEMORY_BASE + volume.voxel_bytes + 2 * volume.read_bytes
+        written = max(volume.stream_bytes, volume.read_bytes + (64 << 10))
         return memory, written + written // 500 + TRAILING_SLACK  # gzip may grow incompressible data slightly
 
 

@@ -29,6 +29,7 @@ class NiftiHeader:
     version: int  # 1 or 2
     vox_offset: int  # where the voxels start in the (decompressed) stream
     voxel_bytes: int  # dims x element size
+    read_bytes: int  # the voxels once read: ITK reads a volume with scl_slope/scl_inter as float (or double)
 
     @property
     def total(self) -> int:
@@ -47,12 +48,14 @@ def parse(head: bytes, label: str, max_voxel_bytes: int) -> NiftiHeader:
             dims = struct.unpack_from(order + "8h", head, 40)
             datatype, bitpix = struct.unpack_from(order + "2h", head, 70)
             offset_field: float = struct.unpack_from(order + "f", head, 108)[0]
+            slope, inter = struct.unpack_from(order + "2f", head, 112)
             break
         if len(head) >= 540 and struct.unpack_from(order + "i", head, 0)[0] == 540:
             version, magic = 2, head[4:8]
             datatype, bitpix = struct.unpack_from(order + "2h", head, 12)
             dims = struct.unpack_from(order + "8q", head, 16)
             offset_field = float(struct.unpack_from(order + "q", head, 168)[0])
+            slope, inter = struct.unpack_from(order + "2d", head, 176)
             break
     else:
         raise ConversionError(f"{label}: no NIfTI header (sizeof_hdr is neither 348 nor 540 in either byte order)")
@@ -81,11 +84,14 @@ def parse(head: bytes, label: str, max_voxel_bytes: int) -> NiftiHeader:
             f"{label}: NIfTI vox_offset {offset_field} is not a whole number of bytes between "
             f"{header_size} and {MAX_VOX_OFFSET}"
         )
-    voxel_bytes = math.prod(dims[1 : rank + 1]) * size
-    if voxel_bytes > max_voxel_bytes:
+    voxels = math.prod(dims[1 : rank + 1])
+    rescaled = math.isfinite(slope) and slope != 0 and (slope != 1 or inter != 0)
+    read_size = max(size, 4) if rescaled else size
+    if voxels * read_size > max_voxel_bytes:
+        as_read = f", read as {read_size}-byte floats (scl_slope {slope}, scl_inter {inter})" if rescaled else ""
         raise ConversionTooLarge(
-            f"{label}: its NIfTI header describes {voxel_bytes} bytes of voxels "
-            f"({' x '.join(map(str, dims[1 : rank + 1]))}, {size} bytes each), over the "
+            f"{label}: its NIfTI header describes {voxels * read_size} bytes of voxels "
+            f"({' x '.join(map(str, dims[1 : rank + 1]))}, {size} bytes each{as_read}), over the "
             f"conversion limit of {max_voxel_bytes} bytes (MAX_CONVERT_BYTES)"
         )
-    return NiftiHeader(version, int(offset_field), voxel_bytes)
+    return NiftiHeader(version, int(offset_field), voxels * size, voxels * read_size)

@@ -38,6 +38,11 @@ class NrrdHeader:
     encoding: str  # "raw" or "gzip"
     voxel_bytes: int  # sizes x type: what the data decodes to
 
+    @property
+    def read_bytes(self) -> int:
+        """The voxels once read: NRRD has no rescaling, so what they decode to."""
+        return self.voxel_bytes
+
 
 def _key(name: str) -> str:
     """A field name as teem compares it: case and spaces do not matter ("Data File" is "datafile")."""

@@ -24,6 +24,7 @@ class Volume:
     format: str  # ".nii", ".nii.gz" or ".nrrd"
     voxel_bytes: int  # what the header says the voxels take, checked against MAX_CONVERT_BYTES
     stream_bytes: int  # what the reader consumes: NIfTI header + voxels (decompressed); NRRD header + voxels
+    read_bytes: int  # the voxels in memory once read (a rescaled NIfTI is read as float)
 
 
 def open_regular(path: Path, label: str) -> BinaryIO:
@@ -43,10 +44,10 @@ def read_header(path: Path, fmt: str, label: str, max_voxel_bytes: int) -> Volum
     with open_regular(path, label) as stream:
         if fmt == ".nrrd":
             header = nrrd.parse(stream.read(nrrd.MAX_HEADER_BYTES), label, max_voxel_bytes)
-            return Volume(fmt, header.voxel_bytes, header.data_offset + header.voxel_bytes)
+            return Volume(fmt, header.voxel_bytes, header.data_offset + header.voxel_bytes, header.read_bytes)
         head = _gunzip_head(stream, label) if fmt == ".nii.gz" else stream.read(nifti.HEAD_BYTES)
         parsed = nifti.parse(head, label, max_voxel_bytes)
-        return Volume(fmt, parsed.voxel_bytes, parsed.total)
+        return Volume(fmt, parsed.voxel_bytes, parsed.total, parsed.read_bytes)
 
 
 def verify(path: Path, fmt: str, label: str, max_voxel_bytes: int) -> Volume:
@@ -55,14 +56,14 @@ def verify(path: Path, fmt: str, label: str, max_voxel_bytes: int) -> Volume:
         size = os.fstat(stream.fileno()).st_size
         if fmt == ".nrrd":
             header = nrrd.parse(stream.read(nrrd.MAX_HEADER_BYTES), label, max_voxel_bytes)
-            volume = Volume(fmt, header.voxel_bytes, header.data_offset + header.voxel_bytes)
+            volume = Volume(fmt, header.voxel_bytes, header.data_offset + header.voxel_bytes, header.read_bytes)
             needed, what = header.voxel_bytes, "voxels after the header"
             stream.seek(header.data_offset)
             gzipped = header.encoding == "gzip"
         else:
             head = _gunzip_head(stream, label) if fmt == ".nii.gz" else stream.read(nifti.HEAD_BYTES)
             parsed = nifti.parse(head, label, max_voxel_bytes)
-            volume = Volume(fmt, parsed.voxel_bytes, parsed.total)
+            volume = Volume(fmt, parsed.voxel_bytes, parsed.total, parsed.read_bytes)
             needed, what = parsed.total, "header and voxels"
             stream.seek(0)
             gzipped = fmt == ".nii.gz"
