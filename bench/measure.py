@@ -95,8 +95,12 @@ def ablinfer_e2e(url: str, source: Path, out: Path) -> dict[str, Any]:
     out.unlink(missing_ok=True)
     settle(warm=(source,))
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "ablinfer.cli", "-s", url, "copy", "-i", str(source), "-o", str(out)],
-                          capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-m", "ablinfer.cli", "-s", url, "copy", "-i", str(source), "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     seconds = time.monotonic() - started
     if done.returncode != 0 or not same_bytes(source, out):
         tail = (done.stderr or done.stdout)[-600:]
@@ -114,7 +118,10 @@ class Events:
         env = {**os.environ, "DOCKER_HOST": stack.engine.host}
         self.process = subprocess.Popen(
             ["docker", "events", "--format", "{{json .}}", "--filter", "type=container"],
-            env=env, stdout=subprocess.PIPE, text=True)
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         self.seen: list[tuple[int, str]] = []
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
@@ -240,8 +247,12 @@ def status_load(url: str, connections: int, seconds: int = 10) -> dict[str, Any]
     wait up to about 1 s to be served (bare uvicorn with a 150 us app: p99 1.25 s over 5 s, 66 ms over 15 s).
     """
     sid = httpx.post(url + "/models/copy", json=CREATE_COPY, timeout=30).json()["data"]["session_id"]
-    done = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "--latency",
-                           f"{url}/sessions/{sid}"], capture_output=True, text=True, timeout=seconds + 60)
+    done = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "--latency", f"{url}/sessions/{sid}"],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+    )
     out = done.stdout
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     result: dict[str, Any] = {"rps": float(rps.group(1)) if rps else None}
@@ -280,8 +291,10 @@ async def _hold_streams(url: str, sid: str, count: int) -> dict[str, Any]:
                 opened += 1
             await release.wait()
 
-    async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(None, connect=10)) as streams, \
-            httpx.AsyncClient() as probe:
+    async with (
+        httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(None, connect=10)) as streams,
+        httpx.AsyncClient() as probe,
+    ):
         tasks = [asyncio.create_task(one(streams)) for _ in range(count)]
         deadline = time.monotonic() + 10 + count / 100
         # Waits on three things, one a deadline: polling them is simplest (a benchmark, not the server).
@@ -293,10 +306,15 @@ async def _hold_streams(url: str, sid: str, count: int) -> dict[str, Any]:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     answered = sorted(x for x in latencies if x is not None)
-    return {"streams": count, "opened": opened, "answered": len(answered), "probes": len(latencies),
-            "p50_ms": answered[len(answered) // 2] if answered else None,
-            "p99_ms": answered[-1] if answered else None,  # 20 probes: p99 is the slowest
-            "ok": opened == count and len(answered) == len(latencies)}
+    return {
+        "streams": count,
+        "opened": opened,
+        "answered": len(answered),
+        "probes": len(latencies),
+        "p50_ms": answered[len(answered) // 2] if answered else None,
+        "p99_ms": answered[-1] if answered else None,  # 20 probes: p99 is the slowest
+        "ok": opened == count and len(answered) == len(latencies),
+    }
 
 
 def log_streams(stack: Stack, url: str, source: Path, counts: tuple[int, ...]) -> list[dict[str, Any]]:
@@ -359,9 +377,11 @@ def docker_reference(stack: Stack, source: Path) -> dict[str, Any]:
     out = stack.work / "docker-out.nii.gz"
     try:
         timings = {}
-        for step, args in (("cp_in", ("cp", str(source), f"{cid}:/data/input_vol.nii.gz")),
-                           ("run", ("start", "-a", cid)),
-                           ("cp_out", ("cp", f"{cid}:/data/output_vol.nii.gz", str(out)))):
+        for step, args in (
+            ("cp_in", ("cp", str(source), f"{cid}:/data/input_vol.nii.gz")),
+            ("run", ("start", "-a", cid)),
+            ("cp_out", ("cp", f"{cid}:/data/output_vol.nii.gz", str(out))),
+        ):
             settle(warm=(source,) if step == "cp_in" else None)
             started = time.monotonic()
             done = stack.docker(*args)
@@ -380,16 +400,32 @@ def docker_reference(stack: Stack, source: Path) -> dict[str, Any]:
     stack.docker("run", "--rm", "--network", "none", "-v", f"{mount}:/data", image, *argv)
     bind_s = time.monotonic() - started
     shutil.rmtree(mount)
-    return {"cp_in_mbs": size_mib / timings["cp_in"], "cp_out_mbs": size_mib / timings["cp_out"],
-            "run_s": timings["run"], "bind_mount_run_s": bind_s,
-            "cli_total_s": sum(timings.values())}
+    return {
+        "cp_in_mbs": size_mib / timings["cp_in"],
+        "cp_out_mbs": size_mib / timings["cp_out"],
+        "run_s": timings["run"],
+        "bind_mount_run_s": bind_s,
+        "cli_total_s": sum(timings.values()),
+    }
 
 
-def _engine_call(stack: Stack, method: str, path: str, *, body: Path | None = None, json_body: Any = None,
-                 out: str = "/dev/null") -> tuple[int, float]:
+def _engine_call(
+    stack: Stack, method: str, path: str, *, body: Path | None = None, json_body: Any = None, out: str = "/dev/null"
+) -> tuple[int, float]:
     """One Engine API call with curl on the engine's socket: (HTTP status, seconds curl measured)."""
-    argv = ["curl", "-s", "--unix-socket", str(stack.engine.socket), "-X", method, "-o", out,
-            "-w", "%{http_code} %{time_total}", f"http://docker/v1.41/{path}"]
+    argv = [
+        "curl",
+        "-s",
+        "--unix-socket",
+        str(stack.engine.socket),
+        "-X",
+        method,
+        "-o",
+        out,
+        "-w",
+        "%{http_code} %{time_total}",
+        f"http://docker/v1.41/{path}",
+    ]
     if json_body is not None:
         argv[1:1] = ["-H", "Content-Type: application/json", "--data-binary", json.dumps(json_body)]
     elif body is not None:
@@ -501,8 +537,10 @@ def archive_staging(stack: Stack, source: Path) -> dict[str, Any]:
 
     async def run() -> dict[str, Any]:
         backend = DockerBackend()
-        cid = await backend.create({"Image": "inferserver-test/copy:1", "Cmd": ["-i", "x", "-o", "y"],
-                                    "HostConfig": {"NetworkMode": "none"}}, name=f"bench-staging-{os.getpid()}")
+        cid = await backend.create(
+            {"Image": "inferserver-test/copy:1", "Cmd": ["-i", "x", "-o", "y"], "HostConfig": {"NetworkMode": "none"}},
+            name=f"bench-staging-{os.getpid()}",
+        )
         try:
             settle(warm=(source,))
             started = time.monotonic()

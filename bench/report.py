@@ -23,7 +23,7 @@ def _get(data: dict[str, Any], *keys: Any) -> Any:
 def _why(data: dict[str, Any], *keys: Any) -> str:
     """A cell for a value that is missing: the error of the measurement it belonged to."""
     for depth in range(len(keys), 0, -1):
-        error = _get(data, *keys[:depth - 1], "error") if depth > 1 else None
+        error = _get(data, *keys[: depth - 1], "error") if depth > 1 else None
         if error:
             return f"fails: {error}"
     return "–"
@@ -72,12 +72,19 @@ def budget(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
     share("upload 1 GiB", _get(new, "flow_big", "upload_mbs"), _get(raw, "upload_mbs"), "raw loopback PUT to disk")
     share("download 1 GiB", _get(new, "flow_big", "download_mbs"), _get(raw, "download_mbs"), "raw loopback GET")
     growth = _get(new, "flow_big", "rss_growth_mib")
-    rows.append(("peak RSS growth during the 1 GiB upload", "< 50 MB",
-                 f"{growth * 1.048576:.1f} MB" if growth is not None else "not measured",
-                 None if growth is None else growth * 1.048576 < 50))
+    rows.append(
+        (
+            "peak RSS growth during the 1 GiB upload",
+            "< 50 MB",
+            f"{growth * 1.048576:.1f} MB" if growth is not None else "not measured",
+            None if growth is None else growth * 1.048576 < 50,
+        )
+    )
     for size_key, mib in (("flow_small", r["small_mib"]), ("flow_big", r["big_mib"])):
-        for field, rate_key, what in (("last_byte_to_start_ms", "in_mbs", "last byte → container start"),
-                                      ("exit_to_complete_ms", "out_mbs", "container exit → complete")):
+        for field, rate_key, what in (
+            ("last_byte_to_start_ms", "in_mbs", "last byte → container start"),
+            ("exit_to_complete_ms", "out_mbs", "container exit → complete"),
+        ):
             measured, rate = _get(new, size_key, field), _get(staging, rate_key)
             if measured is None or rate is None:
                 rows.append((f"{what}, {mib} MiB", "< 100 ms + staging", "not measured", None))
@@ -85,8 +92,14 @@ def budget(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
             allowed = 100 + mib / rate * 1000
             floor = engine_floor(engine, mib) if field == "last_byte_to_start_ms" else None
             note = f" (the engine alone: create + copy in + start = {floor:.0f} ms)" if floor else ""
-            rows.append((f"{what}, {mib} MiB", f"< 100 ms + {mib / rate * 1000:.0f} ms staging = {allowed:.0f} ms",
-                         f"{measured:.0f} ms{note}", measured < allowed))
+            rows.append(
+                (
+                    f"{what}, {mib} MiB",
+                    f"< 100 ms + {mib / rate * 1000:.0f} ms staging = {allowed:.0f} ms",
+                    f"{measured:.0f} ms{note}",
+                    measured < allowed,
+                )
+            )
     mount = r.get("mount", {})
     bare = _engine_bare(engine)
     for size_key, mib in (("flow_small", r["small_mib"]), ("flow_big", r["big_mib"])):
@@ -168,12 +181,27 @@ def table(r: dict[str, Any]) -> str:
 
     cli = _get(dock, "cli_total_s")
     row(f"(a) whole inference, ablinfer client, {s} MiB", ("e2e_small", "seconds"), "{:.1f} s")
-    row(f"(a) whole inference, ablinfer client, {b} MiB", ("e2e_big", "seconds"), "{:.1f} s",
-        f"docker cp in + run + cp out: {cli:.1f} s" if cli else _why(dock, "cli_total_s"), None)
-    row(f"(b) upload {b} MiB", ("flow_big", "upload_mbs"), "{:.0f} MiB/s",
-        _cell(raw, ("upload_mbs",), "NGINX WebDAV PUT to disk: {:.0f} MiB/s"), _get(raw, "upload_mbs"))
-    row(f"(b) download {b} MiB", ("flow_big", "download_mbs"), "{:.0f} MiB/s",
-        _cell(raw, ("download_mbs",), "NGINX static GET: {:.0f} MiB/s"), _get(raw, "download_mbs"))
+    row(
+        f"(a) whole inference, ablinfer client, {b} MiB",
+        ("e2e_big", "seconds"),
+        "{:.1f} s",
+        f"docker cp in + run + cp out: {cli:.1f} s" if cli else _why(dock, "cli_total_s"),
+        None,
+    )
+    row(
+        f"(b) upload {b} MiB",
+        ("flow_big", "upload_mbs"),
+        "{:.0f} MiB/s",
+        _cell(raw, ("upload_mbs",), "NGINX WebDAV PUT to disk: {:.0f} MiB/s"),
+        _get(raw, "upload_mbs"),
+    )
+    row(
+        f"(b) download {b} MiB",
+        ("flow_big", "download_mbs"),
+        "{:.0f} MiB/s",
+        _cell(raw, ("download_mbs",), "NGINX static GET: {:.0f} MiB/s"),
+        _get(raw, "download_mbs"),
+    )
     for c in (50, 200):
         row(f"(c) GET /sessions/{{sid}}, {c} clients: requests/s", ("status", c, "rps"), "{:.0f}/s")
         cells = []
@@ -215,8 +243,10 @@ def table(r: dict[str, Any]) -> str:
             ),
             ("exit_to_complete_ms", "container exit → complete", ""),
         ):
-            lines.append(f"| (f) {what}, {mib} MiB, inputs mounted (INPUT_STAGING=mount; direct, no NGINX) | – | "
-                         f"{_cell(mnt, (key, field), '{:.0f} ms')} | {ref} | |")
+            lines.append(
+                f"| (f) {what}, {mib} MiB, inputs mounted (INPUT_STAGING=mount; direct, no NGINX) | – | "
+                f"{_cell(mnt, (key, field), '{:.0f} ms')} | {ref} | |"
+            )
     stg = r.get("staging", {})
     lines.append(
         f"| staging {b} MiB into / out of the container (archive API) | – | "
@@ -255,11 +285,19 @@ def chart(r: dict[str, Any], path: Path) -> None:
     groups = ["upload", "download", "staging in", "staging out"]
     values = {
         "old server": [_get(old, "flow_big", "upload_mbs"), _get(old, "flow_big", "download_mbs"), None, None],
-        "inferserver": [_get(new, "flow_big", "upload_mbs"), _get(new, "flow_big", "download_mbs"),
-                        _get(stg, "in_mbs"), _get(stg, "out_mbs")],
+        "inferserver": [
+            _get(new, "flow_big", "upload_mbs"),
+            _get(new, "flow_big", "download_mbs"),
+            _get(stg, "in_mbs"),
+            _get(stg, "out_mbs"),
+        ],
         "the engine's archive API alone": [None, None, _get(r, "engine", "in_mbs"), _get(r, "engine", "out_mbs")],
-        "machine limit (NGINX, cp)": [_get(raw, "upload_mbs"), _get(raw, "download_mbs"), _get(raw, "disk_copy_mbs"),
-                                      _get(raw, "disk_copy_mbs")],
+        "machine limit (NGINX, cp)": [
+            _get(raw, "upload_mbs"),
+            _get(raw, "download_mbs"),
+            _get(raw, "disk_copy_mbs"),
+            _get(raw, "disk_copy_mbs"),
+        ],
     }
     width = 0.2
     for i, (name, vals) in enumerate(values.items()):

@@ -50,8 +50,11 @@ def main() -> None:
                 sid = client.post("/models/copy", json={}).json()["data"]["session_id"]
                 started = time.monotonic()
                 with source.open("rb") as body:
-                    answer = client.put(f"/sessions/{sid}/inputs/input_vol", content=body,
-                                        headers={"Content-Type": "application/octet-stream"})
+                    answer = client.put(
+                        f"/sessions/{sid}/inputs/input_vol",
+                        content=body,
+                        headers={"Content-Type": "application/octet-stream"},
+                    )
                 upload_s = time.monotonic() - started
                 assert answer.json()["data"]["sha256"] == digest, answer.text
                 while (status := client.get(f"/sessions/{sid}").json()["data"])["status"] not in ("complete", "failed"):

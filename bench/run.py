@@ -46,8 +46,13 @@ def main() -> None:
     n = args.repeats
     counts = tuple(int(n) for n in args.streams.split(","))
     started = time.monotonic()
-    results: dict[str, Any] = {"when": time.strftime("%Y-%m-%d %H:%M"), "versions": versions(),
-                               "big_mib": args.big_mib, "small_mib": args.small_mib, "repeats": n}
+    results: dict[str, Any] = {
+        "when": time.strftime("%Y-%m-%d %H:%M"),
+        "versions": versions(),
+        "big_mib": args.big_mib,
+        "small_mib": args.small_mib,
+        "repeats": n,
+    }
     with tempfile.TemporaryDirectory(prefix="inferserver-bench-", dir="/var/tmp") as tmp:
         work = Path(tmp)
         big, small = work / "big.nii.gz", work / "small.nii.gz"

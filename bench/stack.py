@@ -113,21 +113,30 @@ def _start_old(stack: Stack, models: Path) -> Path:
     )
     log = stack.work / "old-uwsgi.log"
     with log.open("wb") as out:
-        stack.processes["old"] = subprocess.Popen(["uwsgi", "--ini", str(ini)], stdout=out, stderr=subprocess.STDOUT,
-                                                  start_new_session=True)
+        stack.processes["old"] = subprocess.Popen(
+            ["uwsgi", "--ini", str(ini)], stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     return sock
 
 
 def _start_new(stack: Stack, models: Path, name: str = "new", **settings: str) -> int:
     port = free_port()
-    env = {**os.environ, "DOCKER_HOST": stack.engine.host, "INFERSERVER_MODEL_PATH": str(models),
-           "INFERSERVER_SESSION_PATH": str(stack.work / f"{name}-sessions"),
-           **{f"INFERSERVER_{key}": value for key, value in settings.items()}}
+    env = {
+        **os.environ,
+        "DOCKER_HOST": stack.engine.host,
+        "INFERSERVER_MODEL_PATH": str(models),
+        "INFERSERVER_SESSION_PATH": str(stack.work / f"{name}-sessions"),
+        **{f"INFERSERVER_{key}": value for key, value in settings.items()},
+    }
     log = stack.work / f"{name}-uvicorn.log"
     with log.open("wb") as out:
         stack.processes[name] = subprocess.Popen(
             [sys.executable, "-m", "inferserver", "serve", "--port", str(port), "--log-level", "warning"],
-            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     return port
 
 
@@ -225,8 +234,12 @@ def _start_nginx(stack: Stack, old_sock: Path, new_port: int) -> None:
     )
     log = stack.work / "nginx.log"
     with log.open("wb") as out:
-        stack.processes["nginx"] = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(stack.work)],
-                                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        stack.processes["nginx"] = subprocess.Popen(
+            ["nginx", "-c", str(conf), "-p", str(stack.work)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     time.sleep(0.5)
     if stack.processes["nginx"].poll() is not None:
         raise RuntimeError(f"nginx exited: {(stack.work / 'nginx-error.log').read_text(errors='replace')}")
@@ -288,8 +301,9 @@ def running_stack(work: Path) -> Iterator[Stack]:
 
 def versions() -> dict[str, str]:
     """What was measured: package versions of both servers and the front end."""
-    pip = subprocess.run([str(OLD_VENV / "bin" / "python"), "-m", "pip", "list", "--format", "json"],
-                         capture_output=True, text=True)
+    pip = subprocess.run(
+        [str(OLD_VENV / "bin" / "python"), "-m", "pip", "list", "--format", "json"], capture_output=True, text=True
+    )
     old = {p["name"].lower(): p["version"] for p in json.loads(pip.stdout or "[]")}
     nginx = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
     uwsgi = subprocess.run(["uwsgi", "--version"], capture_output=True, text=True).stdout.strip()

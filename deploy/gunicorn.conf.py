@@ -60,7 +60,7 @@ loglevel = "info"
 proc_name = "inferserver"
 
 
-def post_worker_init(worker) -> None:  # noqa: ANN001 - gunicorn's hook signature
+def post_worker_init(worker) -> None:
     config = getattr(worker, "config", None)  # the uvicorn Config the worker runs
     if config is not None:
         from inferserver.protocol import PROTOCOL

@@ -45,7 +45,12 @@ def write_real_nrrd(path: Path, encoding: str = "gzip") -> Path:
     """The real volume written as NRRD by pynrrd (independent of SimpleITK), with its geometry in LPS."""
     image = nibabel.load(real_volume())
     lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ image.affine
-    header = {"space": "left-posterior-superior", "space directions": lps[:3, :3].T, "space origin": lps[:3, 3],
-              "encoding": encoding, "kinds": ["domain"] * 3}
+    header = {
+        "space": "left-posterior-superior",
+        "space directions": lps[:3, :3].T,
+        "space origin": lps[:3, 3],
+        "encoding": encoding,
+        "kinds": ["domain"] * 3,
+    }
     nrrd.write(str(path), np.asanyarray(image.dataobj), header)
     return path

@@ -28,8 +28,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("-o", "--output", required=True, help="output labelmap (.nii or .nii.gz)")
     parser.add_argument("--threshold", type=float, default=300.0, help="lowest intensity counted as bone (HU for CT)")
     parser.add_argument("--components", type=int, default=1, help="keep the N largest connected components (0: all)")
-    parser.add_argument("--labels", choices=("binary", "components"), default="binary",
-                        help="binary: every kept voxel is 1; components: the k-th largest component is k")
+    parser.add_argument(
+        "--labels",
+        choices=("binary", "components"),
+        default="binary",
+        help="binary: every kept voxel is 1; components: the k-th largest component is k",
+    )
     parser.add_argument("--fill-holes", action="store_true", help="fill cavities enclosed by bone (marrow)")
     args = parser.parse_args(argv)
     if args.components < 0:
@@ -65,8 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bone_threshold: {args.input} has shape {image.shape}; a 3D volume is needed", file=sys.stderr)
         return 2
     volume = np.asanyarray(image.dataobj)  # scaled by scl_slope/scl_inter, so HU for CT
-    print(f"bone_threshold: read {image.shape} voxels, zooms {image.header.get_zooms()}, "
-          f"orientation {''.join(nib.aff2axcodes(image.affine))}", flush=True)
+    print(
+        f"bone_threshold: read {image.shape} voxels, zooms {image.header.get_zooms()}, "
+        f"orientation {''.join(nib.aff2axcodes(image.affine))}",
+        flush=True,
+    )
     result = segment(volume, args.threshold, args.components, args.labels, args.fill_holes)
     header = image.header.copy()
     header.set_data_dtype(np.uint8)
@@ -76,8 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     out.set_sform(image.get_sform(), int(image.header["sform_code"]))
     nib.save(out, args.output)
     counts = {int(v): int(n) for v, n in zip(*np.unique(result, return_counts=True), strict=True) if v}
-    print(f"bone_threshold: threshold {args.threshold}, components {args.components}, labels {args.labels}, "
-          f"fill holes {args.fill_holes}: voxels per label {counts} in {time.monotonic() - started:.1f} s", flush=True)
+    print(
+        f"bone_threshold: threshold {args.threshold}, components {args.components}, labels {args.labels}, "
+        f"fill holes {args.fill_holes}: voxels per label {counts} in {time.monotonic() - started:.1f} s",
+        flush=True,
+    )
     return 0
 
 

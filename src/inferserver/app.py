@@ -25,8 +25,8 @@ from .api.envelope import install_error_handlers, install_openapi
 from .api.requestlog import RequestLog
 from .config import Settings, load_settings
 from .fdlimit import raise_open_file_limit
-from .limits import limits_for
 from .health import Readiness
+from .limits import limits_for
 from .logs import configure_logging
 from .metrics import Metrics
 from .runner.docker import DockerBackend
@@ -57,7 +57,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
     registry = ModelRegistry(settings.MODEL_PATH, check=partial(limits_for, settings))
     directory = registry.directory
-    logger.info("serving %d models from %s: %s", len(directory.models), settings.MODEL_PATH, ", ".join(sorted(directory.models)))
+    logger.info(
+        "serving %d models from %s: %s", len(directory.models), settings.MODEL_PATH, ", ".join(sorted(directory.models))
+    )
 
     settings.SESSION_PATH.mkdir(parents=True, exist_ok=True)
     # Every worker process maps the same change token: status answers are cached under it (sessions/changes.py).
@@ -69,8 +71,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     manager = SessionManager(settings, directory, store, Signals())
     manager.prepare_root()
     if settings.gpu_pool and settings.WORKER_THREADS * settings.gpus_per_run < len(settings.gpu_pool):
-        logger.warning("WORKER_THREADS=%d runs at once with %d GPUs each leaves GPUs of GPUS=%s idle",
-                       settings.WORKER_THREADS, settings.gpus_per_run, ",".join(settings.gpu_pool))
+        logger.warning(
+            "WORKER_THREADS=%d runs at once with %d GPUs each leaves GPUs of GPUS=%s idle",
+            settings.WORKER_THREADS,
+            settings.gpus_per_run,
+            ",".join(settings.gpu_pool),
+        )
     dispatcher = Dispatcher(settings, store, manager, runner, backend)
     metrics = Metrics()
     dispatcher.run_ended = metrics.run_finished
@@ -79,8 +85,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.dispatcher = dispatcher
     app.state.metrics = metrics
     app.state.gpu_requests_on = lambda: bool(settings.gpu_pool) or runner.gpu_requests_on
-    app.state.readiness = Readiness(backend, directory, settings.MODEL_PATH, settings.SESSION_PATH,
-                                    settings.DISK_RESERVE_BYTES)
+    app.state.readiness = Readiness(
+        backend, directory, settings.MODEL_PATH, settings.SESSION_PATH, settings.DISK_RESERVE_BYTES
+    )
 
     # Every worker process runs a dispatcher; the dispatch lock lets exactly one of them start runs.
     tasks = [

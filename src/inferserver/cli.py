@@ -22,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"inferserver {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = commands.add_parser(
-        "serve", help="run the HTTP server",
+        "serve",
+        help="run the HTTP server",
         description="Run the HTTP server under uvicorn. Slow clients are cut off: a request line and headers "
         "must arrive within INFERSERVER_HEADER_TIMEOUT seconds (default 30; else 408) and be at most "
         "INFERSERVER_MAX_HEADER_BYTES (default 65536; else 431), and an upload must send 16 KiB per "
@@ -31,32 +32,47 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
-    serve.add_argument("--workers", type=int, default=1, help="worker processes; any answers any request (default: %(default)s)")
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="default: %(default)s")
+    serve.add_argument(
+        "--workers", type=int, default=1, help="worker processes; any answers any request (default: %(default)s)"
+    )
+    serve.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="default: %(default)s"
+    )
 
-    models = commands.add_parser("models", help="check the model specs, pull their images", description="Work on the model directory.")
+    models = commands.add_parser(
+        "models", help="check the model specs, pull their images", description="Work on the model directory."
+    )
     model_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     check = model_commands.add_parser(
-        "check", help="validate every spec; exit 1 with 'file: reason' per failure",
+        "check",
+        help="validate every spec; exit 1 with 'file: reason' per failure",
         description="Validate every *.json spec in DIR; print 'file: reason' for each that cannot be served and exit 1.",
     )
     check.add_argument("dir", nargs="?", type=Path, help="model directory (default: the MODEL_PATH setting)")
     pull = model_commands.add_parser(
-        "pull", help="pull every model's image that is absent",
+        "pull",
+        help="pull every model's image that is absent",
         description="Pull every served model's image that the Docker engine does not have, with a progress bar; "
         "exit 1 naming the images that failed.",
     )
     pull.add_argument("dir", nargs="?", type=Path, help="model directory (default: the MODEL_PATH setting)")
 
     run = commands.add_parser(
-        "run", help="run one model on the local Docker engine, without a server",
+        "run",
+        help="run one model on the local Docker engine, without a server",
         description="Run one model on the local Docker engine through the server's own runner, printing the "
         "model's log; exit 1 with the reason when the run fails.",
     )
     run.add_argument("model", metavar="SPEC_OR_ID", help="a spec file, or a model id in MODEL_PATH")
-    run.add_argument("--input", "-i", action="append", default=[], metavar="NAME=PATH", help="an input file (repeat per input)")
-    run.add_argument("--param", "-p", action="append", default=[], metavar="NAME=VALUE", help="a parameter value (repeat)")
-    run.add_argument("--output", "-o", action="append", default=[], metavar="NAME=PATH", help="where to write an output (repeat)")
+    run.add_argument(
+        "--input", "-i", action="append", default=[], metavar="NAME=PATH", help="an input file (repeat per input)"
+    )
+    run.add_argument(
+        "--param", "-p", action="append", default=[], metavar="NAME=VALUE", help="a parameter value (repeat)"
+    )
+    run.add_argument(
+        "--output", "-o", action="append", default=[], metavar="NAME=PATH", help="where to write an output (repeat)"
+    )
 
     password = commands.add_parser(
         "hash-password",
@@ -125,8 +141,17 @@ def serve(args: argparse.Namespace) -> int:
     # Several workers need an import string (each process builds its app and reads the settings itself).
     target = "inferserver.app:app" if args.workers > 1 else create_app(settings)
     # log_config=None: uvicorn's own lines go through our handler (and format); our middleware logs requests.
-    uvicorn.run(target, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level,
-                log_config=None, access_log=False, timeout_graceful_shutdown=5, http=PROTOCOL)
+    uvicorn.run(
+        target,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=args.log_level,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+        http=PROTOCOL,
+    )
     return 0
 
 
@@ -146,8 +171,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         spec = localrun.find_spec(args.model, settings.MODEL_PATH)
         return asyncio.run(
             localrun.run(
-                spec, settings,
-                localrun.pairs(args.input, "--input"), localrun.pairs(args.param, "--param"), localrun.pairs(args.output, "--output"),
+                spec,
+                settings,
+                localrun.pairs(args.input, "--input"),
+                localrun.pairs(args.param, "--param"),
+                localrun.pairs(args.output, "--output"),
             )
         )
     except localrun.UsageError as exc:

@@ -93,7 +93,7 @@ class PythonFileSource(PydanticBaseSettingsSource):
             raise SettingsError(f"{SETTINGS_FILE_VAR}={self.path!r}: cannot read the settings file: {exc}") from exc
         namespace: dict[str, Any] = {"__file__": self.path}
         try:
-            exec(compile(source, self.path, "exec"), namespace)  # noqa: S102 - the operator's own config file
+            exec(compile(source, self.path, "exec"), namespace)
         except Exception as exc:
             raise SettingsError(f"{SETTINGS_FILE_VAR}={self.path!r}: the settings file fails to run: {exc!r}") from exc
         return {k: v for k, v in namespace.items() if k.isupper() and k in self.settings_cls.model_fields}
@@ -118,7 +118,10 @@ class Settings(BaseSettings):
     CLEANUP_SECONDS: int = Field(3600, ge=0, description="Seconds of inactivity before a session is cleaned up.")
     CHECK_INPUT_FILETYPES: bool = Field(True, description="Refuse inputs whose sniffed type differs from the spec's.")
     WORKER_THREADS: int = Field(1, ge=1, description="How many runs execute at once.")
-    CONVERT_INPUTS: bool = Field(True, description="Convert an upload in .nrrd/.nii/.nii.gz for an input that expects another of these (needs the convert extra).")
+    CONVERT_INPUTS: bool = Field(
+        True,
+        description="Convert an upload in .nrrd/.nii/.nii.gz for an input that expects another of these (needs the convert extra).",
+    )
     DATABASE_URL: str | None = Field(
         None, description="SQLAlchemy async URL of the session database; default: SQLite in SESSION_PATH."
     )
@@ -128,50 +131,93 @@ class Settings(BaseSettings):
         "every GPU), or device ids such as 0,1,2,3: a pool from which each run gets its own GPUS_PER_RUN.",
     )
     GPUS_PER_RUN: int | None = Field(
-        None, ge=1, description="GPUs each run gets from the GPUS pool (default: all of them); a spec may ask otherwise."
+        None,
+        ge=1,
+        description="GPUs each run gets from the GPUS pool (default: all of them); a spec may ask otherwise.",
     )
-    CONTAINER_NETWORK: str = Field("none", min_length=1, description="Docker network for model containers; none = no network.")
-    LOG_FORMAT: Literal["text", "json"] = Field("text", description="Log lines as plain text, or one JSON object per line.")
-    MAX_JSON_BYTES: int = Field(1 << 20, ge=1024, description="Largest JSON request body (POST /models/{id}); larger is 413.")
-    MAX_HEADER_BYTES: int = Field(64 << 10, ge=4096, description="Largest request line plus headers; larger is 431 (inferserver serve).")
+    CONTAINER_NETWORK: str = Field(
+        "none", min_length=1, description="Docker network for model containers; none = no network."
+    )
+    LOG_FORMAT: Literal["text", "json"] = Field(
+        "text", description="Log lines as plain text, or one JSON object per line."
+    )
+    MAX_JSON_BYTES: int = Field(
+        1 << 20, ge=1024, description="Largest JSON request body (POST /models/{id}); larger is 413."
+    )
+    MAX_HEADER_BYTES: int = Field(
+        64 << 10, ge=4096, description="Largest request line plus headers; larger is 431 (inferserver serve)."
+    )
     HEADER_TIMEOUT: float = Field(
-        30.0, gt=0, le=3600,
+        30.0,
+        gt=0,
+        le=3600,
         description="Seconds a client may take to send a request's line and headers; then 408 and the connection "
         "is closed (inferserver serve and the shipped gunicorn config).",
     )
     UPLOAD_IDLE_TIMEOUT: float = Field(
-        60.0, gt=0, le=3600,
+        60.0,
+        gt=0,
+        le=3600,
         description="Seconds an upload may go without sending 16 KiB of its body; then it is ended with 408, its "
         "partial file dropped and the input free for a new upload.",
     )
-    AUTH_USERS_FILE: Path | None = Field(None, description="File of `user:hash` lines; when set, HTTP Basic is accepted (and required).")
-    AUTH_TOKENS_FILE: Path | None = Field(None, description="File of sha256 hex API token hashes; when set, Bearer tokens are accepted (and required).")
-    AUTH_MAX_FAILURES: int = Field(10, ge=1, description="Failed credentials one client address may send within AUTH_FAILURE_WINDOW; then 429 until the window ends.")
-    AUTH_FAILURE_WINDOW: int = Field(60, ge=1, description="Seconds over which AUTH_MAX_FAILURES counts, from an address's first failure.")
+    AUTH_USERS_FILE: Path | None = Field(
+        None, description="File of `user:hash` lines; when set, HTTP Basic is accepted (and required)."
+    )
+    AUTH_TOKENS_FILE: Path | None = Field(
+        None, description="File of sha256 hex API token hashes; when set, Bearer tokens are accepted (and required)."
+    )
+    AUTH_MAX_FAILURES: int = Field(
+        10,
+        ge=1,
+        description="Failed credentials one client address may send within AUTH_FAILURE_WINDOW; then 429 until the window ends.",
+    )
+    AUTH_FAILURE_WINDOW: int = Field(
+        60, ge=1, description="Seconds over which AUTH_MAX_FAILURES counts, from an address's first failure."
+    )
     MAX_STRING_PARAM_BYTES: Annotated[int, size_at_least(1)] = Field(
-        MAX_STRING_BYTES, description="Largest string parameter value, in UTF-8 bytes; larger is 400 (each value becomes one argument of the model's command)."
+        MAX_STRING_BYTES,
+        description="Largest string parameter value, in UTF-8 bytes; larger is 400 (each value becomes one argument of the model's command).",
     )
     # Limits. The container ones are also the ceilings of what a spec's `inferserver` section may ask for.
     MAX_UPLOAD_BYTES: Size = Field(16 * GiB, description="Largest input upload; a bigger one is refused with 413.")
-    MAX_OUTPUT_BYTES: Size = Field(16 * GiB, description="Largest output file a model may write; a bigger one fails the run.")
-    DISK_RESERVE_BYTES: Annotated[int, size_at_least(0)] = Field(2 * GiB, description="Free space SESSION_PATH keeps; an upload eating into it is refused with 507, an output fails the run.")
-    RUN_TIMEOUT: int = Field(21600, gt=0, description="Seconds a model container may run before it is stopped and the session fails.")
-    CONTAINER_MEMORY: Annotated[int, size_at_least(DOCKER_MIN_MEMORY)] = Field(8 * GiB, description="Memory limit of a model container (no swap beyond it).")
+    MAX_OUTPUT_BYTES: Size = Field(
+        16 * GiB, description="Largest output file a model may write; a bigger one fails the run."
+    )
+    DISK_RESERVE_BYTES: Annotated[int, size_at_least(0)] = Field(
+        2 * GiB,
+        description="Free space SESSION_PATH keeps; an upload eating into it is refused with 507, an output fails the run.",
+    )
+    RUN_TIMEOUT: int = Field(
+        21600, gt=0, description="Seconds a model container may run before it is stopped and the session fails."
+    )
+    CONTAINER_MEMORY: Annotated[int, size_at_least(DOCKER_MIN_MEMORY)] = Field(
+        8 * GiB, description="Memory limit of a model container (no swap beyond it)."
+    )
     CONTAINER_CPUS: float = Field(0.0, ge=0, description="CPUs a model container may use; 0 = no limit.")
     CONTAINER_PIDS: int = Field(4096, gt=0, description="Processes and threads a model container may have.")
     CONTAINER_SHM: Size = Field(2 * GiB, description="Size of a model container's /dev/shm.")
     LOG_MAX_BYTES: Size = Field(64 * MiB, description="A session log stops growing past this size.")
-    MAX_CONVERT_BYTES: Size = Field(1 * GiB, description="Largest volume (voxel bytes by its verified header) the server converts, inputs and ?format= outputs; a bigger one is refused with 413.")
-    CONVERT_TIMEOUT: int = Field(300, gt=0, description="Seconds (wall clock, and CPU) a conversion may take before its process is killed (413).")
-    MAX_CONVERSIONS: int = Field(2, ge=1, description="Conversions running at once, across all worker processes; more wait their turn.")
+    MAX_CONVERT_BYTES: Size = Field(
+        1 * GiB,
+        description="Largest volume (voxel bytes by its verified header) the server converts, inputs and ?format= outputs; a bigger one is refused with 413.",
+    )
+    CONVERT_TIMEOUT: int = Field(
+        300, gt=0, description="Seconds (wall clock, and CPU) a conversion may take before its process is killed (413)."
+    )
+    MAX_CONVERSIONS: int = Field(
+        2, ge=1, description="Conversions running at once, across all worker processes; more wait their turn."
+    )
     MAX_SESSIONS: int = Field(200, gt=0, description="Live (not complete or failed) sessions the server holds at once.")
     INPUT_STAGING: Literal["archive", "mount"] = Field(
-        "archive", description="How inputs reach a model container: archive (copied in through the engine's "
+        "archive",
+        description="How inputs reach a model container: archive (copied in through the engine's "
         "archive API; any engine, also a remote one) or mount (bind-mounted read-only; the engine must run on "
         "this host).",
     )
     MOUNT_SOURCE_PATH: Path | None = Field(
-        None, description="With INPUT_STAGING=mount: the host path at which the Docker engine sees SESSION_PATH "
+        None,
+        description="With INPUT_STAGING=mount: the host path at which the Docker engine sees SESSION_PATH "
         "(a server in a container); default: SESSION_PATH itself.",
     )
 
@@ -186,8 +232,10 @@ class Settings(BaseSettings):
     @classmethod
     def _exec_limit(cls, value: int) -> int:
         if value > STRING_PARAM_CEILING:
-            raise ValueError(f"must be at most {STRING_PARAM_CEILING} bytes: Linux cannot pass one command "
-                             "argument of 128 KiB or more to a model")
+            raise ValueError(
+                f"must be at most {STRING_PARAM_CEILING} bytes: Linux cannot pass one command "
+                "argument of 128 KiB or more to a model"
+            )
         return value
 
     @field_validator("AUTH_USERS_FILE", "AUTH_TOKENS_FILE", "MOUNT_SOURCE_PATH", mode="before")
@@ -220,7 +268,7 @@ class Settings(BaseSettings):
                 f"setting GPUS_PER_RUN={self.GPUS_PER_RUN!r} needs GPUS to list the device ids (e.g. 0,1,2,3), "
                 f"not {self.GPUS.value!r}: only a pool of known devices can be shared out"
             )
-        if self.GPUS_PER_RUN > len(self.GPUS):
+        if len(self.GPUS) < self.GPUS_PER_RUN:
             raise ValueError(
                 f"setting GPUS_PER_RUN={self.GPUS_PER_RUN!r} is more than the {len(self.GPUS)} GPUs GPUS lists"
             )

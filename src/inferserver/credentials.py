@@ -70,9 +70,13 @@ class PasswordHash:
     def matches(self, password: str) -> bool:
         if self.kind == "scrypt":
             n, r, p = self.params
-            derived = hashlib.scrypt(password.encode(), salt=self.salt, n=n, r=r, p=p, dklen=len(self.digest), maxmem=256 << 20)
+            derived = hashlib.scrypt(
+                password.encode(), salt=self.salt, n=n, r=r, p=p, dklen=len(self.digest), maxmem=256 << 20
+            )
         else:
-            derived = hashlib.pbkdf2_hmac("sha256", password.encode(), self.salt, self.params[0], dklen=len(self.digest))
+            derived = hashlib.pbkdf2_hmac(
+                "sha256", password.encode(), self.salt, self.params[0], dklen=len(self.digest)
+            )
         return hmac.compare_digest(derived, self.digest)
 
 
@@ -119,7 +123,9 @@ def _lines(path: Path) -> list[tuple[int, str]]:
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
-        raise CredentialsError(f"{path}: cannot read: {exc.__class__.__name__}: {getattr(exc, 'strerror', None) or exc}") from exc
+        raise CredentialsError(
+            f"{path}: cannot read: {exc.__class__.__name__}: {getattr(exc, 'strerror', None) or exc}"
+        ) from exc
     out = []
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
@@ -150,7 +156,9 @@ def load_tokens(path: Path) -> Tokens:
     for number, line in _lines(path):
         digest = line.lower()
         if not HEX64.fullmatch(digest):
-            raise CredentialsError(f"{path} line {number}: expected the 64 hex digits of a token's sha256 (see `inferserver hash-token`)")
+            raise CredentialsError(
+                f"{path} line {number}: expected the 64 hex digits of a token's sha256 (see `inferserver hash-token`)"
+            )
         hashes.append(digest)
     return Tokens(tuple(hashes))
 

@@ -22,7 +22,11 @@ def raise_open_file_limit() -> int:
         except (ValueError, OSError) as exc:
             logger.warning("open files: cannot raise the soft limit from %d to %d: %s", soft, target, exc)
             return soft
-        logger.info("open files: soft limit raised from %d to %d (room for about %d log streams at once)",
-                    soft, target, target // FDS_PER_LOG_STREAM)
+        logger.info(
+            "open files: soft limit raised from %d to %d (room for about %d log streams at once)",
+            soft,
+            target,
+            target // FDS_PER_LOG_STREAM,
+        )
         return target
     return soft

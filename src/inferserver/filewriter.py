@@ -84,7 +84,7 @@ class BlockWriter:
             for piece in pieces:
                 self._digest.update(piece)
         for start in range(0, len(pieces), IOV_MAX):
-            _write_all(self._fd, [memoryview(piece) for piece in pieces[start:start + IOV_MAX]])
+            _write_all(self._fd, [memoryview(piece) for piece in pieces[start : start + IOV_MAX]])
 
 
 def _write_all(fd: int, views: list[memoryview]) -> None:

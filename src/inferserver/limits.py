@@ -21,11 +21,19 @@ def limits_for(settings: Settings, spec: ModelSpec) -> RunLimits:
     own = spec.inferserver
     problems: list[str] = []
 
-    def pick(field: str, asked: int | float | None, ceiling: int | float, setting: str, show: Callable[[float], str] = "{:g}".format) -> int | float:
+    def pick(
+        field: str,
+        asked: int | float | None,
+        ceiling: int | float,
+        setting: str,
+        show: Callable[[float], str] = "{:g}".format,
+    ) -> int | float:
         if asked is None:
             return ceiling
         if ceiling and asked > ceiling:  # a ceiling of 0 (CONTAINER_CPUS) means none
-            problems.append(f"inferserver/{field}: {show(asked)} is above the server's limit of {show(ceiling)} ({setting})")
+            problems.append(
+                f"inferserver/{field}: {show(asked)} is above the server's limit of {show(ceiling)} ({setting})"
+            )
         return asked
 
     def size(n: float) -> str:

@@ -76,8 +76,15 @@ def typed_value(spec: ModelSpec, name: str, text: str) -> Any:
     return text
 
 
-async def run(spec: ModelSpec, settings: Settings, inputs: dict[str, str], params: dict[str, str],
-              outputs: dict[str, str], out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+async def run(
+    spec: ModelSpec,
+    settings: Settings,
+    inputs: dict[str, str],
+    params: dict[str, str],
+    outputs: dict[str, str],
+    out: TextIO = sys.stdout,
+    err: TextIO = sys.stderr,
+) -> int:
     for name, path in inputs.items():
         if not Path(path).is_file():  # noqa: ASYNC240 - the command's own loop, nothing else runs on it yet
             raise UsageError(f"--input {name}={path}: no such file")

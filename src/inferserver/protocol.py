@@ -103,8 +103,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _refuse_too_large(self) -> None:
         self.logger.warning("refused a request whose headers exceed %d bytes", self.max_header_bytes)
-        self._refuse(431, f"request line and headers exceed the limit of {self.max_header_bytes} bytes "
-                          "(MAX_HEADER_BYTES)")
+        self._refuse(
+            431, f"request line and headers exceed the limit of {self.max_header_bytes} bytes (MAX_HEADER_BYTES)"
+        )
 
     def _start_head_timer(self) -> None:
         self._head_timer = self.loop.call_later(self.header_timeout, self._head_timed_out)
@@ -123,8 +124,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._start_head_timer()
             return
         self.logger.info("closed a connection whose request head was not complete within %g s", self.header_timeout)
-        self._refuse(408, f"the request line and headers did not arrive within {self.header_timeout:g} s "
-                          "(HEADER_TIMEOUT)")
+        self._refuse(
+            408, f"the request line and headers did not arrive within {self.header_timeout:g} s (HEADER_TIMEOUT)"
+        )
 
     def _refuse(self, status: int, detail: str) -> None:
         self._stop_head_timer()

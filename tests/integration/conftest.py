@@ -100,8 +100,20 @@ def serve_command(workers: int = 1) -> Launcher:
 
 def gunicorn_command(workers: int, worker_class: str = "uvicorn.workers.UvicornWorker") -> Launcher:
     """gunicorn with uvicorn workers, as a production deployment runs the module-level app."""
-    return lambda port: [sys.executable, "-m", "gunicorn", "-k", worker_class, "-w", str(workers),
-                         "-b", f"127.0.0.1:{port}", "--graceful-timeout", "5", "inferserver.app:app"]
+    return lambda port: [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-k",
+        worker_class,
+        "-w",
+        str(workers),
+        "-b",
+        f"127.0.0.1:{port}",
+        "--graceful-timeout",
+        "5",
+        "inferserver.app:app",
+    ]
 
 
 def shipped_gunicorn(port: int) -> list[str]:
@@ -111,8 +123,13 @@ def shipped_gunicorn(port: int) -> list[str]:
 
 
 def start_server(
-    tmp: Path, model_path: Path = TEST_MODELS, *, session_path: Path | None = None,
-    extra_env: dict[str, str] | None = None, command: Launcher = serve_command(), **settings: str,
+    tmp: Path,
+    model_path: Path = TEST_MODELS,
+    *,
+    session_path: Path | None = None,
+    extra_env: dict[str, str] | None = None,
+    command: Launcher = serve_command(),
+    **settings: str,
 ) -> Server:
     """`command` (default `inferserver serve`) on a free port; with `session_path`, a restart on an existing
     session directory."""
@@ -132,7 +149,9 @@ def start_server(
         process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
     # gunicorn treats SIGINT as a quick exit that skips the application's shutdown; SIGTERM is its graceful stop.
     stop_signal = signal.SIGTERM if "gunicorn" in argv else signal.SIGINT
-    server = Server(f"http://127.0.0.1:{port}", session_path, process, log_path, tmp, model_path, dict(settings), stop_signal)
+    server = Server(
+        f"http://127.0.0.1:{port}", session_path, process, log_path, tmp, model_path, dict(settings), stop_signal
+    )
     deadline = time.monotonic() + 30
     while True:
         if process.poll() is not None:
@@ -171,7 +190,9 @@ def stop_server(server: Server) -> None:
 def leftover_containers(server: Server) -> list[str]:
     """Containers still present for this server's sessions (other servers may share the engine)."""
     ours = {p.name for p in server.session_path.iterdir()} if server.session_path.is_dir() else set()
-    result = _docker("ps", "-a", "--filter", f"label={SESSION_LABEL}", "--format", f'{{{{.ID}}}} {{{{.Label "{SESSION_LABEL}"}}}}')
+    result = _docker(
+        "ps", "-a", "--filter", f"label={SESSION_LABEL}", "--format", f'{{{{.ID}}}} {{{{.Label "{SESSION_LABEL}"}}}}'
+    )
     return [cid for cid, session in (line.split() for line in result.stdout.splitlines()) if session in ours]
 
 
@@ -205,8 +226,11 @@ class ServerFactory:
     def __call__(
         self, command: Launcher = serve_command(), session_path: Path | None = None, **settings: str
     ) -> Server:
-        return self._track(start_server(self.tmp / f"server{len(self.started)}", command=command,
-                                        session_path=session_path, **settings))
+        return self._track(
+            start_server(
+                self.tmp / f"server{len(self.started)}", command=command, session_path=session_path, **settings
+            )
+        )
 
     def restart(self, server: Server) -> Server:
         return self._track(restart_server(server))
@@ -225,7 +249,7 @@ def make_server(tmp_path: Path, fixture_images: None) -> Iterator[ServerFactory]
 
 
 @pytest.fixture(scope="session")
-def postgres() -> Iterator["Postgres"]:
+def postgres() -> Iterator[Postgres]:
     """One throwaway PostgreSQL cluster for the test run (tests/integration/postgres.py)."""
     from .postgres import start_postgres, stop_postgres
 
@@ -251,10 +275,13 @@ def database(request: pytest.FixtureRequest) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
-def backend_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
-                   fixture_images: None) -> Iterator[Server]:
+def backend_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, fixture_images: None
+) -> Iterator[Server]:
     """A server per database backend, shared by a module's tests."""
-    server = start_server(tmp_path_factory.mktemp(f"server-{request.param}"), **database_settings(request.param, request))
+    server = start_server(
+        tmp_path_factory.mktemp(f"server-{request.param}"), **database_settings(request.param, request)
+    )
     yield server
     stop_and_check([server])
 
@@ -324,8 +351,11 @@ def create_and_upload(client: httpx.Client, model_id: str, source: Path, **param
     assert response.status_code == 200, response.text
     session_id = response.json()["data"]["session_id"]
     with source.open("rb") as stream:
-        upload = client.put(f"/sessions/{session_id}/inputs/input_vol", content=stream,
-                            headers={"Content-Type": "application/octet-stream"})
+        upload = client.put(
+            f"/sessions/{session_id}/inputs/input_vol",
+            content=stream,
+            headers={"Content-Type": "application/octet-stream"},
+        )
     assert upload.status_code == 200, upload.text
     return session_id
 

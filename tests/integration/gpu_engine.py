@@ -128,19 +128,38 @@ def _launch(root: Path) -> subprocess.Popen[bytes]:
         "FAKE_NVIDIA_HOOK_LOG": str(root / "hook.log"),  # dockerd passes its environment to the hook
     }
     command = [
-        "unshare", "--net", "--mount", "--propagation", "private", "--",
+        "unshare",
+        "--net",
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
         "dockerd",
-        "--data-root", str(root / "data"),
-        "--exec-root", str(root / "exec"),
-        "--pidfile", str(root / "dockerd.pid"),
-        "-H", f"unix://{root / 'docker.sock'}",
-        "--bridge=none", "--iptables=false", "--ip-masq=false", "--ip-forward=false",
+        "--data-root",
+        str(root / "data"),
+        "--exec-root",
+        str(root / "exec"),
+        "--pidfile",
+        str(root / "dockerd.pid"),
+        "-H",
+        f"unix://{root / 'docker.sock'}",
+        "--bridge=none",
+        "--iptables=false",
+        "--ip-masq=false",
+        "--ip-forward=false",
         "--userland-proxy=false",
     ]
     with open(root / "dockerd.log", "ab") as log:
         # unshare execs dockerd (no --fork), so this pid is dockerd's.
-        return subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                cwd=root, start_new_session=True)
+        return subprocess.Popen(
+            command,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=root,
+            start_new_session=True,
+        )
 
 
 def engine_fixture(images: list[str]) -> Callable[..., Iterator[Engine]]:

@@ -32,8 +32,10 @@ def binaries() -> Path:
     """The newest installed PostgreSQL's bin directory; fails the test run when there is none."""
     found = [d for d in DEBIAN_BINARIES.glob("*/bin") if (d / "initdb").is_file() and (d / "pg_ctl").is_file()]
     if not found:
-        pytest.fail(f"PostgreSQL is not installed (no {DEBIAN_BINARIES}/*/bin/initdb): run scripts/setup.sh, "
-                    "which installs Debian's postgresql")
+        pytest.fail(
+            f"PostgreSQL is not installed (no {DEBIAN_BINARIES}/*/bin/initdb): run scripts/setup.sh, "
+            "which installs Debian's postgresql"
+        )
     return max(found, key=lambda d: [int(p) for p in re.findall(r"\d+", d.parent.name)] or [0])
 
 
@@ -49,8 +51,13 @@ class Postgres:
         return self.root / "data"
 
     def run(self, program: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["runuser", "-u", USER, "--", str(self.bin_dir / program), *args],
-                              capture_output=True, text=True, timeout=timeout, cwd=self.root)
+        return subprocess.run(
+            ["runuser", "-u", USER, "--", str(self.bin_dir / program), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=self.root,
+        )
 
     def create_database(self) -> str:
         """A new empty database; its SQLAlchemy async URL."""
@@ -80,8 +87,20 @@ def start_postgres() -> Postgres:
         if init.returncode != 0:
             raise AssertionError(f"initdb failed:\n{init.stdout}\n{init.stderr}")
         options = f"-p {pg.port} -k {root} -c listen_addresses=127.0.0.1 {SERVER_OPTIONS}"
-        started = pg.run("pg_ctl", "-D", str(pg.data), "-l", str(root / "server.log"), "-w",
-                         "-t", str(START_SECONDS), "-o", options, "start", timeout=START_SECONDS + 10)
+        started = pg.run(
+            "pg_ctl",
+            "-D",
+            str(pg.data),
+            "-l",
+            str(root / "server.log"),
+            "-w",
+            "-t",
+            str(START_SECONDS),
+            "-o",
+            options,
+            "start",
+            timeout=START_SECONDS + 10,
+        )
         if started.returncode != 0:
             raise AssertionError(f"PostgreSQL did not start: {started.stdout}{started.stderr}\n{pg.log_tail()}")
     except BaseException:

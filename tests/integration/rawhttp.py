@@ -58,7 +58,7 @@ def request(url: str, head: bytes, body: bytes = b"") -> RawResponse:
             if select.select([sock], [], [], 0)[0]:
                 break
             try:
-                sock.sendall(data[start:start + (1 << 16)])
+                sock.sendall(data[start : start + (1 << 16)])
             except (BrokenPipeError, ConnectionResetError):
                 break
         return read_response(sock)

@@ -34,8 +34,22 @@ def test_basic_users_and_bearer_tokens(make_server: ServerFactory, tmp_path: Pat
 
     source = write_nifti(tmp_path / "ct.nii.gz", 2)
     out = tmp_path / "out.nii.gz"
-    cli = [sys.executable, "-m", "ablinfer.cli", "-s", server.url, "-u", "alice", "-p", "correct horse",
-           "copy", "-i", str(source), "-o", str(out)]
+    cli = [
+        sys.executable,
+        "-m",
+        "ablinfer.cli",
+        "-s",
+        server.url,
+        "-u",
+        "alice",
+        "-p",
+        "correct horse",
+        "copy",
+        "-i",
+        str(source),
+        "-o",
+        str(out),
+    ]
     proc = subprocess.run(cli, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert out.read_bytes() == source.read_bytes()
@@ -73,23 +87,40 @@ def test_basic_users_and_bearer_tokens(make_server: ServerFactory, tmp_path: Pat
 def test_a_bad_users_file_stops_start_up(tmp_path: Path) -> None:
     users = tmp_path / "users"
     users.write_text("alice:md5$abc\n")
-    proc = subprocess.run([sys.executable, "-m", "inferserver", "serve", "--port", "1"], capture_output=True, text=True,
-                          timeout=60, env={"INFERSERVER_AUTH_USERS_FILE": str(users), "INFERSERVER_SESSION_PATH": str(tmp_path),
-                                           "PATH": "/usr/bin:/bin"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "inferserver", "serve", "--port", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            "INFERSERVER_AUTH_USERS_FILE": str(users),
+            "INFERSERVER_SESSION_PATH": str(tmp_path),
+            "PATH": "/usr/bin:/bin",
+        },
+    )
     assert proc.returncode == 2
     assert f"{users} line 1 (user 'alice'): not a password hash of a known format" in proc.stderr
 
 
 def test_cli_hash_commands(tmp_path: Path) -> None:
-    line = subprocess.run([sys.executable, "-m", "inferserver", "hash-password", "carol"], input="pw one\n",
-                          capture_output=True, text=True, timeout=60).stdout.strip()
+    line = subprocess.run(
+        [sys.executable, "-m", "inferserver", "hash-password", "carol"],
+        input="pw one\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.strip()
     user, _, encoded = line.partition(":")
     assert user == "carol" and encoded.startswith("scrypt$16384$8$1$")
     from inferserver.credentials import verify_password
 
     assert verify_password(encoded, "pw one") and not verify_password(encoded, "pw two")
-    token, file_line = subprocess.run([sys.executable, "-m", "inferserver", "hash-token", "--comment", "robot"],
-                                      capture_output=True, text=True, timeout=60).stdout.splitlines()
+    token, file_line = subprocess.run(
+        [sys.executable, "-m", "inferserver", "hash-token", "--comment", "robot"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.splitlines()
     assert file_line == f"{hash_token(token)}  # robot" and len(token) >= 40
 
 
@@ -102,7 +133,9 @@ def dockerfile_healthcheck(url: str) -> list[str]:
     return [sys.executable, *argv[1:-1], argv[-1].replace("http://127.0.0.1:8000", url)]
 
 
-def test_the_liveness_probe_needs_no_credential_and_nothing_else_is_open(make_server: ServerFactory, tmp_path: Path) -> None:
+def test_the_liveness_probe_needs_no_credential_and_nothing_else_is_open(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
     users = tmp_path / "users"
     users.write_text(f"alice:{hash_password('pw')}\n")
     tokens = tmp_path / "tokens"
@@ -133,10 +166,15 @@ def test_a_malformed_users_file_refuses_bearer_tokens_too(make_server: ServerFac
     with server.client() as client:
         assert client.get("/models", headers=bearer).status_code == 200
         users.write_text("alice-without-a-hash\n")
-        for answer in (client.get("/models", headers=bearer), client.get("/models", auth=("alice", "pw")),
-                       client.get("/models")):
+        for answer in (
+            client.get("/models", headers=bearer),
+            client.get("/models", auth=("alice", "pw")),
+            client.get("/models"),
+        ):
             assert answer.status_code == 503
-            assert answer.json() == {"errors": [{"detail": "access control is misconfigured on the server; see its log"}]}
+            assert answer.json() == {
+                "errors": [{"detail": "access control is misconfigured on the server; see its log"}]
+            }
         tokens.write_text("not-a-digest\n")
         users.write_text(f"alice:{hash_password('pw')}\n")  # the users file is fixed, the tokens file is broken
         assert client.get("/models", auth=("alice", "pw")).status_code == 503

@@ -46,7 +46,10 @@ def test_cancel_waiting_queued_and_running_sessions(make_server, tmp_path: Path)
         assert b"sleeping 60" in log and b"inferserver: run failed: cancelled" in log
 
         # Cancelled sessions take nothing more and answer the client's poll with `failed`.
-        assert client.put(f"/sessions/{waiting}/inputs/input_vol", content=source.read_bytes(), headers=OCTET).status_code == 400
+        assert (
+            client.put(f"/sessions/{waiting}/inputs/input_vol", content=source.read_bytes(), headers=OCTET).status_code
+            == 400
+        )
         again = client.delete(f"/sessions/{working}")
         assert again.status_code == 409 and "already failed" in again.json()["errors"][0]["detail"]
 
@@ -82,8 +85,11 @@ def test_cleanup_keeps_files_by_default_and_spares_what_is_in_use(make_server, t
         yield source.read_bytes()[4096:]
 
     upload: dict[str, httpx.Response] = {}
-    thread = threading.Thread(target=lambda: upload.setdefault("r", server.client().put(
-        f"/sessions/{uploading}/inputs/input_vol", content=slow_body(), headers=OCTET)))
+    thread = threading.Thread(
+        target=lambda: upload.setdefault(
+            "r", server.client().put(f"/sessions/{uploading}/inputs/input_vol", content=slow_body(), headers=OCTET)
+        )
+    )
     thread.start()
     try:
         wait_until(lambda: status_of(server, done).status_code == 404, timeout=15, what="the clean-up")

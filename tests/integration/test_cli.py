@@ -13,7 +13,11 @@ from .conftest import write_nifti
 
 def inferserver(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "inferserver", *args], capture_output=True, text=True, timeout=300, env={**os.environ, **env}
+        [sys.executable, "-m", "inferserver", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **env},
     )
 
 
@@ -63,7 +67,9 @@ def test_models_pull_names_the_image_it_cannot_pull(tmp_path: Path, fixture_imag
 def test_run_copies_an_input_byte_for_byte(tmp_path: Path, fixture_images: None) -> None:
     source = write_nifti(tmp_path / "ct.nii.gz", 2)
     out = tmp_path / "out.nii.gz"
-    result = inferserver("run", str(TEST_MODELS / "copy.json"), "--input", f"input_vol={source}", "--output", f"output_vol={out}")
+    result = inferserver(
+        "run", str(TEST_MODELS / "copy.json"), "--input", f"input_vol={source}", "--output", f"output_vol={out}"
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert out.read_bytes() == source.read_bytes()
     assert "copy: wrote" in result.stdout  # the model's own log
@@ -75,7 +81,14 @@ def test_run_by_id_with_a_param(tmp_path: Path, fixture_images: None) -> None:
     source = write_nifti(tmp_path / "ct.nii.gz", 1)
     out = tmp_path / "out.nii.gz"
     result = inferserver(
-        "run", "sleep", "-i", f"input_vol={source}", "-p", "seconds=0", "-o", f"output_vol={out}",
+        "run",
+        "sleep",
+        "-i",
+        f"input_vol={source}",
+        "-p",
+        "seconds=0",
+        "-o",
+        f"output_vol={out}",
         INFERSERVER_MODEL_PATH=str(TEST_MODELS),
     )
     assert result.returncode == 0, result.stdout + result.stderr
@@ -86,7 +99,9 @@ def test_run_by_id_with_a_param(tmp_path: Path, fixture_images: None) -> None:
 def test_run_of_a_failing_model_says_why(tmp_path: Path, fixture_images: None) -> None:
     source = write_nifti(tmp_path / "ct.nii.gz", 1)
     out = tmp_path / "out.nii.gz"
-    result = inferserver("run", str(TEST_MODELS / "fail.json"), "--input", f"input_vol={source}", "--output", f"output_vol={out}")
+    result = inferserver(
+        "run", str(TEST_MODELS / "fail.json"), "--input", f"input_vol={source}", "--output", f"output_vol={out}"
+    )
     assert result.returncode == 1
     assert "fail: something went wrong" in result.stdout
     assert "inferserver: run failed: model exited with status 3" in result.stderr
@@ -96,7 +111,14 @@ def test_run_of_a_failing_model_says_why(tmp_path: Path, fixture_images: None) -
 def test_run_refuses_a_bad_param_naming_it(tmp_path: Path) -> None:
     source = write_nifti(tmp_path / "ct.nii.gz", 1)
     result = inferserver(
-        "run", str(TEST_MODELS / "sleep.json"), "-i", f"input_vol={source}", "-p", "seconds=999", "-o", f"output_vol={tmp_path / 'o'}"
+        "run",
+        str(TEST_MODELS / "sleep.json"),
+        "-i",
+        f"input_vol={source}",
+        "-p",
+        "seconds=999",
+        "-o",
+        f"output_vol={tmp_path / 'o'}",
     )
     assert result.returncode == 2
     assert "params/seconds: 999 is outside the allowed range [0, 600]" in result.stderr

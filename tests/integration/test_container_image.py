@@ -32,8 +32,13 @@ def docker_socket() -> Path:
 
 @pytest.fixture(scope="module")
 def server_image(fixture_images: None) -> str:
-    result = subprocess.run([str(REPO / "scripts" / "build-image.sh")], capture_output=True, text=True,
-                            env={**os.environ, "INFERSERVER_IMAGE": IMAGE}, timeout=600)
+    result = subprocess.run(
+        [str(REPO / "scripts" / "build-image.sh")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "INFERSERVER_IMAGE": IMAGE},
+        timeout=600,
+    )
     if result.returncode != 0:
         pytest.fail(f"scripts/build-image.sh failed:\n{result.stderr}")
     return IMAGE
@@ -46,10 +51,25 @@ def container_command(image: str, name: str, sessions: Path, *options: str) -> C
 
     def command(port: int) -> list[str]:
         return [
-            "docker", "run", "--rm", "--name", name, "-p", f"127.0.0.1:{port}:8000",
-            "-v", f"{socket}:/var/run/docker.sock", "--group-add", str(socket.stat().st_gid),
-            "-v", f"{TEST_MODELS}:/etc/inferserver/models:ro", "-v", f"{sessions}:/var/inferserver",
-            "--health-interval", "1s", *options, image,
+            "docker",
+            "run",
+            "--rm",
+            "--name",
+            name,
+            "-p",
+            f"127.0.0.1:{port}:8000",
+            "-v",
+            f"{socket}:/var/run/docker.sock",
+            "--group-add",
+            str(socket.stat().st_gid),
+            "-v",
+            f"{TEST_MODELS}:/etc/inferserver/models:ro",
+            "-v",
+            f"{sessions}:/var/inferserver",
+            "--health-interval",
+            "1s",
+            *options,
+            image,
         ]
 
     return command
@@ -110,7 +130,9 @@ def test_ablinfer_cli_against_the_container_copies_byte_for_byte(container: tupl
     digest = nifti_gz_like(source, 50)
     proc = subprocess.run(
         [sys.executable, "-m", "ablinfer.cli", "-s", server.url, "copy", "-i", str(source), "-o", str(result)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr + server.output()
     assert file_sha256(result) == digest

@@ -110,10 +110,14 @@ def test_waiting_session_refuses_logs_and_outputs(client: httpx.Client) -> None:
     assert "not complete" in errors_of(client.get(f"/sessions/{session_id}/outputs/argv"), 400)
     assert "not enabled" in errors_of(client.get(f"/sessions/{session_id}/outputs/env"), 400)
     assert "no output 'ghost'" in errors_of(client.get(f"/sessions/{session_id}/outputs/ghost"), 404)
-    assert "no input 'ghost'" in errors_of(client.put(f"/sessions/{session_id}/inputs/ghost", content=b"x", headers=OCTET), 404)
+    assert "no input 'ghost'" in errors_of(
+        client.put(f"/sessions/{session_id}/inputs/ghost", content=b"x", headers=OCTET), 404
+    )
 
 
-def test_wrong_file_type_is_400_and_the_session_keeps_waiting(client: httpx.Client, module_server: Server, tmp_path: Path) -> None:
+def test_wrong_file_type_is_400_and_the_session_keeps_waiting(
+    client: httpx.Client, module_server: Server, tmp_path: Path
+) -> None:
     session_id = new_session(client)
     gz = gzip.compress(b"ObjectType = Image\n" + write_nifti(tmp_path / "x.nii", 0.5).read_bytes())  # no conversion
     detail = errors_of(client.put(f"/sessions/{session_id}/inputs/volume", content=gz, headers=OCTET), 400)
@@ -123,7 +127,9 @@ def test_wrong_file_type_is_400_and_the_session_keeps_waiting(client: httpx.Clie
     assert list((module_server.session_path / session_id / "inputs").iterdir()) == []  # no partial file left
 
 
-def test_upload_replaces_while_waiting_and_is_refused_after(client: httpx.Client, module_server: Server, tmp_path: Path) -> None:
+def test_upload_replaces_while_waiting_and_is_refused_after(
+    client: httpx.Client, module_server: Server, tmp_path: Path
+) -> None:
     session_id = new_session(client, inputs={"mask": {"enabled": True}})
     first = b"NRRD0004\n" + b"a" * 100
     second = b"NRRD0004\n" + b"b" * 200
@@ -136,7 +142,9 @@ def test_upload_replaces_while_waiting_and_is_refused_after(client: httpx.Client
     volume = write_nifti(tmp_path / "v.nii", 0.1).read_bytes()
     assert client.put(f"/sessions/{session_id}/inputs/volume", content=volume, headers=OCTET).status_code == 200
     assert client.get(f"/sessions/{session_id}").json()["data"]["status"] in {"ready", "working", "complete"}
-    assert "takes no more inputs" in errors_of(client.put(f"/sessions/{session_id}/inputs/mask", content=second, headers=OCTET), 400)
+    assert "takes no more inputs" in errors_of(
+        client.put(f"/sessions/{session_id}/inputs/mask", content=second, headers=OCTET), 400
+    )
 
 
 def test_concurrent_upload_of_one_input_is_409(client: httpx.Client, module_server: Server, tmp_path: Path) -> None:
@@ -150,23 +158,32 @@ def test_concurrent_upload_of_one_input_is_409(client: httpx.Client, module_serv
         yield b"\0" * 1024
 
     first: dict[str, httpx.Response] = {}
-    thread = threading.Thread(target=lambda: first.setdefault("r", module_server.client().put(
-        f"/sessions/{session_id}/inputs/volume", content=slow_body(), headers=OCTET)))
+    thread = threading.Thread(
+        target=lambda: first.setdefault(
+            "r", module_server.client().put(f"/sessions/{session_id}/inputs/volume", content=slow_body(), headers=OCTET)
+        )
+    )
     thread.start()
     time.sleep(1.0)
     try:
         assert "already being uploaded" in errors_of(
-            client.put(f"/sessions/{session_id}/inputs/volume", content=header, headers=OCTET), 409)
+            client.put(f"/sessions/{session_id}/inputs/volume", content=header, headers=OCTET), 409
+        )
     finally:
         release.set()
         thread.join(30)
     assert first["r"].status_code == 200
 
 
-def test_output_is_octet_stream_without_content_encoding(client: httpx.Client, module_server: Server, tmp_path: Path) -> None:
+def test_output_is_octet_stream_without_content_encoding(
+    client: httpx.Client, module_server: Server, tmp_path: Path
+) -> None:
     source = write_nifti(tmp_path / "in.nii.gz", 1)
     session_id = new_session(client, "copy")
-    assert client.put(f"/sessions/{session_id}/inputs/input_vol", content=source.read_bytes(), headers=OCTET).status_code == 200
+    assert (
+        client.put(f"/sessions/{session_id}/inputs/input_vol", content=source.read_bytes(), headers=OCTET).status_code
+        == 200
+    )
     assert module_server.wait_status(session_id, {"complete", "failed"})["status"] == "complete"
     response = client.get(f"/sessions/{session_id}/outputs/output_vol", headers={"Accept-Encoding": "gzip"})
     assert response.status_code == 200

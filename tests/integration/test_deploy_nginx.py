@@ -20,7 +20,14 @@ import pytest
 from ..conftest import REPO
 from ..files import file_sha256, nifti_gz_like
 from .conftest import (
-    Server, create_and_upload, free_port, shipped_gunicorn, start_server, stop_and_check, stream_log, write_nifti,
+    Server,
+    create_and_upload,
+    free_port,
+    shipped_gunicorn,
+    start_server,
+    stop_and_check,
+    stream_log,
+    write_nifti,
 )
 
 SITE = REPO / "deploy" / "nginx" / "inferserver.conf"
@@ -89,11 +96,17 @@ http {{
     include {prefix}/inferserver.conf;
 }}
 """)
-    checked = subprocess.run([binary, "-t", "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-e", str(prefix / "error.log")],
-                             capture_output=True, text=True)
+    checked = subprocess.run(
+        [binary, "-t", "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-e", str(prefix / "error.log")],
+        capture_output=True,
+        text=True,
+    )
     assert checked.returncode == 0, f"nginx refuses the shipped site:\n{checked.stderr}"
-    process = subprocess.Popen([binary, "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-e", str(prefix / "error.log")],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [binary, "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-e", str(prefix / "error.log")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     nginx = Nginx(f"http://127.0.0.1:{port}/inferserver/", prefix, process)
     deadline = time.monotonic() + 10
     while True:
@@ -142,14 +155,18 @@ def test_root_answers_under_the_prefix(deployed: tuple[Server, Nginx]) -> None:
     assert redirect.headers["location"].endswith("/inferserver/")
 
 
-def test_ablinfer_cli_through_nginx_copies_500_mib_byte_for_byte(deployed: tuple[Server, Nginx], tmp_path: Path) -> None:
+def test_ablinfer_cli_through_nginx_copies_500_mib_byte_for_byte(
+    deployed: tuple[Server, Nginx], tmp_path: Path
+) -> None:
     _, nginx = deployed
     source, result = tmp_path / "ct.nii.gz", tmp_path / "out.nii.gz"
     digest = nifti_gz_like(source, 500)
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "ablinfer.cli", "-s", nginx.url, "copy", "-i", str(source), "-o", str(result)],
-            capture_output=True, text=True, timeout=300,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert proc.returncode == 0, proc.stdout + proc.stderr + nginx.error_log()
         size = source.stat().st_size
@@ -160,7 +177,9 @@ def test_ablinfer_cli_through_nginx_copies_500_mib_byte_for_byte(deployed: tuple
         result.unlink(missing_ok=True)
     # It went through nginx under the prefix, and nginx streamed the body instead of spooling it to disk.
     assert re.search(r'"PUT /inferserver/sessions/[^/ ]+/inputs/input_vol HTTP/1\.1" 200 ', nginx.access_log())
-    download = re.search(r'"(GET /inferserver/sessions/[^/ ]+/outputs/output_vol) HTTP/1\.1" 200 5\d{8} ', nginx.access_log())
+    download = re.search(
+        r'"(GET /inferserver/sessions/[^/ ]+/outputs/output_vol) HTTP/1\.1" 200 5\d{8} ', nginx.access_log()
+    )
     assert download, nginx.access_log()
     assert "buffered to a temporary file" not in nginx.error_log()
     # The 500 MiB came from NGINX reading the file; the app answered with an empty body.
@@ -172,7 +191,11 @@ def finished_copy(server: Server, nginx: Nginx, source: Path) -> tuple[str, str,
     with httpx.Client(base_url=nginx.url, timeout=60) as client:
         session_id = create_and_upload(client, "copy", source)
     assert server.wait_status(session_id, {"complete", "failed"})["status"] == "complete"
-    return session_id, f"sessions/{session_id}/outputs/output_vol", server.session_path / session_id / "outputs" / "output_vol.nii.gz"
+    return (
+        session_id,
+        f"sessions/{session_id}/outputs/output_vol",
+        server.session_path / session_id / "outputs" / "output_vol.nii.gz",
+    )
 
 
 def nginx_etag(path: Path) -> str:
@@ -181,7 +204,9 @@ def nginx_etag(path: Path) -> str:
     return f'"{int(stat.st_mtime):x}-{stat.st_size:x}"'
 
 
-def test_download_through_nginx_is_sent_by_nginx_from_the_session_directory(deployed: tuple[Server, Nginx], tmp_path: Path) -> None:
+def test_download_through_nginx_is_sent_by_nginx_from_the_session_directory(
+    deployed: tuple[Server, Nginx], tmp_path: Path
+) -> None:
     server, nginx = deployed
     source = write_nifti(tmp_path / "in.nii.gz", 4)
     session_id, path, output = finished_copy(server, nginx, source)
@@ -220,21 +245,31 @@ def test_download_through_nginx_is_sent_by_nginx_from_the_session_directory(depl
     assert [line.split()[2:] for line in nginx.upstream_bytes(f"GET {internal}")] == [["-", "-"]]
 
 
-def test_a_forged_mapping_sent_to_the_app_names_only_its_own_output(deployed: tuple[Server, Nginx], tmp_path: Path) -> None:
+def test_a_forged_mapping_sent_to_the_app_names_only_its_own_output(
+    deployed: tuple[Server, Nginx], tmp_path: Path
+) -> None:
     """A client talking to the app directly chooses at most the URI prefix; the rest is the output's own path."""
     server, nginx = deployed
     source = write_nifti(tmp_path / "in.nii.gz", 0.1)
     session_id, path, output = finished_copy(server, nginx, source)
     with server.client() as client:
+
         def download(mapping: str) -> httpx.Response:
             return client.get(path, headers={"X-Accel-Mapping": mapping})
 
         redirected = download(f"{server.session_path}/=/elsewhere/")
         assert redirected.status_code == 200 and redirected.content == b""
         assert redirected.headers["x-accel-redirect"] == f"/elsewhere/{session_id}/outputs/output_vol.nii.gz"
-        for forged in (f"{output}=/internal/secret", f"{output.parent}/=/internal/", "/=/internal/",
-                       f"{server.session_path}2/=/internal/", "/tmp/=/internal/", "not a mapping",
-                       f"{server.session_path}/=/internal/?x=", f"{server.session_path}/=@named"):
+        for forged in (
+            f"{output}=/internal/secret",
+            f"{output.parent}/=/internal/",
+            "/=/internal/",
+            f"{server.session_path}2/=/internal/",
+            "/tmp/=/internal/",
+            "not a mapping",
+            f"{server.session_path}/=/internal/?x=",
+            f"{server.session_path}/=@named",
+        ):
             answer = download(forged)
             assert answer.status_code == 200, forged
             assert "x-accel-redirect" not in answer.headers, forged
@@ -252,7 +287,9 @@ def test_log_stream_through_nginx_arrives_line_by_line(deployed: tuple[Server, N
     timed = [(t, line) for t, line in lines if line.startswith(b"line ")]
     assert [line for _, line in timed] == [f"line {i}".encode() for i in range(1, 9)]
     spread = timed[-1][0] - timed[0][0]
-    assert spread > 2.5, f"the lines arrived together through nginx ({spread:.2f} s apart), not as the model printed them"
+    assert spread > 2.5, (
+        f"the lines arrived together through nginx ({spread:.2f} s apart), not as the model printed them"
+    )
 
 
 def test_gunicorn_stops_gracefully_while_a_log_stream_is_open(make_server, tmp_path: Path) -> None:

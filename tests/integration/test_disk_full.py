@@ -43,11 +43,15 @@ def test_a_disk_under_its_reserve_is_not_ready_and_refuses_writes_with_507(
 
         ready = client.get("/readyz")
         assert ready.status_code == 503
-        assert (f"disk space: SESSION_PATH {disk / 'sessions'} has 8.0 MiB free, less than DISK_RESERVE_BYTES "
-                "(16 MiB); new sessions and uploads are refused with 507") in details(ready).split(" | ")
+        assert (
+            f"disk space: SESSION_PATH {disk / 'sessions'} has 8.0 MiB free, less than DISK_RESERVE_BYTES "
+            "(16 MiB); new sessions and uploads are refused with 507"
+        ) in details(ready).split(" | ")
         created = client.post("/models/record", json=RECORD)
-        assert assert_507(created) == ("not enough disk space for a new session: the server keeps 16 MiB free "
-                                       "(DISK_RESERVE_BYTES) and has 8.0 MiB free")
+        assert assert_507(created) == (
+            "not enough disk space for a new session: the server keeps 16 MiB free "
+            "(DISK_RESERVE_BYTES) and has 8.0 MiB free"
+        )
         upload = client.put(f"/sessions/{waiting}/inputs/volume", content=volume, headers=OCTET)
         assert assert_507(upload).startswith("not enough disk space for input volume: the server keeps 16 MiB free")
         assert list((disk / "sessions" / waiting / "inputs").iterdir()) == []
@@ -101,7 +105,7 @@ def test_six_concurrent_chunked_uploads_near_the_reserve_are_200_or_507_never_50
 
         def chunks() -> Iterator[bytes]:  # no Content-Length: the server cannot refuse it up front
             for start in range(0, len(volume), 256 << 10):
-                yield volume[start:start + (256 << 10)]
+                yield volume[start : start + (256 << 10)]
 
         with server.client() as client:
             return client.put(f"/sessions/{session_id}/inputs/volume", content=chunks(), headers=OCTET)
@@ -130,7 +134,9 @@ def test_a_full_database_disk_is_507_not_500(small_disk: Callable[[int], Path], 
     statuses = [a.status_code for a in answers]
     assert set(statuses) <= {200, 507} and 507 in statuses, statuses
     found = {assert_507(a) for a in answers if a.status_code == 507}
-    assert ("not enough disk space for the session database to record the change: the disk is full "
-            "(DISK_RESERVE_BYTES is the free space the server keeps on SESSION_PATH's disk; the operator must "
-            "free space)") in found, found
+    assert (
+        "not enough disk space for the session database to record the change: the disk is full "
+        "(DISK_RESERVE_BYTES is the free space the server keeps on SESSION_PATH's disk; the operator must "
+        "free space)"
+    ) in found, found
     assert "Traceback" not in server.output()

@@ -13,7 +13,13 @@ import pytest
 
 from .conftest import Server, containers_removed, create_and_upload, stop_server, write_nifti
 from .gpu_engine import (
-    Engine, leftover_containers, restart_engine, start_engine_or_fail, start_server_on, stop_daemon, stop_engine,
+    Engine,
+    leftover_containers,
+    restart_engine,
+    start_engine_or_fail,
+    start_server_on,
+    stop_daemon,
+    stop_engine,
 )
 
 SLEEP_IMAGE = "inferserver-test/sleep:1"

@@ -45,8 +45,14 @@ def test_max_sessions_holds_under_100_concurrent_creates(
     statuses = sorted(a.status_code for a in answers)
     assert statuses.count(200) == 20 and statuses.count(503) == 80, statuses
     for refused in (a for a in answers if a.status_code == 503):
-        assert refused.json() == {"errors": [{"detail": "the server holds its limit of 20 live sessions "
-                                              "(MAX_SESSIONS); try again once some have finished"}]}
+        assert refused.json() == {
+            "errors": [
+                {
+                    "detail": "the server holds its limit of 20 live sessions "
+                    "(MAX_SESSIONS); try again once some have finished"
+                }
+            ]
+        }
     created = {a.json()["data"]["session_id"] for a in answers if a.status_code == 200}
     with server.client() as client:
         assert all(client.get(f"/sessions/{sid}").status_code == 200 for sid in created)
@@ -101,8 +107,10 @@ def test_an_upload_that_completes_after_delete_is_409_and_stored_nowhere(
         session_id = client.post("/models/copy", json=EMPTY).json()["data"]["session_id"]
     inputs = server.session_path / session_id / "inputs"
     with rawhttp.connect(server.url) as sock:
-        sock.sendall(f"PUT /sessions/{session_id}/inputs/input_vol HTTP/1.1\r\nHost: x\r\n"
-                     f"Content-Type: application/octet-stream\r\nContent-Length: {len(volume)}\r\n\r\n".encode())
+        sock.sendall(
+            f"PUT /sessions/{session_id}/inputs/input_vol HTTP/1.1\r\nHost: x\r\n"
+            f"Content-Type: application/octet-stream\r\nContent-Length: {len(volume)}\r\n\r\n".encode()
+        )
         sock.sendall(volume[: len(volume) // 2])
         deadline = time.monotonic() + 10
         while not any(inputs.iterdir()) and time.monotonic() < deadline:
@@ -111,7 +119,7 @@ def test_an_upload_that_completes_after_delete_is_409_and_stored_nowhere(
         with server.client() as client:
             cancelled = client.delete(f"/sessions/{session_id}")
         assert cancelled.status_code == 200 and cancelled.json()["data"]["info"] == "cancelled"
-        sock.sendall(volume[len(volume) // 2:])
+        sock.sendall(volume[len(volume) // 2 :])
         reply = rawhttp.read_response(sock)
     assert reply.status == 409
     assert reply.detail() == "input input_vol was not stored: the session no longer waits for inputs (it is failed)"

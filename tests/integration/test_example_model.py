@@ -58,9 +58,13 @@ def labels_of(image: nibabel.Nifti1Image) -> np.ndarray:
     return np.asanyarray(image.dataobj)
 
 
-def test_labelmap_of_a_real_volume_keeps_shape_and_geometry(example_server: Server, ct_gz: Path, tmp_path: Path) -> None:
+def test_labelmap_of_a_real_volume_keeps_shape_and_geometry(
+    example_server: Server, ct_gz: Path, tmp_path: Path
+) -> None:
     source = nibabel.load(real_volume())
-    result = segment(example_server, ct_gz, tmp_path / "bone.nii.gz", components=3, labels="components", fill_holes=True)
+    result = segment(
+        example_server, ct_gz, tmp_path / "bone.nii.gz", components=3, labels="components", fill_holes=True
+    )
     labels = labels_of(result)
     assert result.get_data_dtype() == np.uint8 and labels.dtype == np.uint8
     assert labels.shape == source.shape == (33, 41, 25)
@@ -93,7 +97,9 @@ def test_each_parameter_changes_the_labelmap(example_server: Server, ct_gz: Path
 def test_nrrd_upload_is_converted_for_the_model(example_server: Server, ct_gz: Path, tmp_path: Path) -> None:
     nrrd_in = write_real_nrrd(tmp_path / "anatomical.nrrd")
     with example_server.client() as client:
-        check = client.post("/models/bone_threshold/inputs/ct/check", content=nrrd_in.read_bytes()[:1024]).json()["data"]
+        check = client.post("/models/bone_threshold/inputs/ct/check", content=nrrd_in.read_bytes()[:1024]).json()[
+            "data"
+        ]
     assert check == {"filetype": ".nrrd", "acceptable": True, "can_convert": True}
     from_nrrd = segment(example_server, nrrd_in, tmp_path / "from_nrrd.nii.gz", components=3, labels="components")
     from_nii = segment(example_server, ct_gz, tmp_path / "from_nii.nii.gz", components=3, labels="components")
@@ -103,7 +109,9 @@ def test_nrrd_upload_is_converted_for_the_model(example_server: Server, ct_gz: P
 
 def run_raw(client: httpx.Client, server: Server, body: bytes) -> str:
     """A complete bone_threshold session through raw HTTP; its id."""
-    session_id = client.post("/models/bone_threshold", json={"inputs": {}, "params": {"threshold": {"value": 11000.0}}, "outputs": {}}).json()["data"]["session_id"]
+    session_id = client.post(
+        "/models/bone_threshold", json={"inputs": {}, "params": {"threshold": {"value": 11000.0}}, "outputs": {}}
+    ).json()["data"]["session_id"]
     put = client.put(f"/sessions/{session_id}/inputs/ct", content=body, headers=OCTET)
     assert put.status_code == 200, put.text
     assert put.json()["data"]["sha256"] == hashlib.sha256(body).hexdigest()
@@ -146,7 +154,9 @@ def test_output_in_another_format(example_server: Server, ct_gz: Path, tmp_path:
 def test_a_file_that_is_not_what_it_claims_is_refused_and_the_session_waits(example_server: Server) -> None:
     whole = real_volume().read_bytes()
     with example_server.client() as client:
-        session_id = client.post("/models/bone_threshold", json={"inputs": {}, "params": {}, "outputs": {}}).json()["data"]["session_id"]
+        session_id = client.post("/models/bone_threshold", json={"inputs": {}, "params": {}, "outputs": {}}).json()[
+            "data"
+        ]["session_id"]
         put = client.put(f"/sessions/{session_id}/inputs/ct", content=whole[:352] + b"garbage" * 100, headers=OCTET)
         status = client.get(f"/sessions/{session_id}").json()["data"]
         assert put.status_code == 400, put.text
@@ -163,7 +173,9 @@ def test_a_file_that_is_not_what_it_claims_is_refused_and_the_session_waits(exam
 def test_truncated_gzip_for_a_nii_input_is_refused(module_server: Server) -> None:
     gz = gzip.compress(real_volume().read_bytes())
     with module_server.client() as client:
-        session_id = client.post("/models/record", json={"inputs": {}, "params": {}, "outputs": {}}).json()["data"]["session_id"]
+        session_id = client.post("/models/record", json={"inputs": {}, "params": {}, "outputs": {}}).json()["data"][
+            "session_id"
+        ]
         put = client.put(f"/sessions/{session_id}/inputs/volume", content=gz[: len(gz) // 2], headers=OCTET)
         assert put.status_code == 400, put.text
         detail = put.json()["errors"][0]["detail"]

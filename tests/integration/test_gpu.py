@@ -31,8 +31,11 @@ def run_record(server: Server, source: Path) -> tuple[str, dict, str | None]:
         created = client.post("/models/record", json=body)
         assert created.status_code == 200, created.text
         session_id = created.json()["data"]["session_id"]
-        upload = client.put(f"/sessions/{session_id}/inputs/volume", content=source.read_bytes(),
-                            headers={"Content-Type": "application/octet-stream"})
+        upload = client.put(
+            f"/sessions/{session_id}/inputs/volume",
+            content=source.read_bytes(),
+            headers={"Content-Type": "application/octet-stream"},
+        )
         assert upload.status_code == 200, upload.text
         status = server.wait_status(session_id, {"complete", "failed"}, timeout=60)
         env = None
@@ -49,9 +52,21 @@ def nvidia_lines(env: str) -> list[str]:
 
 def created_containers(engine: Engine, session_id: str, since: float) -> list[str]:
     """Ids of the containers the engine created for this session (its event log outlives the container)."""
-    result = engine.docker("events", "--since", f"{since:.3f}", "--until", f"{time.time():.3f}",
-                           "--filter", "type=container", "--filter", "event=create",
-                           "--filter", f"label={SESSION_LABEL}={session_id}", "--format", "{{.ID}}")
+    result = engine.docker(
+        "events",
+        "--since",
+        f"{since:.3f}",
+        "--until",
+        f"{time.time():.3f}",
+        "--filter",
+        "type=container",
+        "--filter",
+        "event=create",
+        "--filter",
+        f"label={SESSION_LABEL}={session_id}",
+        "--format",
+        "{{.ID}}",
+    )
     assert result.returncode == 0, result.stderr.decode()
     return result.stdout.decode().split()
 

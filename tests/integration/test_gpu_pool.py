@@ -64,8 +64,9 @@ def run_all(server: Server, count: int, watch_gpus: bool = False) -> tuple[list[
     with server.client() as client:
         began = time.monotonic()
         ids = [create(client) for _ in range(count)]
-        while watch_gpus and any(client.get(f"/sessions/{sid}").json()["data"]["status"] not in
-                                 ("complete", "failed") for sid in ids):
+        while watch_gpus and any(
+            client.get(f"/sessions/{sid}").json()["data"]["status"] not in ("complete", "failed") for sid in ids
+        ):
             views.append(client.get("/gpus").json()["data"])
             time.sleep(0.2)
         records = [record_of(server, sid) for sid in ids]
@@ -105,8 +106,9 @@ def test_one_gpu_each_four_at_once_never_two_on_a_device(
     gpu_engine: Engine, servers: list[Server], tmp_path: Path, wall_times: dict[str, float]
 ) -> None:
     # WORKER_THREADS above the pool: the GPUs, not the worker count, must be what limits the runs.
-    server = serve(servers, gpu_engine.host, tmp_path / "server", GPUS=",".join(POOL), GPUS_PER_RUN="1",
-                             WORKER_THREADS="8")
+    server = serve(
+        servers, gpu_engine.host, tmp_path / "server", GPUS=",".join(POOL), GPUS_PER_RUN="1", WORKER_THREADS="8"
+    )
     records, wall, views = run_all(server, 8, watch_gpus=True)
     wall_times["GPUS=0,1,2,3 GPUS_PER_RUN=1 WORKER_THREADS=8"] = wall
     assert all(len(r.devices) == 1 and r.devices[0] in POOL for r in records), records
@@ -135,8 +137,9 @@ def test_the_old_way_one_run_at_a_time_with_every_gpu(
 
 
 def test_two_gpus_each_go_in_pairs(gpu_engine: Engine, servers: list[Server], tmp_path: Path) -> None:
-    server = serve(servers, gpu_engine.host, tmp_path / "server", GPUS=",".join(POOL), GPUS_PER_RUN="2",
-                             WORKER_THREADS="8")
+    server = serve(
+        servers, gpu_engine.host, tmp_path / "server", GPUS=",".join(POOL), GPUS_PER_RUN="2", WORKER_THREADS="8"
+    )
     records, _, _ = run_all(server, 4)
     assert all(len(set(r.devices)) == 2 and set(r.devices) <= set(POOL) for r in records), records
     assert_no_device_shared_in_time(records)

@@ -40,15 +40,28 @@ def session_dirs(server: Server) -> set[str]:
     return set(os.listdir(server.session_path))
 
 
-@pytest.mark.parametrize("params, detail", [
-    # The issue: ~290 rounds of a 1 MiB string parameter filled a 300 MiB disk. Now nothing is stored.
-    ({"label": {"value": "x" * 1_000_000}},
-     "params/label: is 1000000 bytes long; the limit is 65536 bytes (MAX_STRING_PARAM_BYTES)"),
-    ({"label": {"value": "before\u0000after"}},
-     "params/label: must not contain a NUL character (it cannot be passed to the model's command)"),
-    ({"ratio": {"value": 10**400}}, "params/ratio: an integer of about 401 digits is outside the allowed range [0, 1]"),
-    ({"count": {"value": -10**400}}, "params/count: an integer of about 401 digits is outside the allowed range [0, 100]"),
-])
+@pytest.mark.parametrize(
+    "params, detail",
+    [
+        # The issue: ~290 rounds of a 1 MiB string parameter filled a 300 MiB disk. Now nothing is stored.
+        (
+            {"label": {"value": "x" * 1_000_000}},
+            "params/label: is 1000000 bytes long; the limit is 65536 bytes (MAX_STRING_PARAM_BYTES)",
+        ),
+        (
+            {"label": {"value": "before\u0000after"}},
+            "params/label: must not contain a NUL character (it cannot be passed to the model's command)",
+        ),
+        (
+            {"ratio": {"value": 10**400}},
+            "params/ratio: an integer of about 401 digits is outside the allowed range [0, 1]",
+        ),
+        (
+            {"count": {"value": -(10**400)}},
+            "params/count: an integer of about 401 digits is outside the allowed range [0, 100]",
+        ),
+    ],
+)
 def test_parameter_values_a_command_cannot_take_are_400_naming_them(
     server: Server, client: httpx.Client, params: dict, detail: str
 ) -> None:
@@ -72,14 +85,19 @@ def test_a_string_at_the_limit_reaches_the_model_whole(server: Server, client: h
 
 
 def test_control_characters_in_the_path_cannot_forge_log_lines(server: Server) -> None:
-    forged = b"/nowhere%0a2026-01-01 00:00:00,000 INFO inferserver.access: GET /admin 200 1.0 ms%1b[2K%0d".replace(b" ", b"%20")
+    forged = b"/nowhere%0a2026-01-01 00:00:00,000 INFO inferserver.access: GET /admin 200 1.0 ms%1b[2K%0d".replace(
+        b" ", b"%20"
+    )
     assert rawhttp.request(server.url, b"GET " + forged + b" HTTP/1.1\r\nHost: x").status == 404
     assert rawhttp.request(server.url, b"GET /sessions/a%0ab/logs HTTP/1.1\r\nHost: x").status == 404
     lines = log_lines_once(server, "GET /sessions/a\\x0ab/logs 404")
     assert not any(line.startswith("2026-01-01") for line in lines)
     assert not any("\x1b" in line or "\r" in line for line in lines)
-    assert any("INFO inferserver.access: GET /nowhere\\x0a2026-01-01 00:00:00,000 INFO inferserver.access: GET /admin "
-               "200 1.0 ms\\x1b[2K\\x0d 404 " in line for line in lines)
+    assert any(
+        "INFO inferserver.access: GET /nowhere\\x0a2026-01-01 00:00:00,000 INFO inferserver.access: GET /admin "
+        "200 1.0 ms\\x1b[2K\\x0d 404 " in line
+        for line in lines
+    )
     assert any("GET /sessions/a\\x0ab/logs 404" in line and line.endswith("session a\\x0ab") for line in lines)
 
 
@@ -108,9 +126,11 @@ def test_bad_ranges_on_an_output_are_in_the_envelope(server: Server, client: htt
     beyond = client.get(url, headers={"Range": f"bytes={size}-"})
     assert beyond.status_code == 416 and beyond.headers["content-range"] == f"bytes */{size}"
     assert details(beyond) == [f"Range header: no range starts within the file's {size} bytes"]
-    for header, detail in [("bytes=5-2", "Range header: start must be less than end"),
-                           ("items=0-1", "Range header: Only support bytes range"),
-                           ("bytes", "Range header: Malformed range header.")]:
+    for header, detail in [
+        ("bytes=5-2", "Range header: start must be less than end"),
+        ("items=0-1", "Range header: Only support bytes range"),
+        ("bytes", "Range header: Malformed range header."),
+    ]:
         malformed = client.get(url, headers={"Range": header})
         assert malformed.status_code == 400 and details(malformed) == [detail], header
     good = client.get(url, headers={"Range": "bytes=0-3"})

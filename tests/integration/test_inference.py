@@ -11,7 +11,7 @@ import pytest
 from ablinfer.base import DispatchBase, DispatchException
 from ablinfer.model import normalize_model_config
 
-from .conftest import QuietRemote, Server, load_spec, run_remote, write_nifti
+from .conftest import QuietRemote, Server, run_remote, write_nifti
 
 
 def cli_copies_byte_for_byte(server: Server, tmp_path: Path) -> subprocess.CompletedProcess[str]:
@@ -21,7 +21,9 @@ def cli_copies_byte_for_byte(server: Server, tmp_path: Path) -> subprocess.Compl
     result_path = tmp_path / "out.nii.gz"
     proc = subprocess.run(
         [sys.executable, "-m", "ablinfer.cli", "-s", server.url, "copy", "-i", str(source), "-o", str(result_path)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert result_path.read_bytes() == source.read_bytes()
@@ -48,10 +50,22 @@ def flags_ablinfer_builds(spec: dict, config: dict) -> list[str]:
 @pytest.mark.parametrize(
     "params",
     [
-        {"count": {"value": 42}, "ratio": {"value": 0.25}, "smooth": {"value": True}, "fast": {"value": False},
-         "mode": {"value": "accurate"}, "label": {"value": "inner ear = left"}},
-        {"count": {"value": 0}, "ratio": {"value": 1.0}, "smooth": {"value": False}, "fast": {"value": True},
-         "mode": {"value": "fast"}, "label": {"value": "bone"}},
+        {
+            "count": {"value": 42},
+            "ratio": {"value": 0.25},
+            "smooth": {"value": True},
+            "fast": {"value": False},
+            "mode": {"value": "accurate"},
+            "label": {"value": "inner ear = left"},
+        },
+        {
+            "count": {"value": 0},
+            "ratio": {"value": 1.0},
+            "smooth": {"value": False},
+            "fast": {"value": True},
+            "mode": {"value": "fast"},
+            "label": {"value": "bone"},
+        },
     ],
     ids=["bools-flipped", "bools-default"],
 )
@@ -95,8 +109,11 @@ def test_failing_model_fails_the_session_and_keeps_its_log(module_server: Server
     lines: list[str] = []
     dispatch = QuietRemote({"base_url": module_server.url})
     with pytest.raises(DispatchException, match="failed"):
-        dispatch.run(dispatch.get_model("fail"), copy_config(source, tmp_path / "out.nii.gz"),
-                     progress=lambda s, a, b, text: lines.append(text))
+        dispatch.run(
+            dispatch.get_model("fail"),
+            copy_config(source, tmp_path / "out.nii.gz"),
+            progress=lambda s, a, b, text: lines.append(text),
+        )
     assert any("fail: something went wrong" in line for line in lines), lines  # stderr reached the client
 
     session_id = last_session(module_server)
@@ -114,7 +131,9 @@ def run_to_failure(server: Server, model_id: str, tmp_path: Path) -> dict:
     source = write_nifti(tmp_path / "in.nii.gz", 0.1)
     dispatch = QuietRemote({"base_url": server.url})
     with pytest.raises(DispatchException):
-        dispatch.run(dispatch.get_model(model_id), copy_config(source, tmp_path / "out.nii.gz"), progress=lambda *a: None)
+        dispatch.run(
+            dispatch.get_model(model_id), copy_config(source, tmp_path / "out.nii.gz"), progress=lambda *a: None
+        )
     return server.wait_status(last_session(server), {"failed"})
 
 

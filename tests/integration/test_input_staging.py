@@ -38,11 +38,13 @@ def under_unit_umask(port: int) -> list[str]:
 
 
 @pytest.fixture(scope="module", params=MODES)
-def staged(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
-           fixture_images: None) -> Iterator[Server]:
+def staged(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, fixture_images: None
+) -> Iterator[Server]:
     """A server per INPUT_STAGING mode, shared by the module's tests."""
-    server = start_server(tmp_path_factory.mktemp(f"staging-{request.param}"), command=under_unit_umask,
-                          INPUT_STAGING=request.param)
+    server = start_server(
+        tmp_path_factory.mktemp(f"staging-{request.param}"), command=under_unit_umask, INPUT_STAGING=request.param
+    )
     yield server
     stop_and_check([server])
 

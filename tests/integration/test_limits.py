@@ -93,7 +93,12 @@ def test_a_model_over_its_time_is_stopped_and_fails(make_server, tmp_path: Path)
     source = write_nifti(tmp_path / "in.nii.gz", 0.01)
     with server.client() as client:
         session_id = create(client, "sleep_timeout", params={"seconds": {"value": 60}})  # the spec allows 2 s
-        assert client.put(f"/sessions/{session_id}/inputs/input_vol", content=source.read_bytes(), headers=OCTET).status_code == 200
+        assert (
+            client.put(
+                f"/sessions/{session_id}/inputs/input_vol", content=source.read_bytes(), headers=OCTET
+            ).status_code
+            == 200
+        )
     status = server.wait_status(session_id, {"complete", "failed"}, timeout=30)
     assert status["status"] == "failed"
     assert status["info"] == "timed out after 2 s"
@@ -146,7 +151,11 @@ def test_an_upload_over_the_limit_is_413_with_or_without_content_length(make_ser
         message = detail(client.put(path, content=chunks(big), headers=OCTET), 413)
         assert message == "input input_vol is over the upload limit of 1 MiB (MAX_UPLOAD_BYTES)"
 
-        assert client.get(f"/sessions/{session_id}").json()["data"] == {"status": "waiting", "needed": ["input_vol"], "info": ""}
+        assert client.get(f"/sessions/{session_id}").json()["data"] == {
+            "status": "waiting",
+            "needed": ["input_vol"],
+            "info": "",
+        }
         assert inputs_on_disk(server, session_id) == {}  # no partial file left
 
         # Within the limit the upload lands and the run goes on.
@@ -161,7 +170,9 @@ def free_bytes(path: Path) -> int:
     return st.f_bavail * st.f_frsize
 
 
-def test_an_upload_eating_into_the_disk_reserve_is_507_and_the_session_keeps_its_inputs(make_server, tmp_path: Path) -> None:
+def test_an_upload_eating_into_the_disk_reserve_is_507_and_the_session_keeps_its_inputs(
+    make_server, tmp_path: Path
+) -> None:
     free = free_bytes(tmp_path)
     assert free > 6 * GiB, f"this test needs more than 6 GiB free on {tmp_path}'s disk, it has {free / GiB:.1f} GiB"
     # Room for the small mask, none for a 12 GiB volume (4 GiB of slack either way for other writers).
@@ -174,11 +185,16 @@ def test_an_upload_eating_into_the_disk_reserve_is_507_and_the_session_keeps_its
 
         status, body = declared_only(server, f"/sessions/{session_id}/inputs/volume", 12 * GiB)
         assert status == 507
-        assert body["errors"][0]["detail"].startswith(
-            "not enough disk space for input volume: the server keeps "
-        ) and "(DISK_RESERVE_BYTES)" in body["errors"][0]["detail"]
+        assert (
+            body["errors"][0]["detail"].startswith("not enough disk space for input volume: the server keeps ")
+            and "(DISK_RESERVE_BYTES)" in body["errors"][0]["detail"]
+        )
 
-        assert client.get(f"/sessions/{session_id}").json()["data"] == {"status": "waiting", "needed": ["volume"], "info": ""}
+        assert client.get(f"/sessions/{session_id}").json()["data"] == {
+            "status": "waiting",
+            "needed": ["volume"],
+            "info": "",
+        }
     assert inputs_on_disk(server, session_id) == {"mask.nrrd": mask}  # intact, and no partial volume
 
 
@@ -189,9 +205,12 @@ def test_a_chunked_upload_is_507_when_the_reserve_exceeds_the_free_space(small_d
     with server.client() as client:
         session_id = create(client, "copy")
         fill(disk, leave=12 * MiB)
-        message = detail(client.put(f"/sessions/{session_id}/inputs/input_vol", content=chunks(b"\0" * MiB), headers=OCTET), 507)
+        message = detail(
+            client.put(f"/sessions/{session_id}/inputs/input_vol", content=chunks(b"\0" * MiB), headers=OCTET), 507
+        )
         assert message.startswith(
-            "not enough disk space for input input_vol: the server keeps 16 MiB free (DISK_RESERVE_BYTES)")
+            "not enough disk space for input input_vol: the server keeps 16 MiB free (DISK_RESERVE_BYTES)"
+        )
         assert client.get(f"/sessions/{session_id}").json()["data"]["status"] == "waiting"
     assert inputs_on_disk(server, session_id) == {}
 
@@ -205,9 +224,14 @@ def test_sessions_beyond_max_sessions_are_503_until_one_ends(make_server, tmp_pa
         first = create(client, "copy")
         create(client, "copy")
         message = detail(client.post("/models/copy", json={"inputs": {}, "params": {}, "outputs": {}}), 503)
-        assert message == "the server holds its limit of 2 live sessions (MAX_SESSIONS); try again once some have finished"
+        assert (
+            message == "the server holds its limit of 2 live sessions (MAX_SESSIONS); try again once some have finished"
+        )
         # A finished session is no longer live: room for one more.
         source = write_nifti(tmp_path / "in.nii.gz", 0.01)
-        assert client.put(f"/sessions/{first}/inputs/input_vol", content=source.read_bytes(), headers=OCTET).status_code == 200
+        assert (
+            client.put(f"/sessions/{first}/inputs/input_vol", content=source.read_bytes(), headers=OCTET).status_code
+            == 200
+        )
         assert server.wait_status(first, {"complete", "failed"})["status"] == "complete"
         create(client, "copy")

@@ -22,9 +22,21 @@ def generate_client(server: Server, where: Path):
     config = where / "config.yaml"
     config.write_text("post_hooks: []\n")  # no ruff here; the code is imported as generated
     proc = subprocess.run(
-        [str(Path(sys.executable).with_name("openapi-python-client")), "generate", "--url", f"{server.url}/openapi.json",
-         "--meta", "none", "--output-path", str(where / PACKAGE), "--config", str(config)],
-        capture_output=True, text=True, timeout=300,
+        [
+            str(Path(sys.executable).with_name("openapi-python-client")),
+            "generate",
+            "--url",
+            f"{server.url}/openapi.json",
+            "--meta",
+            "none",
+            "--output-path",
+            str(where / PACKAGE),
+            "--config",
+            str(config),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Warning" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
@@ -51,7 +63,9 @@ def test_generated_client_runs_a_whole_session(module_server: Server, tmp_path: 
     source = write_nifti(tmp_path / "ct.nii.gz", 2)
     with package.Client(base_url=module_server.url, timeout=httpx.Timeout(60)) as client:
         assert "copy" in list_models.sync(client=client).data
-        request = models.SessionRequest.from_dict({"inputs": {"input_vol": {"enabled": True}}, "params": {}, "outputs": {}})
+        request = models.SessionRequest.from_dict(
+            {"inputs": {"input_vol": {"enabled": True}}, "params": {}, "outputs": {}}
+        )
         created = create_session.sync("copy", client=client, body=request)
         assert isinstance(created, models.EnvelopeSessionCreated), created
         sid = created.data.session_id
@@ -79,14 +93,18 @@ def test_multipart_upload_is_written_like_a_raw_body(module_server: Server, tmp_
     with module_server.client() as client:
         sid = client.post("/models/copy", json={}).json()["data"]["session_id"]
         with source.open("rb") as handle:
-            answer = client.post(f"/sessions/{sid}/inputs/input_vol", files={"file": ("ct.nii.gz", handle, "application/octet-stream")})
+            answer = client.post(
+                f"/sessions/{sid}/inputs/input_vol", files={"file": ("ct.nii.gz", handle, "application/octet-stream")}
+            )
         assert answer.status_code == 200, answer.text
         assert answer.json()["data"]["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
         assert module_server.wait_status(sid, {"complete", "failed"})["status"] == "complete"
         assert client.get(f"/sessions/{sid}/outputs/output_vol").content == source.read_bytes()
 
 
-def test_multipart_with_two_parts_is_refused_and_the_session_keeps_waiting(module_server: Server, tmp_path: Path) -> None:
+def test_multipart_with_two_parts_is_refused_and_the_session_keeps_waiting(
+    module_server: Server, tmp_path: Path
+) -> None:
     source = write_nifti(tmp_path / "ct.nii.gz", 1)
     with module_server.client() as client:
         sid = client.post("/models/copy", json={}).json()["data"]["session_id"]
@@ -100,6 +118,8 @@ def test_multipart_with_two_parts_is_refused_and_the_session_keeps_waiting(modul
 def test_multipart_of_the_wrong_type_names_both_types(module_server: Server) -> None:
     with module_server.client() as client:
         sid = client.post("/models/copy", json={}).json()["data"]["session_id"]
-        answer = client.put(f"/sessions/{sid}/inputs/input_vol", files={"file": ("x.nrrd", b"NRRD0004\n" + b"\0" * 600)})
+        answer = client.put(
+            f"/sessions/{sid}/inputs/input_vol", files={"file": ("x.nrrd", b"NRRD0004\n" + b"\0" * 600)}
+        )
         assert answer.status_code == 400
         assert ".nii.gz" in answer.json()["errors"][0]["detail"] and ".nrrd" in answer.json()["errors"][0]["detail"]

@@ -87,7 +87,8 @@ def test_json_log_lines_carry_the_session_id(make_server: Callable[..., Server],
     ours = [e for e in entries if e.get("session_id") == sid]
     requests = [e for e in ours if e["logger"] == "inferserver.access"]
     assert {(e["method"], e["path"], e["status"]) for e in requests} >= {
-        ("PUT", f"/sessions/{sid}/inputs/input_vol", 200), ("GET", f"/sessions/{sid}", 200)
+        ("PUT", f"/sessions/{sid}/inputs/input_vol", 200),
+        ("GET", f"/sessions/{sid}", 200),
     }
     assert all(isinstance(e["duration_ms"], float) for e in requests)
     states = " | ".join(e["message"] for e in ours if e["logger"] != "inferserver.access")

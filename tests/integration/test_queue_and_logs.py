@@ -6,8 +6,6 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
-
 from .conftest import SESSION_LABEL, Server, _docker, create_and_upload, read_log, write_nifti
 
 
@@ -73,7 +71,9 @@ def test_several_readers_each_get_the_whole_log(module_server: Server, tmp_path:
     assert [line for _, line in read_log(module_server, session_id) if line.startswith(b"line ")] == expected
 
 
-def test_cancel_stops_the_running_container_and_drops_the_queued_run(make_server, database: dict, tmp_path: Path) -> None:
+def test_cancel_stops_the_running_container_and_drops_the_queued_run(
+    make_server, database: dict, tmp_path: Path
+) -> None:
     server = make_server(WORKER_THREADS="1", **database)
     source = write_nifti(tmp_path / "in.nii.gz", 0.1)
     with server.client() as client:
@@ -95,7 +95,10 @@ def test_cancel_stops_the_running_container_and_drops_the_queued_run(make_server
         assert _docker("ps", "-aq", "--filter", f"label={SESSION_LABEL}={running}").stdout.split() == []
         for session_id in (running, queued):
             assert client.get(f"/sessions/{session_id}").json()["data"] == {
-                "status": "failed", "needed": [], "info": "cancelled"}
+                "status": "failed",
+                "needed": [],
+                "info": "cancelled",
+            }
             assert client.delete(f"/sessions/{session_id}").status_code == 409  # already final
     # The cancelled queued run never started; the running one's log ends when it was stopped.
     assert b"sleeping 0" not in b"\n".join(line for _, line in read_log(server, queued))

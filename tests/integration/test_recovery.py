@@ -21,8 +21,12 @@ from .conftest import (
 
 
 def container_of(session_id: str) -> list[str]:
-    result = subprocess.run(["docker", "ps", "-aq", "--filter", f"label={SESSION_LABEL}={session_id}"],
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label={SESSION_LABEL}={session_id}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return result.stdout.split()
 
 
@@ -73,8 +77,10 @@ def test_kill_during_upload_leaves_the_session_waiting_and_nothing_partial(make_
     url = urlparse(server.url)
     body = source.read_bytes()
     with socket.create_connection((url.hostname, url.port)) as raw:
-        raw.sendall(f"PUT /sessions/{session_id}/inputs/input_vol HTTP/1.1\r\nHost: x\r\n"
-                    f"Content-Type: application/octet-stream\r\nContent-Length: {len(body) * 4}\r\n\r\n".encode())
+        raw.sendall(
+            f"PUT /sessions/{session_id}/inputs/input_vol HTTP/1.1\r\nHost: x\r\n"
+            f"Content-Type: application/octet-stream\r\nContent-Length: {len(body) * 4}\r\n\r\n".encode()
+        )
         raw.sendall(body)
         inputs = server.session_path / session_id / "inputs"
         wait_until(lambda: any(inputs.iterdir()), what="the partial upload file")
@@ -85,8 +91,11 @@ def test_kill_during_upload_leaves_the_session_waiting_and_nothing_partial(make_
         status = client.get(f"/sessions/{session_id}").json()["data"]
         assert status["status"] == "waiting" and status["needed"] == ["input_vol"]
         # The dead upload's claim is gone: uploading again is not a 409.
-        answer = client.put(f"/sessions/{session_id}/inputs/input_vol", content=body,
-                            headers={"Content-Type": "application/octet-stream"})
+        answer = client.put(
+            f"/sessions/{session_id}/inputs/input_vol",
+            content=body,
+            headers={"Content-Type": "application/octet-stream"},
+        )
         assert answer.status_code == 200, answer.text
     assert_complete(server, session_id, body)
 
@@ -115,8 +124,15 @@ def test_container_that_finished_while_the_server_was_dead_is_collected(make_ser
     server, session_id, expected = sleeping_run(make_server, tmp_path, 1)
     kill_server(server)
     [container] = container_of(session_id)
-    wait_until(lambda: subprocess.run(["docker", "inspect", "-f", "{{.State.Running}}", container],
-                                      capture_output=True, text=True).stdout.strip() == "false", what="the model to exit")
+    wait_until(
+        lambda: (
+            subprocess.run(
+                ["docker", "inspect", "-f", "{{.State.Running}}", container], capture_output=True, text=True
+            ).stdout.strip()
+            == "false"
+        ),
+        what="the model to exit",
+    )
     server = make_server.restart(server)
     assert_complete(server, session_id, expected)
     assert b"done" in log_lines(server, session_id)
@@ -143,8 +159,11 @@ def test_kill_while_collecting_the_output(make_server, tmp_path: Path) -> None:
     with server.client() as client:
         session_id = create_and_upload(client, "copy", source)
     outputs = server.session_path / session_id / "outputs"
-    wait_until(lambda: any(p.name.endswith(".partial") for p in outputs.iterdir()), timeout=120,
-               what="output collection to begin")
+    wait_until(
+        lambda: any(p.name.endswith(".partial") for p in outputs.iterdir()),
+        timeout=120,
+        what="output collection to begin",
+    )
     kill_server(server)
     server = make_server.restart(server)
     assert server.wait_status(session_id, {"complete", "failed"}, timeout=120)["status"] == "complete"
@@ -169,18 +188,32 @@ def test_orphan_containers_of_this_server_are_removed_at_start(make_server, tmp_
     instance = (server.session_path / ".instance").read_text().strip()
     stop_server(server)
     orphan = subprocess.run(
-        ["docker", "create", "--label", f"org.inferserver.instance={instance}",
-         "--label", f"{SESSION_LABEL}=00000000-0000-4000-8000-000000000000", "inferserver-test/sleep:1"],
-        capture_output=True, text=True, check=True,
+        [
+            "docker",
+            "create",
+            "--label",
+            f"org.inferserver.instance={instance}",
+            "--label",
+            f"{SESSION_LABEL}=00000000-0000-4000-8000-000000000000",
+            "inferserver-test/sleep:1",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
     other = subprocess.run(  # another server's container on the same engine: not ours to touch
         ["docker", "create", "--label", "org.inferserver.instance=someone-else", "inferserver-test/sleep:1"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
     try:
         make_server.restart(server)
-        wait_until(lambda: subprocess.run(["docker", "inspect", orphan], capture_output=True).returncode != 0,
-                   timeout=10, what="the orphan to be removed")
+        wait_until(
+            lambda: subprocess.run(["docker", "inspect", orphan], capture_output=True).returncode != 0,
+            timeout=10,
+            what="the orphan to be removed",
+        )
         assert subprocess.run(["docker", "inspect", other], capture_output=True).returncode == 0
     finally:
         subprocess.run(["docker", "rm", "-f", orphan, other], capture_output=True)

@@ -25,16 +25,32 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(tmp_path: Path, fixtu
     try:
         proc = subprocess.run(
             [
-                sys.executable, "-m", "schemathesis.cli", "--config-file", str(CONFIG), "run", f"{server.url}/openapi.json",
-                "--checks", CHECKS,
-                "--mode", "all",  # valid and invalid requests
-                "--max-examples", "15",
-                "--max-time", "40",
-                "--request-timeout", "10",
-                "--report", "junit",
-                "--report-junit-path", str(tmp_path / "schemathesis.xml"),
+                sys.executable,
+                "-m",
+                "schemathesis.cli",
+                "--config-file",
+                str(CONFIG),
+                "run",
+                f"{server.url}/openapi.json",
+                "--checks",
+                CHECKS,
+                "--mode",
+                "all",  # valid and invalid requests
+                "--max-examples",
+                "15",
+                "--max-time",
+                "40",
+                "--request-timeout",
+                "10",
+                "--report",
+                "junit",
+                "--report-junit-path",
+                str(tmp_path / "schemathesis.xml"),
             ],
-            capture_output=True, text=True, timeout=300, env={**os.environ, "NO_COLOR": "1"},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "NO_COLOR": "1"},
         )
     finally:
         stop_and_check([server])

@@ -72,8 +72,10 @@ def answer(received: bytes) -> tuple[int, str]:
 
 
 def upload_head(session_id: str, framing: str) -> bytes:
-    return (f"PUT /sessions/{session_id}/inputs/input_vol HTTP/1.1\r\nHost: x\r\n"
-            f"Content-Type: application/octet-stream\r\n{framing}\r\n\r\n").encode()
+    return (
+        f"PUT /sessions/{session_id}/inputs/input_vol HTTP/1.1\r\nHost: x\r\n"
+        f"Content-Type: application/octet-stream\r\n{framing}\r\n\r\n"
+    ).encode()
 
 
 def assert_input_free(server: Server, session_id: str, volume: bytes) -> None:
@@ -93,7 +95,8 @@ def assert_input_free(server: Server, session_id: str, volume: bytes) -> None:
 
 
 @pytest.mark.parametrize(
-    "sent", [b"", b"GET / HTTP/1.1\r\nHost: x\r\n", b"PUT /sessions/x/inputs/input_vol HTTP/1.1\r\nContent-Le"],
+    "sent",
+    [b"", b"GET / HTTP/1.1\r\nHost: x\r\n", b"PUT /sessions/x/inputs/input_vol HTTP/1.1\r\nContent-Le"],
     ids=["nothing", "half-headers", "half-a-header"],
 )
 def test_a_head_that_never_ends_is_408_and_closed_within_the_header_timeout(server: Server, sent: bytes) -> None:
@@ -139,8 +142,10 @@ def test_70000_bytes_of_headers_sent_at_once_are_431(server: Server) -> None:
 
 # -- the upload body ------------------------------------------------------------------------------
 
-STALLED_DETAIL = ("input input_vol: the upload sent less than 16 KiB in 2 s (UPLOAD_IDLE_TIMEOUT); "
-                  "it was dropped and the input can be uploaded again")
+STALLED_DETAIL = (
+    "input input_vol: the upload sent less than 16 KiB in 2 s (UPLOAD_IDLE_TIMEOUT); "
+    "it was dropped and the input can be uploaded again"
+)
 
 
 def test_a_body_shorter_than_its_content_length_is_cut_and_frees_the_input(
@@ -166,9 +171,7 @@ def test_a_chunked_body_that_never_ends_is_cut_and_frees_the_input(
     assert_input_free(server, session_id, volume)
 
 
-def test_a_body_sent_a_byte_a_second_is_cut_and_frees_the_input(
-    server: Server, session_id: str, volume: bytes
-) -> None:
+def test_a_body_sent_a_byte_a_second_is_cut_and_frees_the_input(server: Server, session_id: str, volume: bytes) -> None:
     with rawhttp.connect(server.url) as sock:
         sock.sendall(upload_head(session_id, f"Content-Length: {len(volume)}") + volume[:20000])
         started = time.monotonic()
@@ -188,8 +191,10 @@ def test_a_body_sent_a_byte_a_second_is_cut_and_frees_the_input(
 def test_a_json_body_that_stops_is_cut_too(server: Server) -> None:
     body = b'{"inputs": {}, "params": {}, "outputs": {}}'
     with rawhttp.connect(server.url) as sock:
-        sock.sendall(b"POST /models/copy HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body[:10]))
+        sock.sendall(
+            b"POST /models/copy HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body[:10])
+        )
         received, took = until_closed(sock, TIMEOUT + SLACK)
     detail = "request body: the upload sent less than 16 KiB in 2 s (UPLOAD_IDLE_TIMEOUT); send the request again"
     assert answer(received) == (408, detail)
@@ -198,11 +203,11 @@ def test_a_json_body_that_stops_is_cut_too(server: Server) -> None:
 
 def test_a_slow_but_steady_upload_is_not_cut(server: Server, session_id: str, volume: bytes) -> None:
     """16 KiB every second is slow, but never 2 s without 16 KiB: it lands whole."""
-    body = volume[:65536 * 2]
+    body = volume[: 65536 * 2]
     with rawhttp.connect(server.url) as sock:
         sock.sendall(upload_head(session_id, f"Content-Length: {len(body)}"))
         for start in range(0, len(body), 16384):
-            sock.sendall(body[start:start + 16384])
+            sock.sendall(body[start : start + 16384])
             time.sleep(0.8)
         reply = rawhttp.read_response(sock)
     assert reply.status == 200, reply
@@ -227,8 +232,16 @@ def test_the_shipped_gunicorn_config_bounds_the_head_too(make_server: ServerFact
 
 def under_prlimit(soft: int, hard: int) -> Callable[[int], list[str]]:
     """`inferserver serve` started with this open-file limit (prlimit execs it: the pid is the server's)."""
-    return lambda port: ["prlimit", f"--nofile={soft}:{hard}", sys.executable, "-m", "inferserver", "serve",
-                         "--port", str(port)]
+    return lambda port: [
+        "prlimit",
+        f"--nofile={soft}:{hard}",
+        sys.executable,
+        "-m",
+        "inferserver",
+        "serve",
+        "--port",
+        str(port),
+    ]
 
 
 def open_fds(server: Server) -> int:

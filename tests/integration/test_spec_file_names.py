@@ -10,8 +10,13 @@ from ..conftest import TEST_MODELS
 from .conftest import start_server, stop_and_check
 from .test_cli import inferserver
 
-BAD_EXTENSIONS = {"slash": "/../x.nii", "backslash": "\\x.nii", "nul": ".nii\u0000", "newline": ".nii\n",
-                  "long": "." + "x" * 255}
+BAD_EXTENSIONS = {
+    "slash": "/../x.nii",
+    "backslash": "\\x.nii",
+    "nul": ".nii\u0000",
+    "newline": ".nii\n",
+    "long": "." + "x" * 255,
+}
 
 
 def write_bad_specs(directory: Path) -> dict[str, Path]:
@@ -31,8 +36,10 @@ def write_bad_specs(directory: Path) -> dict[str, Path]:
 def expected_reason(kind: str) -> str:
     if kind == "long":
         return "inputs/input_vol/extension: is 256 bytes long; a file name part may have at most 255"
-    return (f"inputs/input_vol/extension: must not contain '/', '\\', NUL or control characters, "
-            f"not {BAD_EXTENSIONS[kind]!r}: it becomes part of a file name")
+    return (
+        f"inputs/input_vol/extension: must not contain '/', '\\', NUL or control characters, "
+        f"not {BAD_EXTENSIONS[kind]!r}: it becomes part of a file name"
+    )
 
 
 def test_models_check_refuses_extensions_that_are_no_file_name_part(tmp_path: Path) -> None:

@@ -71,9 +71,7 @@ def source(tmp_path: Path) -> Path:
     return write_nifti(tmp_path / "in.nii.gz", 0.1)
 
 
-def test_cancel_while_an_output_is_staged_out_frees_the_slot_at_once(
-    make_server: ServerFactory, source: Path
-) -> None:
+def test_cancel_while_an_output_is_staged_out_frees_the_slot_at_once(make_server: ServerFactory, source: Path) -> None:
     server = make_server(WORKER_THREADS="1")
     session_id = bigout(server, source, 2048)
     with server.client() as client:
@@ -148,8 +146,11 @@ def test_an_output_over_max_output_bytes_fails_naming_the_limit(make_server: Ser
         over = create_and_upload(client, "bigout", source, mib=65)
         within = create_and_upload(client, "bigout", source, mib=64)
     data = server.wait_status(over, {"complete", "failed"})
-    assert data == {"status": "failed", "needed": [], "info": "output output_vol is 65 MiB, over the limit of 64 MiB "
-                                                              "(MAX_OUTPUT_BYTES)"}
+    assert data == {
+        "status": "failed",
+        "needed": [],
+        "info": "output output_vol is 65 MiB, over the limit of 64 MiB (MAX_OUTPUT_BYTES)",
+    }
     assert outputs_left(server, over) == []
     assert server.wait_status(within, {"complete", "failed"})["status"] == "complete"
     assert len(output_of(server, within)) == 64 * MiB
@@ -164,8 +165,14 @@ def test_an_output_eating_into_the_disk_reserve_fails_naming_it(
     session_id = bigout(server, source, 300)
     data = server.wait_status(session_id, {"complete", "failed"})
     assert data["status"] == "failed"
-    assert re.fullmatch(re.escape(f"not enough disk space for output output_vol (300 MiB): SESSION_PATH ({sessions}) "
-                                  "keeps 400 MiB free (DISK_RESERVE_BYTES) and has ") + r"\d+\.\d MiB free", data["info"]), data
+    assert re.fullmatch(
+        re.escape(
+            f"not enough disk space for output output_vol (300 MiB): SESSION_PATH ({sessions}) "
+            "keeps 400 MiB free (DISK_RESERVE_BYTES) and has "
+        )
+        + r"\d+\.\d MiB free",
+        data["info"],
+    ), data
     assert outputs_left(server, session_id) == []
 
 
@@ -214,5 +221,8 @@ def test_a_stop_just_after_a_cancel_during_staging_out_is_quick_and_leaves_no_co
     assert outputs_left(server, session_id) == []
 
     again = make_server.restart(server)
-    assert again.wait_status(session_id, {"complete", "failed"}) == {"status": "failed", "needed": [],
-                                                                     "info": "cancelled"}
+    assert again.wait_status(session_id, {"complete", "failed"}) == {
+        "status": "failed",
+        "needed": [],
+        "info": "cancelled",
+    }

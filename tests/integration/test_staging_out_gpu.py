@@ -21,8 +21,9 @@ from .test_staging_out import outputs_left, wait_staging_out
 gpu_engine = engine_fixture(["inferserver-test/bigout:1", "inferserver-test/gpuwork:1"])
 
 
-def test_a_cancel_during_staging_out_frees_the_runs_gpu(gpu_engine: Engine, servers: list[Server],
-                                                        tmp_path: Path) -> None:
+def test_a_cancel_during_staging_out_frees_the_runs_gpu(
+    gpu_engine: Engine, servers: list[Server], tmp_path: Path
+) -> None:
     # One GPU in the pool, two runs at once allowed: only the device keeps the second run waiting.
     server = start_server_on(gpu_engine.host, tmp_path / "server", GPUS="0", WORKER_THREADS="2")
     servers.append(server)

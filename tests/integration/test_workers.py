@@ -20,7 +20,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import SESSION_LABEL, Launcher, Server, _docker, containers_removed, gunicorn_command, serve_command, write_nifti
+from .conftest import (
+    SESSION_LABEL,
+    Launcher,
+    Server,
+    _docker,
+    containers_removed,
+    gunicorn_command,
+    serve_command,
+    write_nifti,
+)
 
 WORKERS = 4
 LAUNCHERS = {
@@ -39,8 +48,14 @@ def launcher(request: pytest.FixtureRequest) -> Launcher:
 def instance_containers(server: Server) -> list[str]:
     """`container-id session-id` of each container (running or not) of this server."""
     instance = (server.session_path / ".instance").read_text().strip()
-    listing = _docker("ps", "-a", "--filter", f"label={INSTANCE_LABEL}={instance}",
-                      "--format", f'{{{{.ID}}}} {{{{.Label "{SESSION_LABEL}"}}}}')
+    listing = _docker(
+        "ps",
+        "-a",
+        "--filter",
+        f"label={INSTANCE_LABEL}={instance}",
+        "--format",
+        f'{{{{.ID}}}} {{{{.Label "{SESSION_LABEL}"}}}}',
+    )
     return listing.stdout.splitlines()
 
 
@@ -118,8 +133,13 @@ def create_and_upload(server: Server, source: Path, seconds: int) -> str:
     created = request(server, "POST", "/models/sleep", json=body)
     assert created.status_code == 200, created.text
     session_id = created.json()["data"]["session_id"]
-    upload = request(server, "PUT", f"/sessions/{session_id}/inputs/input_vol", content=source.read_bytes(),
-                     headers={"Content-Type": "application/octet-stream"})
+    upload = request(
+        server,
+        "PUT",
+        f"/sessions/{session_id}/inputs/input_vol",
+        content=source.read_bytes(),
+        headers={"Content-Type": "application/octet-stream"},
+    )
     assert upload.status_code == 200, upload.text
     return session_id
 
@@ -183,8 +203,13 @@ def test_no_worker_answers_a_stale_status_after_a_change(make_server, launcher: 
     assert all(s["status"] == "waiting" and s["needed"] == ["input_vol"] for s in before), before
 
     source = write_nifti(tmp_path / "in.nii.gz", 0.05)
-    upload = request(server, "PUT", f"/sessions/{session_id}/inputs/input_vol", content=source.read_bytes(),
-                     headers={"Content-Type": "application/octet-stream"})
+    upload = request(
+        server,
+        "PUT",
+        f"/sessions/{session_id}/inputs/input_vol",
+        content=source.read_bytes(),
+        headers={"Content-Type": "application/octet-stream"},
+    )
     assert upload.status_code == 200, upload.text
     after = [status_of(server, session_id) for _ in range(polls)]
     assert all(s["status"] != "waiting" and s["needed"] == [] for s in after), after
@@ -211,8 +236,9 @@ def test_killing_the_dispatching_worker_hands_over_the_running_container(
     took_over = time.monotonic() - killed_at
     assert status_of(server, session_id)["status"] == "working"  # still the same run, not re-queued
 
-    final = wait_until(lambda: (s := status_of(server, session_id))["status"] in ("complete", "failed") and s,
-                       60, "the session to end")
+    final = wait_until(
+        lambda: (s := status_of(server, session_id))["status"] in ("complete", "failed") and s, 60, "the session to end"
+    )
     assert final["status"] == "complete", (final, server.output())
     assert request(server, "GET", f"/sessions/{session_id}/outputs/output_vol").content == source.read_bytes()
     log = request(server, "GET", f"/sessions/{session_id}/logs").content.split(b"\n")
@@ -220,6 +246,9 @@ def test_killing_the_dispatching_worker_hands_over_the_running_container(
     assert containers_removed(lambda: instance_containers(server)) == []
     assert container not in _docker("ps", "-aq", "--no-trunc").stdout
     # The supervisor replaced the dead worker.
-    wait_until(lambda: len(workers_of(server)) == WORKERS and dispatcher not in workers_of(server), 30,
-               "the dead worker to be replaced")
+    wait_until(
+        lambda: len(workers_of(server)) == WORKERS and dispatcher not in workers_of(server),
+        30,
+        "the dead worker to be replaced",
+    )
     print(f"dispatch lock taken over by pid {successor} {took_over:.2f} s after kill -9 of pid {dispatcher}")

@@ -27,10 +27,21 @@ def _p(flag: str, typ: str, default: Any, **kw: Any) -> dict[str, Any]:
 
 
 RAW: dict[str, Any] = {
-    "json_version": "1.3", "id": "toy", "type": "docker", "name": "Toy", "organ": "", "task": "",
-    "status": "", "modality": "", "version": "1",
+    "json_version": "1.3",
+    "id": "toy",
+    "type": "docker",
+    "name": "Toy",
+    "organ": "",
+    "task": "",
+    "status": "",
+    "modality": "",
+    "version": "1",
     "docker": {"image_name": "toy", "image_tag": "1", "data_path": "/data/"},
-    "inputs": {"image": _io("required", ""), "mask": _io("optional", "--mask"), "prior": _io("suggested", "-p", ".nrrd")},
+    "inputs": {
+        "image": _io("required", ""),
+        "mask": _io("optional", "--mask"),
+        "prior": _io("suggested", "-p", ".nrrd"),
+    },
     "outputs": {"seg": _io("required", "-o"), "probs": _io("optional", "--probs="), "skip": _io("optional", "-s")},
     "params": {
         "gpus": _p("--gpus=", "int", 1, min=0, max=8),
@@ -46,8 +57,13 @@ RAW: dict[str, Any] = {
 BODY = {
     "inputs": {"mask": {"enabled": False}},
     "outputs": {"probs": {"enabled": True}},
-    "params": {"gpus": {"value": 2}, "rate": {"value": 1}, "on": {"value": True}, "off": {"value": False},
-               "mode": {"value": "s"}},
+    "params": {
+        "gpus": {"value": 2},
+        "rate": {"value": 1},
+        "on": {"value": True},
+        "off": {"value": False},
+        "mode": {"value": "s"},
+    },
 }
 
 
@@ -77,8 +93,19 @@ def test_every_flag_kind_with_order() -> None:
     argv = build_argv(spec, cfg)
     assert argv == ablinfer_argv(spec, cfg)
     assert argv == [
-        "/data/image.nii.gz", "--gpus=2", "hello world", "-o", "/data/seg.nii.gz",
-        "-p", "/data/prior.nrrd", "--probs=/data/probs.nii.gz", "--rate", "1.0", "--on", "--mode", "s",
+        "/data/image.nii.gz",
+        "--gpus=2",
+        "hello world",
+        "-o",
+        "/data/seg.nii.gz",
+        "-p",
+        "/data/prior.nrrd",
+        "--probs=/data/probs.nii.gz",
+        "--rate",
+        "1.0",
+        "--on",
+        "--mode",
+        "s",
     ]
 
 
@@ -99,10 +126,15 @@ def test_defaults_only() -> None:
     assert "--off" in build_argv(spec, cfg) and "--on" not in build_argv(spec, cfg)
 
 
-@pytest.mark.parametrize("data_path, expected", [
-    ("/data/", "/data/seg.nii.gz"), ("/data", "/data/seg.nii.gz"), ("/", "//seg.nii.gz"),
-    ("/data//", "/data//seg.nii.gz"),
-])
+@pytest.mark.parametrize(
+    "data_path, expected",
+    [
+        ("/data/", "/data/seg.nii.gz"),
+        ("/data", "/data/seg.nii.gz"),
+        ("/", "//seg.nii.gz"),
+        ("/data//", "/data//seg.nii.gz"),
+    ],
+)
 def test_container_path_strips_one_slash(data_path: str, expected: str) -> None:
     raw = copy.deepcopy(RAW)
     raw["docker"]["data_path"] = data_path
@@ -120,11 +152,24 @@ def test_container_path_unknown_name() -> None:
 def test_real_temporal_bone_spec() -> None:
     path = SPECS_DIR / "ablinfer" / "ABLTempSeg.json"
     assert path.is_file(), f"real-world spec {path} is missing (tests/data/specs)"
-    spec, cfg = configure(json.loads(path.read_text()), {
-        "params": {"gpus": {"value": 2}, "cpu_resampling": {"value": True}, "cuda": {"value": "0,1"}},
-        "outputs": {"input_vol_resampled": {"enabled": True}},
-    })
+    spec, cfg = configure(
+        json.loads(path.read_text()),
+        {
+            "params": {"gpus": {"value": 2}, "cpu_resampling": {"value": True}, "cuda": {"value": "0,1"}},
+            "outputs": {"input_vol_resampled": {"enabled": True}},
+        },
+    )
     argv = build_argv(spec, cfg)
     assert argv == ablinfer_argv(spec, cfg)
-    assert argv == ["--cpu-resampling", "--cuda=0,1", "--gpus=2", "-i", "/tmp/input_vol.nii.gz",
-                    "-r", "/tmp/input_vol_resampled.nii.gz", "-o", "/tmp/output_seg.nii.gz", "--threads=4"]
+    assert argv == [
+        "--cpu-resampling",
+        "--cuda=0,1",
+        "--gpus=2",
+        "-i",
+        "/tmp/input_vol.nii.gz",
+        "-r",
+        "/tmp/input_vol_resampled.nii.gz",
+        "-o",
+        "/tmp/output_seg.nii.gz",
+        "--threads=4",
+    ]

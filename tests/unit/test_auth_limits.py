@@ -99,8 +99,10 @@ def test_after_the_limit_no_password_is_hashed_but_a_known_good_one_still_passes
         assert (await access.check(basic("alice", "right"), "a", hasher)).allowed  # remembered from now on
         # 20 guesses at once: only 3 are hashed (a check in progress counts), the rest are refused at once.
         verdicts = await asyncio.gather(*(access.check(basic("alice", f"guess{i}"), "a", hasher) for i in range(20)))
-        after = [await access.check(h, "a", hasher) for h in
-                 (basic("alice", "right"), "Bearer tok", basic("alice", "right-but-new"), "Bearer nope")]
+        after = [
+            await access.check(h, "a", hasher)
+            for h in (basic("alice", "right"), "Bearer tok", basic("alice", "right-but-new"), "Bearer nope")
+        ]
         return [(v.allowed, v.retry_after) for v in (*verdicts, *after)]
 
     results = asyncio.run(run())

@@ -12,7 +12,6 @@ import pytest
 
 from inferserver.config import GpuMode, Settings, SettingsError, load_settings
 
-
 pytestmark = pytest.mark.usefixtures("clean_env")
 
 
@@ -40,8 +39,8 @@ CONVERT_INPUTS = False                 ## Whether or not to try converting input
 
 def test_defaults_are_the_old_servers() -> None:
     s = load_settings()
-    assert s.MODEL_PATH == Path("/etc/inferserver/models")
-    assert s.SESSION_PATH == Path("/var/inferserver")
+    assert Path("/etc/inferserver/models") == s.MODEL_PATH
+    assert Path("/var/inferserver") == s.SESSION_PATH
     assert s.CLEANUP_TIMER == 300
     assert s.CLEANUP_FINISHED is True
     assert s.CLEANUP_FILES is False
@@ -55,8 +54,8 @@ def test_defaults_are_the_old_servers() -> None:
 def test_legacy_python_settings_file_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("INFERSERVER_SETTINGS", str(_settings_file(tmp_path, LEGACY_FILE)))
     s = load_settings()
-    assert s.MODEL_PATH == Path("/srv/models")
-    assert s.SESSION_PATH == Path("/srv/sessions")
+    assert Path("/srv/models") == s.MODEL_PATH
+    assert Path("/srv/sessions") == s.SESSION_PATH
     assert s.CLEANUP_TIMER == 120
     assert s.CLEANUP_FINISHED is False
     assert s.CLEANUP_FILES is True
@@ -80,7 +79,7 @@ def test_env_wins_over_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("INFERSERVER_GPUS", "all")
     s = load_settings()
     assert s.WORKER_THREADS == 5
-    assert s.MODEL_PATH == Path("/env/models")
+    assert Path("/env/models") == s.MODEL_PATH
     assert s.CLEANUP_FILES is False
     assert s.GPUS is GpuMode.ALL
     assert s.CLEANUP_TIMER == 120  # the file still supplies what the env does not
@@ -250,18 +249,18 @@ GiB, MiB = 1 << 30, 1 << 20
 
 def test_limits_have_safe_defaults() -> None:
     s = load_settings()
-    assert s.MAX_UPLOAD_BYTES == 16 * GiB
-    assert s.MAX_OUTPUT_BYTES == 16 * GiB
-    assert s.DISK_RESERVE_BYTES == 2 * GiB
+    assert 16 * GiB == s.MAX_UPLOAD_BYTES
+    assert 16 * GiB == s.MAX_OUTPUT_BYTES
+    assert 2 * GiB == s.DISK_RESERVE_BYTES
     assert s.RUN_TIMEOUT == 21600
-    assert s.CONTAINER_MEMORY == 8 * GiB
+    assert 8 * GiB == s.CONTAINER_MEMORY
     assert s.CONTAINER_CPUS == 0
     assert s.CONTAINER_PIDS == 4096
-    assert s.CONTAINER_SHM == 2 * GiB  # nnU-Net needs about 1 GiB; Docker's own default is 64 MiB
-    assert s.LOG_MAX_BYTES == 64 * MiB
+    assert 2 * GiB == s.CONTAINER_SHM  # nnU-Net needs about 1 GiB; Docker's own default is 64 MiB
+    assert 64 * MiB == s.LOG_MAX_BYTES
     assert s.MAX_SESSIONS == 200
     assert s.CONTAINER_NETWORK == "none"
-    assert (s.MAX_CONVERT_BYTES, s.CONVERT_TIMEOUT, s.MAX_CONVERSIONS) == (GiB, 300, 2)
+    assert (GiB, 300, 2) == (s.MAX_CONVERT_BYTES, s.CONVERT_TIMEOUT, s.MAX_CONVERSIONS)
     assert s.HEADER_TIMEOUT == 30  # slow clients are cut off, but a slow link still sends a head in time
     assert s.UPLOAD_IDLE_TIMEOUT == 60
 
@@ -275,11 +274,11 @@ def test_sizes_in_env_take_human_units(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("INFERSERVER_DISK_RESERVE_BYTES", "0")
     monkeypatch.setenv("INFERSERVER_CONTAINER_CPUS", "1.5")
     s = load_settings()
-    assert s.CONTAINER_MEMORY == 512 * MiB
-    assert s.CONTAINER_SHM == GiB
+    assert 512 * MiB == s.CONTAINER_MEMORY
+    assert GiB == s.CONTAINER_SHM
     assert s.MAX_UPLOAD_BYTES == 2 * 10**9
-    assert s.MAX_OUTPUT_BYTES == 64 * MiB
-    assert s.LOG_MAX_BYTES == MiB
+    assert 64 * MiB == s.MAX_OUTPUT_BYTES
+    assert MiB == s.LOG_MAX_BYTES
     assert s.DISK_RESERVE_BYTES == 0
     assert s.CONTAINER_CPUS == 1.5
 
@@ -288,7 +287,7 @@ def test_sizes_in_the_file_take_numbers_or_human_units(tmp_path: Path, monkeypat
     text = 'CONTAINER_MEMORY = 4 * 1024**3\nCONTAINER_SHM = "256m"\nRUN_TIMEOUT = 3600\nMAX_SESSIONS = 10\n'
     monkeypatch.setenv("INFERSERVER_SETTINGS", str(_settings_file(tmp_path, text)))
     s = load_settings()
-    assert (s.CONTAINER_MEMORY, s.CONTAINER_SHM, s.RUN_TIMEOUT, s.MAX_SESSIONS) == (4 * GiB, 256 * MiB, 3600, 10)
+    assert (4 * GiB, 256 * MiB, 3600, 10) == (s.CONTAINER_MEMORY, s.CONTAINER_SHM, s.RUN_TIMEOUT, s.MAX_SESSIONS)
 
 
 @pytest.mark.parametrize(
@@ -324,12 +323,16 @@ def test_a_wrong_limit_names_the_setting(monkeypatch: pytest.MonkeyPatch, name: 
 
 @pytest.mark.parametrize(
     ("value", "devices"),
-    [("0,1,2,3", ("0", "1", "2", "3")), (" 1 , 3", ("1", "3")), ("GPU-4b2c-77,MIG-9a/1/0", ("GPU-4b2c-77", "MIG-9a/1/0"))],
+    [
+        ("0,1,2,3", ("0", "1", "2", "3")),
+        (" 1 , 3", ("1", "3")),
+        ("GPU-4b2c-77,MIG-9a/1/0", ("GPU-4b2c-77", "MIG-9a/1/0")),
+    ],
 )
 def test_gpus_lists_a_pool_of_device_ids(monkeypatch: pytest.MonkeyPatch, value: str, devices: tuple[str, ...]) -> None:
     monkeypatch.setenv("INFERSERVER_GPUS", value)
     s = load_settings()
-    assert s.GPUS == devices and s.gpu_pool == devices
+    assert devices == s.GPUS and s.gpu_pool == devices
     assert s.gpus_per_run == len(devices)  # default: all of them
 
 
@@ -365,7 +368,7 @@ def test_mount_staging_with_a_source_path(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("INFERSERVER_INPUT_STAGING", "mount")
     monkeypatch.setenv("INFERSERVER_MOUNT_SOURCE_PATH", "/srv/inferserver")
     s = load_settings()
-    assert s.INPUT_STAGING == "mount" and s.MOUNT_SOURCE_PATH == Path("/srv/inferserver")
+    assert s.INPUT_STAGING == "mount" and Path("/srv/inferserver") == s.MOUNT_SOURCE_PATH
 
 
 def test_an_empty_mount_source_path_is_unset(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -392,8 +395,11 @@ def test_a_wrong_input_staging_is_named(monkeypatch: pytest.MonkeyPatch, env: di
 def test_string_parameter_limit_stays_under_the_exec_limit() -> None:
     assert load_settings().MAX_STRING_PARAM_BYTES == 64 * 1024
     assert load_settings(MAX_STRING_PARAM_BYTES="100KiB").MAX_STRING_PARAM_BYTES == 100 * 1024
-    with pytest.raises(SettingsError, match=r"setting MAX_STRING_PARAM_BYTES='128KiB' is invalid: .*must be at most "
-                       r"131071 bytes: Linux cannot pass one command argument of 128 KiB or more"):
+    with pytest.raises(
+        SettingsError,
+        match=r"setting MAX_STRING_PARAM_BYTES='128KiB' is invalid: .*must be at most "
+        r"131071 bytes: Linux cannot pass one command argument of 128 KiB or more",
+    ):
         load_settings(MAX_STRING_PARAM_BYTES="128KiB")
 
 

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from inferserver.credentials import CredentialsError, hash_password, hash_token, load_tokens, load_users, verify_password
+from inferserver.credentials import (
+    CredentialsError,
+    hash_password,
+    hash_token,
+    load_tokens,
+    load_users,
+    verify_password,
+)
 
 
 def test_scrypt_and_pbkdf2_hashes_verify() -> None:
@@ -31,9 +38,13 @@ def test_users_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("text", "problem"),
-    [("alice\n", "line 1: expected user:hash"), ("alice:md5$x\n", "line 1 (user 'alice'): not a password hash"),
-     ("alice:scrypt$3$8$1$AA$AA\n", "power of two"), ("alice:scrypt$16384$8$1$!!$AA\n", "malformed scrypt hash"),
-     (f"a:{hash_password('x')}\na:{hash_password('y')}\n", "line 2: user 'a' appears twice")],
+    [
+        ("alice\n", "line 1: expected user:hash"),
+        ("alice:md5$x\n", "line 1 (user 'alice'): not a password hash"),
+        ("alice:scrypt$3$8$1$AA$AA\n", "power of two"),
+        ("alice:scrypt$16384$8$1$!!$AA\n", "malformed scrypt hash"),
+        (f"a:{hash_password('x')}\na:{hash_password('y')}\n", "line 2: user 'a' appears twice"),
+    ],
 )
 def test_users_file_errors_name_file_and_line_not_the_hash(tmp_path: Path, text: str, problem: str) -> None:
     path = tmp_path / "users"

@@ -35,27 +35,41 @@ def unit_for_this_checkout(tmp_path: Path) -> Path:
 
 
 def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
-    result = subprocess.run([systemd_analyze(), "verify", str(unit_for_this_checkout(tmp_path))],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [systemd_analyze(), "verify", str(unit_for_this_checkout(tmp_path))], capture_output=True, text=True
+    )
     assert result.returncode == 0 and result.stderr == "", result.stderr
 
 
 def test_the_unit_is_hardened_and_still_reaches_docker(tmp_path: Path) -> None:
-    result = subprocess.run([systemd_analyze(), "security", "--offline=yes", str(unit_for_this_checkout(tmp_path))],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [systemd_analyze(), "security", "--offline=yes", str(unit_for_this_checkout(tmp_path))],
+        capture_output=True,
+        text=True,
+    )
     match = re.search(r"Overall exposure level for inferserver\.service: ([\d.]+)", result.stdout)
     assert match, result.stdout + result.stderr
     assert float(match.group(1)) <= 2.0, result.stdout  # systemd rates 0-2 "OK", 10 "UNSAFE"
     directives = UNIT.read_text().splitlines()
-    for line in ("SupplementaryGroups=docker", "ReadWritePaths=/var/inferserver", "ProtectSystem=strict",
-                 "NoNewPrivileges=yes", "EnvironmentFile=-/etc/inferserver/inferserver.env"):
+    for line in (
+        "SupplementaryGroups=docker",
+        "ReadWritePaths=/var/inferserver",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "EnvironmentFile=-/etc/inferserver/inferserver.env",
+    ):
         assert line in directives
     # The socket families the Docker socket and the clients need stay allowed.
     assert "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6" in directives
 
 
 def gunicorn_settings(monkeypatch: pytest.MonkeyPatch, **env: str) -> dict:
-    for name in ("INFERSERVER_BIND", "INFERSERVER_WORKERS", "INFERSERVER_WORKER_TIMEOUT", "INFERSERVER_GRACEFUL_TIMEOUT"):
+    for name in (
+        "INFERSERVER_BIND",
+        "INFERSERVER_WORKERS",
+        "INFERSERVER_WORKER_TIMEOUT",
+        "INFERSERVER_GRACEFUL_TIMEOUT",
+    ):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -73,7 +87,9 @@ def test_gunicorn_config_defaults_to_one_uvicorn_worker_on_the_nginx_upstream(mo
 
 
 def test_gunicorn_config_takes_overrides_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = gunicorn_settings(monkeypatch, INFERSERVER_WORKERS="3", INFERSERVER_BIND="unix:/run/inferserver/inferserver.sock, 0.0.0.0:8000")
+    settings = gunicorn_settings(
+        monkeypatch, INFERSERVER_WORKERS="3", INFERSERVER_BIND="unix:/run/inferserver/inferserver.sock, 0.0.0.0:8000"
+    )
     assert settings["workers"] == 3
     assert settings["bind"] == ["unix:/run/inferserver/inferserver.sock", "0.0.0.0:8000"]
 

@@ -66,8 +66,9 @@ class EndlessEngine:
 
 
 @pytest.fixture
-async def engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
-                 ) -> AsyncIterator[EndlessEngine]:
+async def engine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> AsyncIterator[EndlessEngine]:
     fake = EndlessEngine(**getattr(request, "param", {}))
     app = web.Application()
     app.router.add_get("/version", fake.version)
@@ -95,8 +96,9 @@ async def wait_for_bytes(path: Path, at_least: int) -> None:
         await asyncio.sleep(0.01)
 
 
-async def test_a_cancel_drops_the_archive_stream_at_once(engine: EndlessEngine, backend: DockerBackend,
-                                                         tmp_path: Path) -> None:
+async def test_a_cancel_drops_the_archive_stream_at_once(
+    engine: EndlessEngine, backend: DockerBackend, tmp_path: Path
+) -> None:
     dest = tmp_path / "out.partial"
     copy = asyncio.create_task(backend.get_file("c1", "/data/out.bin", dest))
     await asyncio.wait_for(wait_for_bytes(dest, 4 * MiB), 10)
@@ -116,8 +118,9 @@ async def test_a_full_disk_is_our_write_error_not_the_engine_and_drops_the_strea
     await asyncio.wait_for(engine.dropped.wait(), CLOSE_SECONDS)
 
 
-async def test_a_refusal_by_the_guard_mid_stream_drops_the_stream(engine: EndlessEngine, backend: DockerBackend,
-                                                                 tmp_path: Path) -> None:
+async def test_a_refusal_by_the_guard_mid_stream_drops_the_stream(
+    engine: EndlessEngine, backend: DockerBackend, tmp_path: Path
+) -> None:
     seen: list[tuple[int, int]] = []
 
     def guard(size: int, written: int) -> None:
@@ -132,8 +135,9 @@ async def test_a_refusal_by_the_guard_mid_stream_drops_the_stream(engine: Endles
 
 
 @pytest.mark.parametrize("engine", [{"size": 64 * MiB, "cut_after": 4 * MiB}], indirect=True)
-async def test_an_engine_dropping_the_stream_is_an_engine_error(engine: EndlessEngine, backend: DockerBackend,
-                                                              tmp_path: Path) -> None:
+async def test_an_engine_dropping_the_stream_is_an_engine_error(
+    engine: EndlessEngine, backend: DockerBackend, tmp_path: Path
+) -> None:
     with pytest.raises(RunFailed) as failed:
         await backend.get_file("c1", "/data/out.bin", tmp_path / "out.partial")
     assert not isinstance(failed.value, WriteFailed)

@@ -24,9 +24,18 @@ def test_an_unexpected_exception_is_a_500_in_the_envelope() -> None:
         TestClient(app).get("/boom")
 
 
-@pytest.mark.parametrize("text, shown", [
-    ("/a\nb", "/a\\x0ab"), ("/a\r\nb", "/a\\x0d\\x0ab"), ("\x1b[31mred", "\\x1b[31mred"), ("nul\0", "nul\\x00"),
-    ("line\u2028sep", "line\\u2028sep"), ("c1\x85", "c1\\x85"), ("back\\x0a", "back\\\\x0a"), ("é ok", "é ok"),
-])
+@pytest.mark.parametrize(
+    "text, shown",
+    [
+        ("/a\nb", "/a\\x0ab"),
+        ("/a\r\nb", "/a\\x0d\\x0ab"),
+        ("\x1b[31mred", "\\x1b[31mred"),
+        ("nul\0", "nul\\x00"),
+        ("line\u2028sep", "line\\u2028sep"),
+        ("c1\x85", "c1\\x85"),
+        ("back\\x0a", "back\\\\x0a"),
+        ("é ok", "é ok"),
+    ],
+)
 def test_printable_escapes_what_could_forge_or_hide_a_log_line(text: str, shown: str) -> None:
     assert printable(text) == shown

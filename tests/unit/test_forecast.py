@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from inferserver.sessions.forecast import Going, QueuePlace, Queued, RunTimes, forecast
+from inferserver.sessions.forecast import Going, Queued, QueuePlace, RunTimes, forecast
 from inferserver.sessions.gpupool import Demand
 
 NOW = 1000.0

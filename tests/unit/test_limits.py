@@ -34,16 +34,28 @@ def test_without_a_section_a_run_gets_the_settings() -> None:
     spec = ModelSpec.from_raw(json.loads((TEST_MODELS / "sleep.json").read_text()))
     assert spec.inferserver is None
     assert limits_for(settings, spec) == RunLimits(
-        memory=8 * GiB, cpus=2.0, pids=4096, shm_size=2 * GiB, timeout=60, log_bytes=MiB,
-        output_bytes=16 * GiB, disk_reserve=2 * GiB,
+        memory=8 * GiB,
+        cpus=2.0,
+        pids=4096,
+        shm_size=2 * GiB,
+        timeout=60,
+        log_bytes=MiB,
+        output_bytes=16 * GiB,
+        disk_reserve=2 * GiB,
     )
 
 
 def test_a_section_lowers_each_limit_it_names() -> None:
     spec = ModelSpec.from_raw(spec_with({"memory": "16MiB", "cpus": 0.5, "pids": 64, "shm_size": "1g", "timeout": 2}))
     assert limits_for(load_settings(CONTAINER_CPUS=1), spec) == RunLimits(
-        memory=16 * MiB, cpus=0.5, pids=64, shm_size=GiB, timeout=2, log_bytes=64 * MiB,
-        output_bytes=16 * GiB, disk_reserve=2 * GiB,
+        memory=16 * MiB,
+        cpus=0.5,
+        pids=64,
+        shm_size=GiB,
+        timeout=2,
+        log_bytes=64 * MiB,
+        output_bytes=16 * GiB,
+        disk_reserve=2 * GiB,
     )
     partial = ModelSpec.from_raw(spec_with({"shm_size": 1073741824}))
     limits = limits_for(load_settings(), partial)
@@ -111,4 +123,7 @@ def test_a_spec_above_a_ceiling_is_reported_with_its_file_and_not_served(tmp_pat
     assert error.reason == "inferserver/memory: 64 GiB is above the server's limit of 8 GiB (CONTAINER_MEMORY)"
     # The same spec is fine on a server with a higher ceiling.
     roomy = load_settings(CONTAINER_MEMORY="64g")
-    assert sorted(load_model_directory(tmp_path, check=lambda spec: limits_for(roomy, spec)).models) == ["greedy", "modest"]
+    assert sorted(load_model_directory(tmp_path, check=lambda spec: limits_for(roomy, spec)).models) == [
+        "greedy",
+        "modest",
+    ]

@@ -68,7 +68,10 @@ async def test_a_declared_size_over_the_limit_is_refused_before_any_byte(disk: D
     body = Body(20)
     with pytest.raises(TooLarge) as caught:
         await take(limited_upload(aiter(body), 20 * 1024, limits(), "input volume"))
-    assert str(caught.value) == "input volume is over the upload limit of 10 KiB (MAX_UPLOAD_BYTES): its Content-Length is 20480 bytes"
+    assert (
+        str(caught.value)
+        == "input volume is over the upload limit of 10 KiB (MAX_UPLOAD_BYTES): its Content-Length is 20480 bytes"
+    )
     assert body.taken == 0
 
 
@@ -90,13 +93,17 @@ async def test_a_declared_size_that_would_eat_into_the_reserve_is_refused_up_fro
     body = Body(9)
     with pytest.raises(InsufficientStorage) as caught:
         await take(limited_upload(aiter(body), 9 * 1024, limits(), "input volume"))
-    assert str(caught.value).startswith("not enough disk space for input volume: the server keeps 1 GiB free (DISK_RESERVE_BYTES)")
+    assert str(caught.value).startswith(
+        "not enough disk space for input volume: the server keeps 1 GiB free (DISK_RESERVE_BYTES)"
+    )
     assert body.taken == 0
     # What fits above the reserve goes through.
     assert await take(limited_upload(aiter(Body(8)), 8 * 1024, limits(), "input volume")) == 8 * 1024
 
 
-async def test_a_chunked_body_is_refused_when_the_disk_fills_while_it_arrives(disk: Disk, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_chunked_body_is_refused_when_the_disk_fills_while_it_arrives(
+    disk: Disk, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(quotas, "DISK_CHECK_BYTES", 4 * 1024)
     disk.free = 2 * GiB
     body = Body(100)
@@ -121,7 +128,11 @@ async def test_a_refused_upload_leaves_no_partial_and_keeps_the_earlier_file(tmp
     with pytest.raises(TooLarge):
         await receive_file(
             limited_upload(aiter(Body(20)), None, limits(), "input volume"),
-            dest, label="input volume", expected_ext=".nii", check_types=False, convert=False,
+            dest,
+            label="input volume",
+            expected_ext=".nii",
+            check_types=False,
+            convert=False,
         )
     assert dest.read_bytes() == b"the earlier upload"
     assert [p.name for p in tmp_path.iterdir()] == ["volume.nii"]
@@ -151,8 +162,10 @@ async def test_an_upload_that_stops_is_stalled_after_the_idle_timeout(disk: Disk
     with pytest.raises(Stalled) as caught:
         await take(limited_upload(aiter(Trickle(3, 1024, 10)), None, limits(max_bytes=GiB, idle=0.3), "input volume"))
     assert 0.25 < time.monotonic() - started < 1
-    assert str(caught.value) == ("input volume: the upload sent less than 16 KiB in 0.3 s (UPLOAD_IDLE_TIMEOUT); "
-                                 "it was dropped and the input can be uploaded again")
+    assert str(caught.value) == (
+        "input volume: the upload sent less than 16 KiB in 0.3 s (UPLOAD_IDLE_TIMEOUT); "
+        "it was dropped and the input can be uploaded again"
+    )
 
 
 async def test_an_upload_that_trickles_is_stalled_though_bytes_keep_coming(disk: Disk) -> None:
@@ -193,8 +206,12 @@ class Wrapped(Exception):
 
 @pytest.mark.parametrize(
     "error",
-    [OSError(errno.ENOSPC, "No space left on device"), OSError(errno.EDQUOT, "Disk quota exceeded"),
-     Wrapped(DriverError("database or disk is full")), Wrapped(DriverError("could not extend file", "53100"))],
+    [
+        OSError(errno.ENOSPC, "No space left on device"),
+        OSError(errno.EDQUOT, "Disk quota exceeded"),
+        Wrapped(DriverError("database or disk is full")),
+        Wrapped(DriverError("could not extend file", "53100")),
+    ],
     ids=["ENOSPC", "EDQUOT", "sqlite", "postgresql"],
 )
 def test_a_full_disk_is_507_naming_the_reserve(error: BaseException) -> None:

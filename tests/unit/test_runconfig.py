@@ -17,21 +17,44 @@ def _io(status: str, flag: str) -> dict[str, Any]:
     return {"name": "N", "description": "d", "status": status, "flag": flag, "extension": ".nrrd", "type": "volume"}
 
 
-SPEC = ModelSpec.from_raw({
-    "json_version": "1.3", "id": "toy", "type": "docker", "name": "Toy", "organ": "", "task": "",
-    "status": "", "modality": "", "version": "1",
-    "docker": {"image_name": "toy", "image_tag": "1", "data_path": "/data"},
-    "inputs": {"image": _io("required", "-i"), "prior": _io("suggested", "-p"), "mask": _io("optional", "-m")},
-    "outputs": {"seg": _io("required", "-o"), "probs": _io("optional", "-q"), "extra": _io("suggested", "-e")},
-    "params": {
-        "count": {"name": "C", "description": "d", "flag": "--n", "type": "int", "default": 3, "min": 1, "max": 10},
-        "rate": {"name": "R", "description": "d", "flag": "--r", "type": "float", "default": 0.5, "min": 0, "max": 1},
-        "fast": {"name": "F", "description": "d", "flag": "--fast", "type": "bool", "default": False},
-        "label": {"name": "L", "description": "d", "flag": "--l", "type": "string", "default": "x"},
-        "mode": {"name": "M", "description": "d", "flag": "--m", "type": "enum",
-                 "enum": {"Fast mode": "f", "Slow mode": "s"}, "default": "f"},
-    },
-})
+SPEC = ModelSpec.from_raw(
+    {
+        "json_version": "1.3",
+        "id": "toy",
+        "type": "docker",
+        "name": "Toy",
+        "organ": "",
+        "task": "",
+        "status": "",
+        "modality": "",
+        "version": "1",
+        "docker": {"image_name": "toy", "image_tag": "1", "data_path": "/data"},
+        "inputs": {"image": _io("required", "-i"), "prior": _io("suggested", "-p"), "mask": _io("optional", "-m")},
+        "outputs": {"seg": _io("required", "-o"), "probs": _io("optional", "-q"), "extra": _io("suggested", "-e")},
+        "params": {
+            "count": {"name": "C", "description": "d", "flag": "--n", "type": "int", "default": 3, "min": 1, "max": 10},
+            "rate": {
+                "name": "R",
+                "description": "d",
+                "flag": "--r",
+                "type": "float",
+                "default": 0.5,
+                "min": 0,
+                "max": 1,
+            },
+            "fast": {"name": "F", "description": "d", "flag": "--fast", "type": "bool", "default": False},
+            "label": {"name": "L", "description": "d", "flag": "--l", "type": "string", "default": "x"},
+            "mode": {
+                "name": "M",
+                "description": "d",
+                "flag": "--m",
+                "type": "enum",
+                "enum": {"Fast mode": "f", "Slow mode": "s"},
+                "default": "f",
+            },
+        },
+    }
+)
 
 
 def run(body: dict[str, Any]) -> RunConfig:
@@ -55,12 +78,19 @@ def test_empty_body_gives_defaults() -> None:
 
 
 def test_choices_and_values_are_taken() -> None:
-    cfg = run({
-        "inputs": {"image": {"enabled": True}, "prior": {"enabled": False}, "mask": {"enabled": True}},
-        "outputs": {"probs": {"enabled": True, "value": "ignored"}},
-        "params": {"count": {"value": 10}, "rate": {"value": 1}, "fast": {"value": True},
-                   "label": {"value": ""}, "mode": {"value": "s"}},
-    })
+    cfg = run(
+        {
+            "inputs": {"image": {"enabled": True}, "prior": {"enabled": False}, "mask": {"enabled": True}},
+            "outputs": {"probs": {"enabled": True, "value": "ignored"}},
+            "params": {
+                "count": {"value": 10},
+                "rate": {"value": 1},
+                "fast": {"value": True},
+                "label": {"value": ""},
+                "mode": {"value": "s"},
+            },
+        }
+    )
     assert cfg.inputs == {"image": True, "prior": False, "mask": True}
     assert cfg.outputs["probs"] is True
     assert cfg.params == {"count": 10, "rate": 1.0, "fast": True, "label": "", "mode": "s"}
@@ -94,25 +124,28 @@ def test_enabled_must_be_bool(value: Any) -> None:
     assert "true or false" in err.reason
 
 
-@pytest.mark.parametrize("name, value, reason", [
-    ("count", True, "must be an integer"),
-    ("count", 2.0, "must be an integer"),
-    ("count", "3", "must be an integer"),
-    ("count", None, "must be an integer"),
-    ("count", 0, "outside the allowed range [1, 10]"),
-    ("count", 11, "outside the allowed range [1, 10]"),
-    ("rate", False, "must be a number"),
-    ("rate", "0.1", "must be a number"),
-    ("rate", float("nan"), "finite"),
-    ("rate", float("inf"), "finite"),
-    ("rate", 1.5, "outside the allowed range [0, 1]"),
-    ("fast", 1, "true or false"),
-    ("fast", "true", "true or false"),
-    ("label", 5, "must be a string"),
-    ("label", None, "must be a string"),
-    ("mode", "x", "one of the values 'f', 's'"),
-    ("mode", "Fast mode", "is a label; send its value 'f'"),
-])
+@pytest.mark.parametrize(
+    "name, value, reason",
+    [
+        ("count", True, "must be an integer"),
+        ("count", 2.0, "must be an integer"),
+        ("count", "3", "must be an integer"),
+        ("count", None, "must be an integer"),
+        ("count", 0, "outside the allowed range [1, 10]"),
+        ("count", 11, "outside the allowed range [1, 10]"),
+        ("rate", False, "must be a number"),
+        ("rate", "0.1", "must be a number"),
+        ("rate", float("nan"), "finite"),
+        ("rate", float("inf"), "finite"),
+        ("rate", 1.5, "outside the allowed range [0, 1]"),
+        ("fast", 1, "true or false"),
+        ("fast", "true", "true or false"),
+        ("label", 5, "must be a string"),
+        ("label", None, "must be a string"),
+        ("mode", "x", "one of the values 'f', 's'"),
+        ("mode", "Fast mode", "is a label; send its value 'f'"),
+    ],
+)
 def test_param_value_checks(name: str, value: Any, reason: str) -> None:
     err = fails({"params": {name: {"value": value}}})
     assert err.field == f"params/{name}"
@@ -170,14 +203,17 @@ def test_matches_what_ablinfer_accepts_for_client_bodies() -> None:
 HUGE = 10**400  # 401 digits: float() of it overflows
 
 
-@pytest.mark.parametrize("name, value, reason", [
-    ("rate", HUGE, "an integer of about 401 digits is outside the allowed range [0, 1]"),
-    ("rate", -HUGE, "an integer of about 401 digits is outside the allowed range [0, 1]"),
-    ("count", HUGE, "an integer of about 401 digits is outside the allowed range [1, 10]"),
-    ("label", "a\0b", "must not contain a NUL character (it cannot be passed to the model's command)"),
-    ("label", "x" * (64 * 1024 + 1), "is 65537 bytes long; the limit is 65536 bytes (MAX_STRING_PARAM_BYTES)"),
-    ("label", "é" * (32 * 1024 + 1), "is 65538 bytes long; the limit is 65536 bytes (MAX_STRING_PARAM_BYTES)"),
-])
+@pytest.mark.parametrize(
+    "name, value, reason",
+    [
+        ("rate", HUGE, "an integer of about 401 digits is outside the allowed range [0, 1]"),
+        ("rate", -HUGE, "an integer of about 401 digits is outside the allowed range [0, 1]"),
+        ("count", HUGE, "an integer of about 401 digits is outside the allowed range [1, 10]"),
+        ("label", "a\0b", "must not contain a NUL character (it cannot be passed to the model's command)"),
+        ("label", "x" * (64 * 1024 + 1), "is 65537 bytes long; the limit is 65536 bytes (MAX_STRING_PARAM_BYTES)"),
+        ("label", "é" * (32 * 1024 + 1), "is 65538 bytes long; the limit is 65536 bytes (MAX_STRING_PARAM_BYTES)"),
+    ],
+)
 def test_values_a_model_command_cannot_take_are_refused_by_name(name: str, value: Any, reason: str) -> None:
     err = fails({"params": {name: {"value": value}}})
     assert (err.field, err.reason) == (f"params/{name}", reason)
@@ -196,7 +232,12 @@ def test_a_huge_integer_under_an_infinite_bound_is_refused_not_overflowed() -> N
     spec = ModelSpec.from_raw(raw)
     with pytest.raises(ConfigError, match="about 401 digits is too large for a float"):
         validate_run_config(spec, SessionRequest.model_validate({"params": {"rate": {"value": HUGE}}}))
-    assert validate_run_config(spec, SessionRequest.model_validate({"params": {"rate": {"value": 10**300}}})).params["rate"] == 1e300
+    assert (
+        validate_run_config(spec, SessionRequest.model_validate({"params": {"rate": {"value": 10**300}}})).params[
+            "rate"
+        ]
+        == 1e300
+    )
 
 
 def test_long_wrong_values_are_not_echoed_whole() -> None:

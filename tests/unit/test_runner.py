@@ -9,15 +9,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import tempfile
-from pathlib import Path, PurePosixPath
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
 
 from inferserver.config import GpuMode
-from inferserver.runner.docker import LABEL_SESSION, split_image
 from inferserver.runner import execute, outputs
+from inferserver.runner.docker import LABEL_SESSION, split_image
 from inferserver.runner.execute import Runner
 from inferserver.runner.jobs import FileTransfer, RunFailed, RunJob, RunLimits, RunOutcome
 from inferserver.runner.tarstream import SizeGuard, TarMember, extract_single_file, tar_stream
@@ -152,8 +152,16 @@ class MemoryLog:
 
 
 GiB = 1 << 30
-LIMITS = RunLimits(memory=8 * GiB, cpus=0, pids=4096, shm_size=2 * GiB, timeout=600, log_bytes=1 << 20,
-                   output_bytes=GiB, disk_reserve=0)
+LIMITS = RunLimits(
+    memory=8 * GiB,
+    cpus=0,
+    pids=4096,
+    shm_size=2 * GiB,
+    timeout=600,
+    log_bytes=1 << 20,
+    output_bytes=GiB,
+    disk_reserve=0,
+)
 
 
 def make_job(
@@ -178,7 +186,9 @@ def make_job(
     )
 
 
-async def run(backend: FakeBackend, job: RunJob, gpus: GpuMode = GpuMode.NONE) -> tuple[RunOutcome, list[str], MemoryLog]:
+async def run(
+    backend: FakeBackend, job: RunJob, gpus: GpuMode = GpuMode.NONE
+) -> tuple[RunOutcome, list[str], MemoryLog]:
     started: list[str] = []
 
     async def on_started(container_id: str) -> None:
@@ -234,7 +244,10 @@ async def test_container_stopped_by_a_stopping_engine_names_the_engine(tmp_path:
     backend = FakeBackend(exit_code=exit_code, fail={"ping": RunFailed("Docker engine unreachable: gone")})
     outcome, _, _ = await run(backend, make_job(tmp_path))
     assert outcome.ok is False and outcome.exit_code == exit_code
-    assert outcome.reason == f"the Docker engine stopped during the run (it stopped the container: exit status {exit_code})"
+    assert (
+        outcome.reason
+        == f"the Docker engine stopped during the run (it stopped the container: exit status {exit_code})"
+    )
     assert backend.removed == ["cid-1"]  # tried; when the engine is back the dispatcher removes what is left
 
 
@@ -449,7 +462,12 @@ async def test_a_mounted_input_is_a_read_only_bind_and_only_directories_are_copi
     assert outcome.ok, outcome.reason
     [config] = backend.configs
     assert config["HostConfig"]["Mounts"] == [
-        {"Type": "bind", "Source": "/host/sessions/sess-42/inputs/in.nii.gz", "Target": "/data/in.nii.gz", "ReadOnly": True}
+        {
+            "Type": "bind",
+            "Source": "/host/sessions/sess-42/inputs/in.nii.gz",
+            "Target": "/data/in.nii.gz",
+            "ReadOnly": True,
+        }
     ]
     assert backend.put == [[job.inputs[1]]]  # only the input without a mount source is copied in
     assert backend.dirs_for == [["/data/seg.nii.gz", "/data/vol.nii.gz"]]  # the outputs' directories as before
@@ -463,8 +481,10 @@ async def test_archive_staging_mounts_nothing(tmp_path: Path) -> None:
 
 
 async def test_a_bind_source_the_engine_lacks_names_the_settings(tmp_path: Path) -> None:
-    refusal = ('Docker engine error 400: invalid mount config for type "bind": bind source path does not exist: '
-               "/host/sessions/sess-42/inputs/in.nii.gz")
+    refusal = (
+        'Docker engine error 400: invalid mount config for type "bind": bind source path does not exist: '
+        "/host/sessions/sess-42/inputs/in.nii.gz"
+    )
     backend = FakeBackend(fail={"create": RunFailed(refusal)})
     outcome, started, _ = await run(backend, mounted_job(tmp_path, mount_note="look at MOUNT_SOURCE_PATH"))
     assert outcome.reason == f"{refusal} (look at MOUNT_SOURCE_PATH)"
@@ -491,8 +511,16 @@ async def test_mounts_survive_the_fall_back_to_the_cpu(tmp_path: Path) -> None:
 
 async def test_config_carries_the_limits_and_drops_every_privilege(tmp_path: Path) -> None:
     backend = FakeBackend(files=ALL_OUTPUTS)
-    limits = RunLimits(memory=16 << 20, cpus=1.5, pids=64, shm_size=1 * GiB, timeout=600, log_bytes=1 << 20,
-                   output_bytes=GiB, disk_reserve=0)
+    limits = RunLimits(
+        memory=16 << 20,
+        cpus=1.5,
+        pids=64,
+        shm_size=1 * GiB,
+        timeout=600,
+        log_bytes=1 << 20,
+        output_bytes=GiB,
+        disk_reserve=0,
+    )
     await run(backend, make_job(tmp_path, limits=limits))
     [config] = backend.configs
     host = config["HostConfig"]
@@ -515,16 +543,18 @@ async def test_no_cpu_limit_sets_no_nanocpus(tmp_path: Path) -> None:
 
 async def test_oom_reason_names_the_runs_own_limit(tmp_path: Path) -> None:
     backend = FakeBackend(exit_code=137, oom_killed=True)
-    limits = RunLimits(memory=16 << 20, cpus=0, pids=64, shm_size=GiB, timeout=600, log_bytes=1 << 20,
-                   output_bytes=GiB, disk_reserve=0)
+    limits = RunLimits(
+        memory=16 << 20, cpus=0, pids=64, shm_size=GiB, timeout=600, log_bytes=1 << 20, output_bytes=GiB, disk_reserve=0
+    )
     outcome, _, _ = await run(backend, make_job(tmp_path, limits=limits))
     assert outcome == RunOutcome(False, "exceeded the memory limit of 16 MiB", 137)
 
 
 async def test_a_run_over_its_time_is_stopped_and_fails_saying_so(tmp_path: Path) -> None:
     backend = FakeBackend(files=ALL_OUTPUTS, fail={"wait_forever": RuntimeError()})
-    limits = RunLimits(memory=GiB, cpus=0, pids=64, shm_size=GiB, timeout=1, log_bytes=1 << 20,
-                   output_bytes=GiB, disk_reserve=0)
+    limits = RunLimits(
+        memory=GiB, cpus=0, pids=64, shm_size=GiB, timeout=1, log_bytes=1 << 20, output_bytes=GiB, disk_reserve=0
+    )
     outcome, started, log = await run(backend, make_job(tmp_path, limits=limits))
     assert outcome == RunOutcome(False, "timed out after 1 s", None)
     assert started == ["cid-1"]
@@ -537,8 +567,9 @@ async def test_a_run_over_its_time_is_stopped_and_fails_saying_so(tmp_path: Path
 
 async def test_the_run_log_is_capped(tmp_path: Path) -> None:
     backend = FakeBackend(files=ALL_OUTPUTS, log_lines=(b"0123456789" * 10 + b"\n",) * 50)
-    limits = RunLimits(memory=GiB, cpus=0, pids=64, shm_size=GiB, timeout=600, log_bytes=1024,
-                       output_bytes=GiB, disk_reserve=0)
+    limits = RunLimits(
+        memory=GiB, cpus=0, pids=64, shm_size=GiB, timeout=600, log_bytes=1024, output_bytes=GiB, disk_reserve=0
+    )
     outcome, _, log = await run(backend, make_job(tmp_path, limits=limits))
     assert outcome.ok  # a long log is no failure
     assert log.data.endswith(b"\ninferserver: log truncated at 1 KiB (LOG_MAX_BYTES)\n")
@@ -629,24 +660,32 @@ async def test_an_output_over_max_output_bytes_fails_before_its_first_byte(tmp_p
 
 
 async def test_an_output_that_would_eat_into_the_disk_reserve_fails_naming_it(tmp_path: Path) -> None:
-    job = dataclasses.replace(make_job(tmp_path, limits=output_limits(disk_reserve=1 << 60)),
-                              disk_note="SESSION_PATH (/srv/sessions)")
+    job = dataclasses.replace(
+        make_job(tmp_path, limits=output_limits(disk_reserve=1 << 60)), disk_note="SESSION_PATH (/srv/sessions)"
+    )
     outcome, _, _ = await run(FakeBackend(files=ALL_OUTPUTS), job)
     assert outcome.ok is False
-    assert outcome.reason.startswith("not enough disk space for output seg (12 bytes): SESSION_PATH (/srv/sessions) "
-                                     "keeps 1048576 TiB free (DISK_RESERVE_BYTES) and has "), outcome.reason
+    assert outcome.reason.startswith(
+        "not enough disk space for output seg (12 bytes): SESSION_PATH (/srv/sessions) "
+        "keeps 1048576 TiB free (DISK_RESERVE_BYTES) and has "
+    ), outcome.reason
     assert partials(tmp_path) == []
 
 
-async def test_the_reserve_is_checked_again_as_the_output_streams(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_the_reserve_is_checked_again_as_the_output_streams(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     free = iter([10 * GiB] + [GiB] * 1000)  # another writer takes the disk once the copy has begun
     monkeypatch.setattr(outputs, "free_bytes", lambda path: next(free))
     monkeypatch.setattr(outputs, "DISK_CHECK_BYTES", 64 << 10)
     job = make_job(tmp_path, outputs=("seg",), limits=output_limits(disk_reserve=2 * GiB))
     backend = FakeBackend(files={"/data/seg.nii.gz": bytes(1 << 20)})
     outcome, _, _ = await run(backend, job)
-    assert outcome == RunOutcome(False, f"not enough disk space for output seg (1 MiB): {tmp_path / 'outputs'} keeps "
-                                        "2 GiB free (DISK_RESERVE_BYTES) and has 1.0 GiB free")
+    assert outcome == RunOutcome(
+        False,
+        f"not enough disk space for output seg (1 MiB): {tmp_path / 'outputs'} keeps "
+        "2 GiB free (DISK_RESERVE_BYTES) and has 1.0 GiB free",
+    )
     assert partials(tmp_path) == []
 
 

@@ -19,7 +19,9 @@ def _copy(name: str, dest: Path, as_name: str | None = None) -> Path:
 
 
 def test_good_broken_and_duplicate(tmp_path: Path) -> None:
-    assert SPECS_DIR.is_dir(), f"the real-world specs directory {SPECS_DIR} is missing (tests/data/specs in the repository)"
+    assert SPECS_DIR.is_dir(), (
+        f"the real-world specs directory {SPECS_DIR} is missing (tests/data/specs in the repository)"
+    )
     good = _copy("ABLTempSeg.json", tmp_path)
     _copy("ProstateSegmenter.json", tmp_path)
     dup_a = _copy("CTBoneSegmenter.json", tmp_path, "a_bone.json")

@@ -65,7 +65,8 @@ def test_mount_source_path_maps_session_path_to_the_engines_host(tmp_path: Path)
     s = settings(tmp_path, INPUT_STAGING="mount", MOUNT_SOURCE_PATH="/srv/inferserver")
     job = job_for(record_plan(s.SESSION_PATH), "inst", s)
     assert [i.mount_source for i in job.inputs] == [
-        f"/srv/inferserver/{SESSION}/inputs/volume.nii", f"/srv/inferserver/{SESSION}/inputs/mask.nrrd",
+        f"/srv/inferserver/{SESSION}/inputs/volume.nii",
+        f"/srv/inferserver/{SESSION}/inputs/mask.nrrd",
     ]
     assert "MOUNT_SOURCE_PATH=/srv/inferserver" in job.mount_note
     assert "INPUT_STAGING=archive" in job.mount_note

@@ -298,7 +298,7 @@ async def test_extract_write_errors_are_write_failed_and_stream_errors_stay_apar
     assert str(failed.value) == "could not write /dev/full: No space left on device"
 
     async def reset_midway() -> AsyncIterator[bytes]:
-        yield data[:1 << 20]
+        yield data[: 1 << 20]
         raise ConnectionResetError("the engine went away")  # an OSError, but not ours
 
     with pytest.raises(ConnectionResetError):

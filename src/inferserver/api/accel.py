@@ -59,7 +59,9 @@ def parse_mapping(value: str) -> Mapping:
     directory, sep, prefix = value.strip().partition("=")
     directory, prefix = directory.strip(), prefix.strip()
     if not sep or not directory.startswith("/") or "\x00" in directory:
-        raise MalformedMapping(f"{value!r}: the left side must be an absolute directory, as in /var/inferserver/=/files/")
+        raise MalformedMapping(
+            f"{value!r}: the left side must be an absolute directory, as in /var/inferserver/=/files/"
+        )
     if not _URI_PREFIX.fullmatch(prefix) or "/../" in f"{prefix}/":
         raise MalformedMapping(f"{value!r}: the right side must be a URI path such as /_inferserver_files/")
     return Mapping(PurePosixPath(os.path.normpath(directory)), prefix)
@@ -80,8 +82,12 @@ def redirect_uri(header: str | None, path: Path, session_path: Path) -> str | No
         return None
     root = session_path.resolve()
     if Path(mapping.directory).resolve() != root:
-        _warn_once("elsewhere", "ignoring X-Accel-Mapping %r: it must name SESSION_PATH %s; downloads are streamed "
-                   "by the app", header, root)
+        _warn_once(
+            "elsewhere",
+            "ignoring X-Accel-Mapping %r: it must name SESSION_PATH %s; downloads are streamed by the app",
+            header,
+            root,
+        )
         return None
     # Resolved on both sides: a symlinked SESSION_PATH still matches, a file linked out of it does not.
     return Mapping(PurePosixPath(root), mapping.uri_prefix).uri_of(PurePosixPath(path.resolve()))

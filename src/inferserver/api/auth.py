@@ -113,8 +113,12 @@ class AccessControl:
             return Verdict(False, retry_after)
         if self.limiter.fail(address):  # counts until proven good: concurrent guesses cannot pass the limit
             # Once per window, not per refusal: a guesser must not flood the log either.
-            logger.warning("access control: %s sent %d failed credentials; it gets 429 for up to %d s "
-                           "(AUTH_MAX_FAILURES)", printable(address), self.limiter.limit, self.limiter.window)
+            logger.warning(
+                "access control: %s sent %d failed credentials; it gets 429 for up to %d s (AUTH_MAX_FAILURES)",
+                printable(address),
+                self.limiter.limit,
+                self.limiter.window,
+            )
         if credential is None or users is None:
             return REFUSED
         if not await asyncio.get_running_loop().run_in_executor(hasher, users.verify, *credential):
@@ -154,7 +158,7 @@ def _open(scope: Scope) -> bool:
     path: str = scope["path"]
     root: str = scope.get("root_path", "")
     if root and path.startswith(root):  # Starlette includes root_path in path when one is set
-        path = path[len(root):]
+        path = path[len(root) :]
     return scope["method"] == "GET" and path in OPEN_PATHS
 
 
@@ -183,8 +187,13 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
         elif verdict.retry_after is not None:
             await asyncio.sleep(LIMITED_DELAY)
-            await _answer(send, 429, f"too many failed credentials from this address; retry after "
-                          f"{verdict.retry_after} s (AUTH_MAX_FAILURES)", retry_after=verdict.retry_after)
+            await _answer(
+                send,
+                429,
+                f"too many failed credentials from this address; retry after "
+                f"{verdict.retry_after} s (AUTH_MAX_FAILURES)",
+                retry_after=verdict.retry_after,
+            )
         else:
             await _answer(send, 401, "invalid credentials" if authorization else "authentication required")
 

@@ -126,8 +126,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _gone(request: Request, exc: ClientDisconnect) -> Response:
         # The client left mid-body: an upload's partial file is already gone and the input still
         # needed. Nobody is left to read an answer; this one only keeps the log free of a traceback.
-        logger.info("%s %s: the client disconnected before its request body was complete", request.method,
-                    printable(request.url.path))
+        logger.info(
+            "%s %s: the client disconnected before its request body was complete",
+            request.method,
+            printable(request.url.path),
+        )
         return Response(status_code=400)
 
 
@@ -145,14 +148,24 @@ def install_openapi(app: FastAPI) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(
-                title=app.title, version=app.version, summary=app.summary, routes=app.routes,
+                title=app.title,
+                version=app.version,
+                summary=app.summary,
+                routes=app.routes,
             )
             for route, path in schema.get("paths", {}).items():
                 for operation in path.values():
                     responses = operation.setdefault("responses", {})
                     if responses.pop("422", None) is not None:  # our handler answers those as 400
-                        responses.setdefault("400", {"description": "Bad request", "content": {
-                            "application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}}})
+                        responses.setdefault(
+                            "400",
+                            {
+                                "description": "Bad request",
+                                "content": {
+                                    "application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}
+                                },
+                            },
+                        )
                     if route in OPEN_PATHS:
                         continue
                     responses["401"] = UNAUTHORIZED

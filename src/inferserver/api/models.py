@@ -30,7 +30,9 @@ class SessionCreated(BaseModel):
 
 
 class FiletypeCheck(BaseModel):
-    filetype: str | None = Field(description="Type sniffed from the header, e.g. .nii.gz; null when unknown.", examples=[".nii.gz"])
+    filetype: str | None = Field(
+        description="Type sniffed from the header, e.g. .nii.gz; null when unknown.", examples=[".nii.gz"]
+    )
     acceptable: bool = Field(description="Whether an upload of this file will be accepted.", examples=[True])
     can_convert: bool = Field(description="Whether the server would convert it to the expected type.", examples=[False])
 
@@ -89,7 +91,9 @@ router.add_api_route(
     openapi_extra=deps.RAW_BODY,
     summary="Check the first bytes (at most 4096) of a file about to be uploaded",
 )
-async def check_input(model_id: ModelId, name: InputName, request: Request, directory: Models) -> Envelope[FiletypeCheck]:
+async def check_input(
+    model_id: ModelId, name: InputName, request: Request, directory: Models
+) -> Envelope[FiletypeCheck]:
     spec = spec_of(directory, model_id)
     if name not in spec.inputs:
         raise ApiError(404, f"model {model_id} has no input {shown(name)}")
@@ -99,4 +103,6 @@ async def check_input(model_id: ModelId, name: InputName, request: Request, dire
     result = check_filetype(
         header, spec.inputs[name].extension, check=settings.CHECK_INPUT_FILETYPES, convert=settings.CONVERT_INPUTS
     )
-    return Envelope(data=FiletypeCheck(filetype=result.filetype, acceptable=result.acceptable, can_convert=result.can_convert))
+    return Envelope(
+        data=FiletypeCheck(filetype=result.filetype, acceptable=result.acceptable, can_convert=result.can_convert)
+    )

@@ -52,7 +52,9 @@ class _Parts:
     def on_headers_finished(self) -> None:
         kind, options = parse_options_header(self.disposition)
         if kind != b"form-data" or b"filename" not in options:
-            raise InvalidInput("multipart upload: the part must be a file (Content-Disposition: form-data; filename=...)")
+            raise InvalidInput(
+                "multipart upload: the part must be a file (Content-Disposition: form-data; filename=...)"
+            )
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         self.data.append(data[start:end])

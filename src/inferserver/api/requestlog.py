@@ -44,7 +44,12 @@ class RequestLog:
             await self.app(scope, receive, sending)
         finally:
             duration = time.monotonic() - began
-            fields = {"method": scope["method"], "path": path, "status": status, "duration_ms": round(duration * 1000, 1)}
+            fields = {
+                "method": scope["method"],
+                "path": path,
+                "status": status,
+                "duration_ms": round(duration * 1000, 1),
+            }
             # The path is the client's, percent-decoded: escaped, a `%0a` in it cannot forge a line of the text log.
             # (The JSON format escapes by itself; its `path` field stays exactly what was asked for.)
             suffix = f" session {printable(session_id)}" if session_id else ""

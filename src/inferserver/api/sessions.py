@@ -39,8 +39,12 @@ class VolumeResponse(FileResponse):
         except MalformedRangeHeader as exc:
             raise HTTPException(400, f"Range header: {exc.content.removeprefix('Range header: ')}") from None
         except RangeNotSatisfiable as exc:
-            raise HTTPException(416, f"Range header: no range starts within the file's {exc.max_size} bytes",
-                                headers={"Content-Range": f"bytes */{exc.max_size}"}) from None
+            raise HTTPException(
+                416,
+                f"Range header: no range starts within the file's {exc.max_size} bytes",
+                headers={"Content-Range": f"bytes */{exc.max_size}"},
+            ) from None
+
 
 Sessions = Annotated[SessionManager, Depends(deps.sessions)]
 
@@ -107,7 +111,9 @@ async def cancel_session(session_id: SessionId, manager: Sessions) -> Envelope[S
     summary="Upload an input file as the raw request body (streamed to disk)",
     description="413 when it is over MAX_UPLOAD_BYTES; 507 when it would leave less than DISK_RESERVE_BYTES free.",
 )
-async def put_input(session_id: SessionId, name: InputName, request: Request, manager: Sessions) -> Envelope[UploadReceived]:
+async def put_input(
+    session_id: SessionId, name: InputName, request: Request, manager: Sessions
+) -> Envelope[UploadReceived]:
     return await _upload(session_id, name, request, manager)
 
 
@@ -118,7 +124,9 @@ async def put_input(session_id: SessionId, name: InputName, request: Request, ma
     openapi_extra=MULTIPART_BODY,
     summary="Upload an input file as the one file part of a multipart/form-data body (streamed, never spooled)",
 )
-async def post_input(session_id: SessionId, name: InputName, request: Request, manager: Sessions) -> Envelope[UploadReceived]:
+async def post_input(
+    session_id: SessionId, name: InputName, request: Request, manager: Sessions
+) -> Envelope[UploadReceived]:
     return await _upload(session_id, name, request, manager)
 
 

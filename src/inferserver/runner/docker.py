@@ -176,7 +176,10 @@ class DockerBackend:
         docker = self.client()
         try:
             async with docker._query(
-                f"containers/{container_id}/archive", method="GET", params={"path": path}, timeout=None,
+                f"containers/{container_id}/archive",
+                method="GET",
+                params={"path": path},
+                timeout=None,
                 headers=IDENTITY,
             ) as response:
                 try:
@@ -201,8 +204,9 @@ class DockerBackend:
         docker = self.client()
         params = {"stdout": True, "stderr": True, "follow": True}
         try:
-            async with docker._query(f"containers/{container_id}/logs", params=params, timeout=None,
-                                     headers=IDENTITY) as response:
+            async with docker._query(
+                f"containers/{container_id}/logs", params=params, timeout=None, headers=IDENTITY
+            ) as response:
                 try:
                     async for frame in MultiplexedResult(response, raw=False):
                         await log.write(frame)
@@ -268,8 +272,9 @@ class DockerBackend:
             if exc.status != 404:
                 logger.warning("could not remove container %s: %s", container_id, exc.message)
         except TimeoutError:
-            logger.warning("could not remove container %s: the engine did not answer within %g s",
-                           container_id, timeout)
+            logger.warning(
+                "could not remove container %s: the engine did not answer within %g s", container_id, timeout
+            )
         except Exception as exc:  # engine gone: nothing more we can do here
             logger.warning("could not remove container %s: %r", container_id, exc)
 

@@ -66,8 +66,9 @@ def exit_reason(exit_code: int, oom_killed: bool, memory: int) -> str:
 
 def input_mounts(job: RunJob) -> list[dict[str, Any]]:
     """Read-only bind mounts of the inputs staged by mount: the model must not change what was uploaded."""
-    return [{"Type": "bind", "Source": i.mount_source, "Target": i.container, "ReadOnly": True}
-            for i in job.mounted_inputs]
+    return [
+        {"Type": "bind", "Source": i.mount_source, "Target": i.container, "ReadOnly": True} for i in job.mounted_inputs
+    ]
 
 
 def limits_config(limits: RunLimits) -> dict[str, Any]:
@@ -157,7 +158,9 @@ class Runner:
         """Follow a started container to its end: log (after the first `skip` bytes), wait, collect, remove."""
         return await self._follow(job, container_id, CappedLog(log, job.limits.log_bytes, written=skip), on_ended, skip)
 
-    async def _follow(self, job: RunJob, container_id: str, log: LogSink, on_ended: EndedCallback, skip: int = 0) -> RunOutcome:
+    async def _follow(
+        self, job: RunJob, container_id: str, log: LogSink, on_ended: EndedCallback, skip: int = 0
+    ) -> RunOutcome:
         try:
             outcome = await self._outcome(job, container_id, log, skip)
         except asyncio.CancelledError as exc:
@@ -188,8 +191,11 @@ class Runner:
                 return RunOutcome(False, f"timed out after {job.limits.timeout} s")
             await self._drain(log_copy, log)
             if exit_code in STOPPED_EXITS and not oom_killed and await self._engine_went_away():
-                return RunOutcome(False, f"the Docker engine stopped during the run (it stopped the container: "
-                                         f"exit status {exit_code})", exit_code)
+                return RunOutcome(
+                    False,
+                    f"the Docker engine stopped during the run (it stopped the container: exit status {exit_code})",
+                    exit_code,
+                )
             if exit_code != 0:
                 return RunOutcome(False, exit_reason(exit_code, oom_killed, job.limits.memory), exit_code)
             await self.collect(container_id, job)
@@ -217,8 +223,13 @@ class Runner:
             await self.backend.start(container_id)
         except BaseException as exc:  # the container is not the caller's yet: remove it here
             await self.backend.remove(container_id)
-            if (isinstance(exc, RunFailed) and gpus and self.gpus is GpuMode.AUTO and job.gpu_ids is None
-                    and NO_GPU_DRIVER in str(exc)):
+            if (
+                isinstance(exc, RunFailed)
+                and gpus
+                and self.gpus is GpuMode.AUTO
+                and job.gpu_ids is None
+                and NO_GPU_DRIVER in str(exc)
+            ):
                 self._engine_gpus = False
                 await log.write(b"inferserver: the Docker engine has no GPU support; running on the CPU\n")
                 return await self._start(job, log, gpus=False)
@@ -233,8 +244,9 @@ class Runner:
         for output in job.outputs:
             partial = output.host.with_name(f".{output.host.name}.partial")
             try:
-                await self.backend.get_file(container_id, output.container, partial,
-                                            OutputGuard(output, job.limits, job.disk_note))
+                await self.backend.get_file(
+                    container_id, output.container, partial, OutputGuard(output, job.limits, job.disk_note)
+                )
             except FileNotFoundError:
                 missing.append(f"{output.name} (expected at {output.container})")
                 continue
@@ -266,7 +278,7 @@ class Runner:
     async def _drain(self, log_copy: asyncio.Task[None], log: LogSink) -> None:
         try:
             await asyncio.wait_for(log_copy, LOG_DRAIN_SECONDS)
-        except (asyncio.TimeoutError, RunFailed) as exc:
+        except (TimeoutError, RunFailed) as exc:
             log_copy.cancel()
             with contextlib.suppress(BaseException):
                 await log_copy

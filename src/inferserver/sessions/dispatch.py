@@ -10,8 +10,8 @@ import contextlib
 import logging
 import os
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
 from ..config import Settings
 from ..limits import limits_for
@@ -19,7 +19,7 @@ from ..runner.docker import LABEL_INSTANCE, LABEL_MODEL, LABEL_SESSION, DockerBa
 from ..runner.execute import DETACH, Runner
 from ..runner.jobs import FileTransfer, RunFailed, RunJob, RunOutcome
 from ..specs.command import build_argv, container_path
-from .forecast import Going, QueuePlace, Queued, RunTimes, forecast
+from .forecast import Going, Queued, QueuePlace, RunTimes, forecast
 from .gpupool import Demand, GpuPool, pick
 from .instance import DispatchLock, instance_id
 from .janitor import Janitor
@@ -158,10 +158,13 @@ class Dispatcher:
         for row in queue:
             need = self.gpus_needed(row)
             if need > self.pool.size:
-                reason = (f"model {row.model_id} asks for {need} GPUs; this server has {self.pool.size} "
-                          f"(GPUS={','.join(self.pool.devices)})")
-                if await self.store.update(row.id, when={Status.READY}, status=Status.FAILED, info=reason,
-                                           finished=time.time()):
+                reason = (
+                    f"model {row.model_id} asks for {need} GPUs; this server has {self.pool.size} "
+                    f"(GPUS={','.join(self.pool.devices)})"
+                )
+                if await self.store.update(
+                    row.id, when={Status.READY}, status=Status.FAILED, info=reason, finished=time.time()
+                ):
                     self.manager.status_changed(row.id)
                     logger.info("session %s failed: %s", row.id, reason)
                 continue
@@ -173,8 +176,9 @@ class Dispatcher:
         self.pool.hold(row.id, devices)
         await self.store.hold_gpus(row.id, devices)
         self.overtaken.pop(row.id, None)
-        if await self.store.update(row.id, when={Status.READY}, status=Status.WORKING, info="starting",
-                                   started=time.time()):
+        if await self.store.update(
+            row.id, when={Status.READY}, status=Status.WORKING, info="starting", started=time.time()
+        ):
             self.manager.status_changed(row.id)
             logger.info("session %s working%s", row.id, f" on GPU {','.join(devices)}" if devices else "")
             self._spawn(row, gpu_ids=self.job_gpus(row, devices))
@@ -199,8 +203,10 @@ class Dispatcher:
         for session_id, (model_id, since) in self._running_since.items():
             takes = self.run_times.estimate(model_id)
             going.append(Going(self.pool.held_by(session_id), None if takes is None else max(takes - (now - since), 0)))
-        queued = [Queued(Demand(row.id, min(self.gpus_needed(row), self.pool.size)),
-                         self.run_times.estimate(row.model_id)) for row in queue]
+        queued = [
+            Queued(Demand(row.id, min(self.gpus_needed(row), self.pool.size)), self.run_times.estimate(row.model_id))
+            for row in queue
+        ]
         self.overtaken = {k: v for k, v in self.overtaken.items() if k in {row.id for row in queue}}
         places = forecast(going, queued, self.pool.devices, self.settings.WORKER_THREADS, self.overtaken, now)
         if self._published is not None and same_forecast(self._published, places):
@@ -247,8 +253,9 @@ class Dispatcher:
         log = SessionLog(plan.files.log, self.signals, row.id)
 
         async def started(container_id: str) -> None:
-            await self.store.update(row.id, container_id=container_id, info="running",
-                                    log_offset=plan.files.log.stat().st_size)
+            await self.store.update(
+                row.id, container_id=container_id, info="running", log_offset=plan.files.log.stat().st_size
+            )
             self.signals.notify(row.id)
 
         recorded = False
@@ -305,8 +312,14 @@ class Dispatcher:
             else:  # not ours to follow (e.g. recovery still pending): stop it directly
                 if row.container_id:
                     await self.backend.remove(row.container_id)
-                await self.store.update(row.id, when={Status.WORKING}, status=Status.FAILED, info="cancelled",
-                                        finished=time.time(), container_id=None)
+                await self.store.update(
+                    row.id,
+                    when={Status.WORKING},
+                    status=Status.FAILED,
+                    info="cancelled",
+                    finished=time.time(),
+                    container_id=None,
+                )
                 await self.release_gpus(row.id)
                 self.manager.status_changed(row.id)
 
@@ -340,12 +353,22 @@ class Dispatcher:
             await self.release_gpus(row.id)  # re-queued or failed: a new start gets devices anew
             attempts = row.attempts + 1
             if attempts >= MAX_ATTEMPTS:
-                await self.store.update(row.id, status=Status.FAILED, finished=time.time(), container_id=None,
-                                        info=f"the run was interrupted {attempts} times (server restarts); giving up")
+                await self.store.update(
+                    row.id,
+                    status=Status.FAILED,
+                    finished=time.time(),
+                    container_id=None,
+                    info=f"the run was interrupted {attempts} times (server restarts); giving up",
+                )
             else:
                 # Its original queue place: queued_at is kept, so it runs before later sessions.
-                await self.store.update(row.id, status=Status.READY, container_id=None, attempts=attempts,
-                                        info="re-queued: its container was gone after a server restart")
+                await self.store.update(
+                    row.id,
+                    status=Status.READY,
+                    container_id=None,
+                    attempts=attempts,
+                    info="re-queued: its container was gone after a server restart",
+                )
                 logger.info("session %s: container gone, re-queued", row.id)
         await self.janitor.release_dead_claims()
         self.janitor.remove_partial_uploads(time.time())
@@ -366,6 +389,7 @@ class Dispatcher:
             task.cancel(DETACH)
         await asyncio.gather(*tasks, return_exceptions=True)
         # The runs left going keep their GPUs (in the store) for the next dispatcher to re-attach with.
+
 
 def same_forecast(old: dict[str, QueuePlace], new: dict[str, QueuePlace]) -> bool:
     """Same places, and no estimate moved by more than ESTIMATE_SLACK (or appeared or vanished)."""

@@ -76,8 +76,16 @@ class SessionManager:
             files.create()
         now = time.time()
         row = SessionRow(
-            id=session_id, model_id=model_id, spec=spec, config=wire_config,
-            status=Status.WAITING.value, info="", created=now, updated=now, cancel_requested=False, attempts=0,
+            id=session_id,
+            model_id=model_id,
+            spec=spec,
+            config=wire_config,
+            status=Status.WAITING.value,
+            info="",
+            created=now,
+            updated=now,
+            cancel_requested=False,
+            attempts=0,
         )
         inputs = [name for name in loaded.spec.inputs if config.inputs[name]]
         try:
@@ -235,8 +243,13 @@ class SessionManager:
         view = await self.view(session_id)
         if view.status.final:
             raise Conflict(f"session is already {view.status.value}")
-        if await self.store.update(session_id, when={Status.WAITING, Status.READY}, status=Status.FAILED,
-                                   info="cancelled", finished=time.time()):
+        if await self.store.update(
+            session_id,
+            when={Status.WAITING, Status.READY},
+            status=Status.FAILED,
+            info="cancelled",
+            finished=time.time(),
+        ):
             self.status_changed(session_id)
         else:  # working (or it just started): the dispatcher stops the container
             await self.store.update(session_id, when={Status.WORKING}, cancel_requested=True)

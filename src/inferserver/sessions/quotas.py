@@ -37,8 +37,9 @@ class UploadLimits:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> UploadLimits:
-        return cls(settings.MAX_UPLOAD_BYTES, settings.DISK_RESERVE_BYTES, settings.SESSION_PATH,
-                   settings.UPLOAD_IDLE_TIMEOUT)
+        return cls(
+            settings.MAX_UPLOAD_BYTES, settings.DISK_RESERVE_BYTES, settings.SESSION_PATH, settings.UPLOAD_IDLE_TIMEOUT
+        )
 
     def check_disk(self, label: str, coming: int) -> None:
         """InsufficientStorage when `coming` more bytes would leave less free than the reserve."""
@@ -115,7 +116,9 @@ async def limited_upload(
 
 
 async def progressing(
-    chunks: AsyncIterator[bytes], idle_timeout: float, label: str,
+    chunks: AsyncIterator[bytes],
+    idle_timeout: float,
+    label: str,
     then: str = "it was dropped and the input can be uploaded again",
 ) -> AsyncIterator[bytes]:
     """`chunks` passed through while at least PROGRESS_BYTES come in each `idle_timeout` s spent waiting for

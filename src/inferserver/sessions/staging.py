@@ -41,10 +41,15 @@ def mount_note(settings: Settings) -> str:
     """What the user reads after the engine's refusal of a bind mount: the settings that decide its source."""
     if settings.INPUT_STAGING != "mount":
         return ""
-    where = (f"MOUNT_SOURCE_PATH={settings.MOUNT_SOURCE_PATH}" if settings.MOUNT_SOURCE_PATH is not None
-             else f"MOUNT_SOURCE_PATH unset, so SESSION_PATH={settings.SESSION_PATH}")
-    return (f"INPUT_STAGING=mount, and the Docker engine's host has no session files at {where}: set "
-            "MOUNT_SOURCE_PATH to the host path of SESSION_PATH, or INPUT_STAGING=archive for an engine on another host")
+    where = (
+        f"MOUNT_SOURCE_PATH={settings.MOUNT_SOURCE_PATH}"
+        if settings.MOUNT_SOURCE_PATH is not None
+        else f"MOUNT_SOURCE_PATH unset, so SESSION_PATH={settings.SESSION_PATH}"
+    )
+    return (
+        f"INPUT_STAGING=mount, and the Docker engine's host has no session files at {where}: set "
+        "MOUNT_SOURCE_PATH to the host path of SESSION_PATH, or INPUT_STAGING=archive for an engine on another host"
+    )
 
 
 def let_models_read(job: RunJob) -> None:

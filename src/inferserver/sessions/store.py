@@ -161,9 +161,7 @@ class Store:
         async with self._write() as db:
             if max_live is not None:
                 await self._serialize(db)
-                live = await db.scalar(
-                    select(func.count()).where(SessionRow.status.in_([s.value for s in LIVE]))
-                )
+                live = await db.scalar(select(func.count()).where(SessionRow.status.in_([s.value for s in LIVE])))
                 if int(live or 0) >= max_live:
                     return False
             db.add(row)
@@ -276,8 +274,11 @@ class Store:
         async with self._write() as db:
             await db.execute(delete(QueueSlot))
             live = set(await db.scalars(select(SessionRow.id).where(SessionRow.id.in_(list(places)))))
-            db.add_all(QueueSlot(session_id=sid, position=p.position, starts_at=p.starts_at)
-                       for sid, p in places.items() if sid in live)
+            db.add_all(
+                QueueSlot(session_id=sid, position=p.position, starts_at=p.starts_at)
+                for sid, p in places.items()
+                if sid in live
+            )
 
     # -- GPUs -------------------------------------------------------------------------------
 
@@ -302,8 +303,11 @@ class Store:
         async with self.sessionmaker() as db:
             rows = await db.execute(
                 select(SessionRow.model_id, SessionRow.finished - SessionRow.started)
-                .where(SessionRow.status == Status.COMPLETE.value, SessionRow.started.is_not(None),
-                       SessionRow.finished.is_not(None))
+                .where(
+                    SessionRow.status == Status.COMPLETE.value,
+                    SessionRow.started.is_not(None),
+                    SessionRow.finished.is_not(None),
+                )
                 .order_by(SessionRow.finished.desc())
                 .limit(limit)
             )

@@ -39,7 +39,7 @@ class ModelLimits(GpuDemand):
     )
     cpus: Annotated[int | float, Field(gt=0)] | None = Field(None, description="CPUs; at most CONTAINER_CPUS.")
     pids: Annotated[int, Field(gt=0)] | None = Field(None, description="Processes and threads; at most CONTAINER_PIDS.")
-    shm_size: SizeValue | None = Field(None, description="Size of /dev/shm, e.g. \"1g\"; at most CONTAINER_SHM.")
+    shm_size: SizeValue | None = Field(None, description='Size of /dev/shm, e.g. "1g"; at most CONTAINER_SHM.')
     timeout: Annotated[int, Field(gt=0)] | None = Field(None, description="Seconds of run time; at most RUN_TIMEOUT.")
 
     @property

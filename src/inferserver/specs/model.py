@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import unicodedata
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -119,8 +119,10 @@ class IOSpec(_SpecPart):
     def _file_name_part(cls, extension: str) -> str:
         # The extension ends the file's name on disk and in the container (<name><extension>).
         if any(c in "/\\" or unicodedata.category(c) == "Cc" for c in extension):
-            raise ValueError(f"must not contain '/', '\\', NUL or control characters, not {_short(extension)}: "
-                             "it becomes part of a file name")
+            raise ValueError(
+                f"must not contain '/', '\\', NUL or control characters, not {_short(extension)}: "
+                "it becomes part of a file name"
+            )
         if len(extension.encode()) > NAME_MAX:
             raise ValueError(f"is {len(extension.encode())} bytes long; a file name part may have at most {NAME_MAX}")
         return extension
@@ -196,9 +198,7 @@ class EnumParam(_ParamBase):
         return v
 
 
-ParamSpec = Annotated[
-    Union[IntParam, FloatParam, BoolParam, StringParam, EnumParam], Field(discriminator="type")
-]
+ParamSpec = Annotated[IntParam | FloatParam | BoolParam | StringParam | EnumParam, Field(discriminator="type")]
 
 
 class ModelSpec(_SpecPart):
@@ -315,13 +315,18 @@ def _data_path(loc: tuple[Any, ...], data: Any) -> str:
     parts: list[str] = []
     tag_skipped = False
     for key in loc:
-        if (not tag_skipped and len(parts) == 2 and parts[0] == "params"
-                and isinstance(data, dict) and key == data.get("type")):
+        if (
+            not tag_skipped
+            and len(parts) == 2
+            and parts[0] == "params"
+            and isinstance(data, dict)
+            and key == data.get("type")
+        ):
             tag_skipped = True  # the tag, even when it is also a key ("enum")
             continue
-        if isinstance(data, dict) and key in data:
-            data = data[key]
-        elif isinstance(data, list) and isinstance(key, int) and 0 <= key < len(data):
+        if (isinstance(data, dict) and key in data) or (
+            isinstance(data, list) and isinstance(key, int) and 0 <= key < len(data)
+        ):
             data = data[key]
         else:
             data = None  # a missing field: part of the path, nothing below it

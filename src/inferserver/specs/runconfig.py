@@ -60,9 +60,9 @@ class SessionRequest(BaseModel):
         },
     )
 
-    inputs: dict[str, IOChoice] = Field(default_factory=dict, description="Per input name: {\"enabled\": bool}.")
-    params: dict[str, ParamChoice] = Field(default_factory=dict, description="Per parameter name: {\"value\": v}.")
-    outputs: dict[str, IOChoice] = Field(default_factory=dict, description="Per output name: {\"enabled\": bool}.")
+    inputs: dict[str, IOChoice] = Field(default_factory=dict, description='Per input name: {"enabled": bool}.')
+    params: dict[str, ParamChoice] = Field(default_factory=dict, description='Per parameter name: {"value": v}.')
+    outputs: dict[str, IOChoice] = Field(default_factory=dict, description='Per output name: {"enabled": bool}.')
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,9 @@ class RunConfig:
 MAX_STRING_BYTES = 64 << 10
 
 
-def validate_run_config(spec: ModelSpec, request: SessionRequest, *, max_string_bytes: int = MAX_STRING_BYTES) -> RunConfig:
+def validate_run_config(
+    spec: ModelSpec, request: SessionRequest, *, max_string_bytes: int = MAX_STRING_BYTES
+) -> RunConfig:
     """Check ``request`` against ``spec`` and fill in defaults; ConfigError names the bad field."""
     for section in ("inputs", "params", "outputs"):
         known = getattr(spec, section)
@@ -108,7 +110,9 @@ def validate_run_config(spec: ModelSpec, request: SessionRequest, *, max_string_
     return RunConfig(
         inputs=_enabled(spec.inputs, request.inputs, "inputs"),
         outputs=_enabled(spec.outputs, request.outputs, "outputs"),
-        params={name: _param_value(name, p, request.params.get(name), max_string_bytes) for name, p in spec.params.items()},
+        params={
+            name: _param_value(name, p, request.params.get(name), max_string_bytes) for name, p in spec.params.items()
+        },
     )
 
 
