@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Self
 
@@ -51,7 +52,7 @@ class BlockWriter:
             if pending is None:
                 os.close(fd)
             else:  # cancelled while a block is still being written: close once the thread is done with it
-                pending.add_done_callback(lambda done: (done.cancelled() or done.exception(), os.close(fd)))
+                pending.add_done_callback(_closer(fd))
 
     async def write(self, piece: bytes) -> None:
         self._block.append(piece)
@@ -85,6 +86,17 @@ class BlockWriter:
                 self._digest.update(piece)
         for start in range(0, len(pieces), IOV_MAX):
             _write_all(self._fd, [memoryview(piece) for piece in pieces[start : start + IOV_MAX]])
+
+
+def _closer(fd: int) -> Callable[[asyncio.Future[None]], None]:
+    """A done callback that closes `fd`, having retrieved the block's exception (so asyncio does not log it)."""
+
+    def close(done: asyncio.Future[None]) -> None:
+        if not done.cancelled():
+            done.exception()
+        os.close(fd)
+
+    return close
 
 
 def _write_all(fd: int, views: list[memoryview]) -> None:

@@ -40,11 +40,15 @@ def limits_for(settings: Settings, spec: ModelSpec) -> RunLimits:
         return human_size(int(n))
 
     limits = RunLimits(
-        memory=int(pick("memory", own and own.memory_bytes, settings.CONTAINER_MEMORY, "CONTAINER_MEMORY", size)),
-        cpus=float(pick("cpus", own and own.cpus, settings.CONTAINER_CPUS, "CONTAINER_CPUS")),
-        pids=int(pick("pids", own and own.pids, settings.CONTAINER_PIDS, "CONTAINER_PIDS")),
-        shm_size=int(pick("shm_size", own and own.shm_bytes, settings.CONTAINER_SHM, "CONTAINER_SHM", size)),
-        timeout=int(pick("timeout", own and own.timeout, settings.RUN_TIMEOUT, "RUN_TIMEOUT", lambda s: f"{s} s")),
+        memory=int(
+            pick("memory", own.memory_bytes if own else None, settings.CONTAINER_MEMORY, "CONTAINER_MEMORY", size)
+        ),
+        cpus=float(pick("cpus", own.cpus if own else None, settings.CONTAINER_CPUS, "CONTAINER_CPUS")),
+        pids=int(pick("pids", own.pids if own else None, settings.CONTAINER_PIDS, "CONTAINER_PIDS")),
+        shm_size=int(pick("shm_size", own.shm_bytes if own else None, settings.CONTAINER_SHM, "CONTAINER_SHM", size)),
+        timeout=int(
+            pick("timeout", own.timeout if own else None, settings.RUN_TIMEOUT, "RUN_TIMEOUT", lambda s: f"{s} s")
+        ),
         log_bytes=settings.LOG_MAX_BYTES,
         output_bytes=settings.MAX_OUTPUT_BYTES,
         disk_reserve=settings.DISK_RESERVE_BYTES,

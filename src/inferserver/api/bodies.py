@@ -7,7 +7,8 @@ already read, so the request model, its validation and its OpenAPI schema stay F
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Callable, Collection, Coroutine
+from typing import Any
 
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
@@ -52,7 +53,7 @@ class _ReadRequest(Request):
 class BoundedJsonRoute(APIRoute):
     """A route whose JSON body must be application/json and at most MAX_JSON_BYTES."""
 
-    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
         async def bounded(request: Request) -> Response:

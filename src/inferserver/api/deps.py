@@ -16,11 +16,13 @@ from .envelope import ApiError
 
 # `async def`: FastAPI would run a plain `def` dependency in a worker thread, a hop on every request.
 async def sessions(request: Request) -> SessionManager:
-    return request.app.state.sessions
+    manager: SessionManager = request.app.state.sessions  # app.state is untyped; the lifespan sets this
+    return manager
 
 
 async def models(request: Request) -> ModelDirectory:
-    return request.app.state.models
+    directory: ModelDirectory = request.app.state.models
+    return directory
 
 
 def content_length(request: Request) -> int | None:

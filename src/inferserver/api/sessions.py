@@ -89,7 +89,7 @@ LOG_EXAMPLE = "Waiting, position in queue is 1\ncopy: wrote /data/output_vol.nii
 )
 async def get_session(session_id: SessionId, manager: Sessions) -> Envelope[SessionStatus]:
     status, needed, info = await manager.describe(session_id)
-    return Envelope(data=SessionStatus(status=status, needed=needed, info=info))
+    return Envelope(data=SessionStatus(status=status, needed=list(needed), info=info))
 
 
 @router.delete(

@@ -86,7 +86,7 @@ class DockerBackend:
     async def info(self) -> dict[str, Any]:
         if self._info is None:
             try:
-                self._info = await self.client().system.info()
+                self._info = dict(await self.client().system.info())
             except (DockerError, aiohttp.ClientError, OSError) as exc:
                 raise engine_error(exc) from exc
         return self._info
@@ -257,7 +257,8 @@ class DockerBackend:
         filters = json.dumps({"label": [f"{label}={value}"]})
         try:
             async with self.client()._query("containers/json", params={"all": "true", "filters": filters}) as response:
-                return json.loads(await response.read())
+                containers: list[dict[str, Any]] = json.loads(await response.read())  # the engine's JSON list
+                return containers
         except (DockerError, aiohttp.ClientError, OSError) as exc:
             raise engine_error(exc) from exc
 

@@ -343,12 +343,13 @@ class Dispatcher:
         for model_id, seconds in await self.store.run_times(RUN_TIMES_SEED):
             self.run_times.add(model_id, seconds)
         for row in working:
-            info = await self.backend.inspect(row.container_id) if row.container_id else None
-            if info is not None:
-                logger.info("session %s: re-attaching to container %s", row.id, row.container_id[:12])
+            container_id = row.container_id
+            info = await self.backend.inspect(container_id) if container_id else None
+            if container_id and info is not None:
+                logger.info("session %s: re-attaching to container %s", row.id, container_id[:12])
                 # The container keeps the GPUs it was given; GPUS may have changed since: keep what is still ours.
                 self.pool.hold(row.id, [d for d in holds.get(row.id, []) if d in self.pool.devices])
-                self._spawn(row, row.container_id)
+                self._spawn(row, container_id)
                 continue
             await self.release_gpus(row.id)  # re-queued or failed: a new start gets devices anew
             attempts = row.attempts + 1

@@ -311,7 +311,8 @@ class Store:
                 .order_by(SessionRow.finished.desc())
                 .limit(limit)
             )
-            return [(model_id, float(seconds)) for model_id, seconds in reversed(list(rows))]
+            # The WHERE already leaves out rows without both times; the test tells the type checker so.
+            return [(model_id, float(seconds)) for model_id, seconds in reversed(list(rows)) if seconds is not None]
 
     # -- uploads ----------------------------------------------------------------------------
 
@@ -382,7 +383,7 @@ class Store:
             rows = await db.execute(
                 select(InputRow.session_id, InputRow.name, InputRow.owner).where(InputRow.owner.is_not(None))
             )
-            return [(sid, name, owner) for sid, name, owner in rows]
+            return [(sid, name, owner) for sid, name, owner in rows if owner is not None]  # as the WHERE says
 
     async def active_uploads(self, session_id: str, stale_before: float) -> int:
         async with self.sessionmaker() as db:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import ConfigError
-from .model import BoolParam, EnumParam, FloatParam, IntParam, IOSpec, ModelSpec, StringParam
+from .model import BoolParam, EnumParam, FloatParam, IntParam, IOSpec, ModelSpec, ParamSpec, StringParam
 
 ParamValue = int | float | bool | str
 
@@ -134,7 +134,7 @@ def _enabled(specs: dict[str, IOSpec], given: dict[str, IOChoice], section: str)
     return out
 
 
-def _param_value(name: str, spec: Any, choice: ParamChoice | None, max_string_bytes: int) -> ParamValue:
+def _param_value(name: str, spec: ParamSpec, choice: ParamChoice | None, max_string_bytes: int) -> ParamValue:
     field_name = f"params/{name}"
     if choice is None or "value" not in choice.model_fields_set:
         # The spec default as written, like ablinfer (a float param's default 1 stays 1).
@@ -168,7 +168,9 @@ def _param_value(name: str, spec: Any, choice: ParamChoice | None, max_string_by
         values = list(spec.enum.values())
         # Compare types too: True == 1 in Python, but not in the enum.
         if any(type(v) is type(x) and v == x for x in values):
-            return v
+            # A spec's enum values are JSON as written (model.EnumParam); in practice scalars, and build_argv
+            # renders any value with str(), so one that is not a ParamValue still runs as before.
+            return cast(ParamValue, v)
         allowed = ", ".join(repr(x) for x in values)
         hint = f" ({v!r} is a label; send its value {spec.enum[v]!r})" if isinstance(v, str) and v in spec.enum else ""
         raise ConfigError(field_name, f"must be one of the values {allowed}, not {_shown(v)}{hint}")
