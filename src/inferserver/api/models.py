@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..sessions.manager import SessionManager
 from ..specs.directory import ModelDirectory
@@ -45,7 +45,7 @@ def spec_of(directory: ModelDirectory, model_id: str) -> ModelSpec:
 
 
 class ModelList(Envelope[list[str]]):
-    model_config = {"json_schema_extra": {"examples": [{"data": ["copy", "temporal_bone"]}]}}
+    model_config = ConfigDict(json_schema_extra={"examples": [{"data": ["copy", "temporal_bone"]}]})
 
 
 @router.get("", response_model=ModelList, summary="List the model ids")

@@ -69,6 +69,9 @@ class DockerBackend:
     def __init__(self) -> None:
         self._client: aiodocker.Docker | None = None
         self._info: dict[str, Any] | None = None
+        # How long remove() waits for the engine before it gives up (an attribute, not a parameter: remove() is a
+        # cleanup that never raises, so its bound is its own, not a caller's asyncio.timeout).
+        self.remove_timeout = REMOVE_TIMEOUT
 
     def client(self) -> aiodocker.Docker:
         if self._client is None:
@@ -262,10 +265,11 @@ class DockerBackend:
         except (DockerError, aiohttp.ClientError, OSError) as exc:
             raise engine_error(exc) from exc
 
-    async def remove(self, container_id: str, timeout: float = REMOVE_TIMEOUT) -> None:
+    async def remove(self, container_id: str) -> None:
         """Remove the container and its anonymous volumes. Never raises and never waits
-        longer than `timeout` (it runs in cleanup and shutdown paths); a container left is removed later
+        longer than `remove_timeout` (it runs in cleanup and shutdown paths); a container left is removed later
         as an orphan."""
+        timeout = self.remove_timeout
         try:
             async with asyncio.timeout(timeout):
                 await docker_container(self.client(), container_id).delete(force=True, v=True)

@@ -46,12 +46,19 @@ class SessionLog:
         self.signals = signals
         self.session_id = session_id
         self.failed = False
+        # The container's frames and the runner's notes come from different tasks: one append at a time, in
+        # the order they were written (asyncio.Lock is first come, first served).
+        self._order = asyncio.Lock()
+
+    def _append(self, data: bytes) -> None:
+        with open(self.path, "ab") as log:
+            log.write(data)
 
     async def write(self, data: bytes) -> None:
-        # Small appends to the page cache: cheaper inline than a thread hop per frame.
+        # In a worker thread: the session volume may be slow or full, and the event loop serves every session.
         try:
-            with open(self.path, "ab") as log:
-                log.write(data)
+            async with self._order:
+                await asyncio.to_thread(self._append, data)
         except OSError as exc:
             # Our disk (full SESSION_PATH), not the engine: the log misses lines, but the run goes on and
             # its outcome is still recorded with the true reason.
@@ -106,7 +113,7 @@ class Dispatcher:
 
     async def run_forever(self) -> None:
         try:
-            while not self.lock.try_acquire():
+            while not self.lock.try_acquire():  # noqa: ASYNC110  # another process's file lock: no Event tells us
                 await asyncio.sleep(LOCK_RETRY)
             logger.info("this process dispatches runs (pid %d)", os.getpid())
             await self.recover()

@@ -255,8 +255,11 @@ class SessionManager:
             await self.store.update(session_id, when={Status.WORKING}, cancel_requested=True)
             self.dispatch_wakeup.notify()
             deadline = time.monotonic() + CANCEL_WAIT
-            while not (await self.view(session_id)).status.final and time.monotonic() < deadline:
+            # The dispatcher may be another worker process: its status change reaches us only through the store.
+            view = await self.view(session_id)
+            while not view.status.final and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
+                view = await self.view(session_id)
         logger.info("session %s cancelled", session_id)
         return await self.view(session_id)
 
