@@ -46,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     check = model_commands.add_parser(
         "check",
         help="validate every spec; exit 1 with 'file: reason' per failure",
-        description="Validate every *.json spec in DIR; print 'file: reason' for each that cannot be served and exit 1.",
+        description=(
+            "Validate every *.json spec in DIR; print 'file: reason' for each that cannot be served and exit 1."
+        ),
     )
     check.add_argument("dir", nargs="?", type=Path, help="model directory (default: the MODEL_PATH setting)")
     pull = model_commands.add_parser(

@@ -120,7 +120,10 @@ class Settings(BaseSettings):
     WORKER_THREADS: int = Field(1, ge=1, description="How many runs execute at once.")
     CONVERT_INPUTS: bool = Field(
         True,
-        description="Convert an upload in .nrrd/.nii/.nii.gz for an input that expects another of these (needs the convert extra).",
+        description=(
+            "Convert an upload in .nrrd/.nii/.nii.gz for an input that expects another of these (needs the convert "
+            "extra)."
+        ),
     )
     DATABASE_URL: str | None = Field(
         None, description="SQLAlchemy async URL of the session database; default: SQLite in SESSION_PATH."
@@ -170,14 +173,19 @@ class Settings(BaseSettings):
     AUTH_MAX_FAILURES: int = Field(
         10,
         ge=1,
-        description="Failed credentials one client address may send within AUTH_FAILURE_WINDOW; then 429 until the window ends.",
+        description=(
+            "Failed credentials one client address may send within AUTH_FAILURE_WINDOW; then 429 until the window ends."
+        ),
     )
     AUTH_FAILURE_WINDOW: int = Field(
         60, ge=1, description="Seconds over which AUTH_MAX_FAILURES counts, from an address's first failure."
     )
     MAX_STRING_PARAM_BYTES: Annotated[int, size_at_least(1)] = Field(
         MAX_STRING_BYTES,
-        description="Largest string parameter value, in UTF-8 bytes; larger is 400 (each value becomes one argument of the model's command).",
+        description=(
+            "Largest string parameter value, in UTF-8 bytes; larger is 400 (each value becomes one argument of the "
+            "model's command)."
+        ),
     )
     # Limits. The container ones are also the ceilings of what a spec's `inferserver` section may ask for.
     MAX_UPLOAD_BYTES: Size = Field(16 * GiB, description="Largest input upload; a bigger one is refused with 413.")
@@ -186,7 +194,9 @@ class Settings(BaseSettings):
     )
     DISK_RESERVE_BYTES: Annotated[int, size_at_least(0)] = Field(
         2 * GiB,
-        description="Free space SESSION_PATH keeps; an upload eating into it is refused with 507, an output fails the run.",
+        description=(
+            "Free space SESSION_PATH keeps; an upload eating into it is refused with 507, an output fails the run."
+        ),
     )
     RUN_TIMEOUT: int = Field(
         21600, gt=0, description="Seconds a model container may run before it is stopped and the session fails."
@@ -200,7 +210,10 @@ class Settings(BaseSettings):
     LOG_MAX_BYTES: Size = Field(64 * MiB, description="A session log stops growing past this size.")
     MAX_CONVERT_BYTES: Size = Field(
         1 * GiB,
-        description="Largest volume (voxel bytes by its verified header) the server converts, inputs and ?format= outputs; a bigger one is refused with 413.",
+        description=(
+            "Largest volume (voxel bytes by its verified header) the server converts, inputs and ?format= outputs; a "
+            "bigger one is refused with 413."
+        ),
     )
     CONVERT_TIMEOUT: int = Field(
         300, gt=0, description="Seconds (wall clock, and CPU) a conversion may take before its process is killed (413)."

@@ -38,7 +38,10 @@ def declared_only(server: Server, path: str, length: int) -> tuple[int, dict]:
     """PUT announcing `length` bytes but sending only the headers and 1 KiB: the answer must not wait for the rest."""
     url = urlsplit(server.url)
     with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
-        head = f"PUT {path} HTTP/1.1\r\nHost: {url.netloc}\r\nContent-Type: application/octet-stream\r\nContent-Length: {length}\r\n\r\n"
+        head = (
+            f"PUT {path} HTTP/1.1\r\nHost: {url.netloc}\r\n"
+            f"Content-Type: application/octet-stream\r\nContent-Length: {length}\r\n\r\n"
+        )
         sock.sendall(head.encode() + b"\0" * 1024)
         answer = b""
         while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < _content_length(answer):

@@ -16,7 +16,10 @@ def test_a_token_replaced_in_another_process_is_seen_through_the_mapping(tmp_pat
     path = tmp_path / ".changes"
     token = ChangeToken(path)
     before = token.current()
-    code = "import sys; from inferserver.sessions.changes import ChangeToken; ChangeToken(__import__('pathlib').Path(sys.argv[1])).replace()"
+    code = (
+        "import sys; from inferserver.sessions.changes import ChangeToken; "
+        "ChangeToken(__import__('pathlib').Path(sys.argv[1])).replace()"
+    )
     subprocess.run([sys.executable, "-c", code, str(path)], check=True)
     assert token.current() != before
     assert len(token.current()) == 8

@@ -61,7 +61,10 @@ def test_nifti2(tmp_path: Path, endian: str) -> None:
     assert sniff(gzip.compress(raw)) == ".nii.gz"
 
 
-NRRD = b"NRRD0004\n# Complete NRRD file format specification at:\ntype: short\ndimension: 3\nsizes: 4 5 6\nencoding: raw\n\n"
+NRRD = (
+    b"NRRD0004\n# Complete NRRD file format specification at:\n"
+    b"type: short\ndimension: 3\nsizes: 4 5 6\nencoding: raw\n\n"
+)
 MHA = b"ObjectType = Image\nNDims = 3\nDimSize = 4 5 6\nElementType = MET_SHORT\nElementDataFile = LOCAL\n"
 
 

@@ -22,7 +22,8 @@ POINT_VEC = {"LymphNodeSegmenter.json", "LymphNodeSegmenter.gpu.json", "Prostate
 def shared_specs() -> list[Path]:
     # Failing (not skipping) when the specs are missing: a silent skip would hide the main check.
     assert SPECS_DIR.is_dir(), (
-        f"the real-world specs directory {SPECS_DIR} is missing (tests/data/specs in the repository); the wire-compatibility tests need it"
+        f"the real-world specs directory {SPECS_DIR} is missing (tests/data/specs in the repository); "
+        "the wire-compatibility tests need it"
     )
     files = sorted(SPECS_DIR.rglob("*.json"))
     assert files, f"no *.json specs under {SPECS_DIR}"

@@ -135,7 +135,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 UNAUTHORIZED = {
-    "description": "Access control is on (AUTH_USERS_FILE / AUTH_TOKENS_FILE) and the request carries no valid credential.",
+    "description": (
+        "Access control is on (AUTH_USERS_FILE / AUTH_TOKENS_FILE) and the request carries no valid credential."
+    ),
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}},
 }
 

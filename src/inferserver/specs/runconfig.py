@@ -40,7 +40,9 @@ class ParamChoice(BaseModel):
 
     value: Any = Field(
         default=None,
-        description="The parameter's value (int, float, bool, string, or one of an enum's values). Omitted: the spec default.",
+        description=(
+            "The parameter's value (int, float, bool, string, or one of an enum's values). Omitted: the spec default."
+        ),
     )
 
 
