@@ -98,6 +98,10 @@ def serve_command(workers: int = 1) -> Launcher:
     return lambda port: [sys.executable, "-m", "inferserver", "serve", "--port", str(port), "--workers", str(workers)]
 
 
+# The default launcher: made once, so a default argument need not call a function.
+SERVE = serve_command()
+
+
 def gunicorn_command(workers: int, worker_class: str = "uvicorn.workers.UvicornWorker") -> Launcher:
     """gunicorn with uvicorn workers, as a production deployment runs the module-level app."""
     return lambda port: [
@@ -128,7 +132,7 @@ def start_server(
     *,
     session_path: Path | None = None,
     extra_env: dict[str, str] | None = None,
-    command: Launcher = serve_command(),
+    command: Launcher = SERVE,
     **settings: str,
 ) -> Server:
     """`command` (default `inferserver serve`) on a free port; with `session_path`, a restart on an existing
@@ -187,6 +191,15 @@ def stop_server(server: Server) -> None:
             server.process.wait()
 
 
+@pytest.fixture
+def servers() -> Iterator[list[Server]]:
+    """Servers a test starts (on any engine, e.g. the GPU tests' private one); stopped at its end."""
+    started: list[Server] = []
+    yield started
+    for server in started:
+        stop_server(server)
+
+
 def leftover_containers(server: Server) -> list[str]:
     """Containers still present for this server's sessions (other servers may share the engine)."""
     ours = {p.name for p in server.session_path.iterdir()} if server.session_path.is_dir() else set()
@@ -223,9 +236,7 @@ class ServerFactory:
         self.tmp = tmp
         self.started: list[Server] = []
 
-    def __call__(
-        self, command: Launcher = serve_command(), session_path: Path | None = None, **settings: str
-    ) -> Server:
+    def __call__(self, command: Launcher = SERVE, session_path: Path | None = None, **settings: str) -> Server:
         return self._track(
             start_server(
                 self.tmp / f"server{len(self.started)}", command=command, session_path=session_path, **settings
@@ -363,15 +374,17 @@ def create_and_upload(client: httpx.Client, model_id: str, source: Path, **param
 def stream_log(base_url: str, session_id: str) -> tuple[httpx.Headers, list[tuple[float, bytes]]]:
     """The log stream's headers, and each of its lines with the time it arrived."""
     lines = []
-    with httpx.Client(base_url=base_url, timeout=120) as client:
-        with client.stream("GET", f"/sessions/{session_id}/logs") as response:
-            assert response.status_code == 200
-            buffer = b""
-            for chunk in response.iter_raw():
-                buffer += chunk
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
-                    lines.append((time.monotonic(), line))
+    with (
+        httpx.Client(base_url=base_url, timeout=120) as client,
+        client.stream("GET", f"/sessions/{session_id}/logs") as response,
+    ):
+        assert response.status_code == 200
+        buffer = b""
+        for chunk in response.iter_raw():
+            buffer += chunk
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                lines.append((time.monotonic(), line))
     return response.headers, lines
 
 

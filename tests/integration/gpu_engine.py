@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from ..conftest import REPO
-from .conftest import Server, start_server, stop_server
+from .conftest import Server, start_server
 
 FAKE_HOOK = REPO / "tests" / "images" / "fake-nvidia-hook"
 HOOK_NAME = "nvidia-container-runtime-hook"
@@ -187,9 +187,11 @@ def _wait_until_up(engine: Engine) -> None:
     while True:
         if engine.process.poll() is not None:
             raise EngineError(f"dockerd exited with {engine.process.returncode}:\n{engine.log_tail()}")
-        if engine.socket.exists():
-            if engine.docker("info", "--format", "{{.ServerVersion}}", timeout=10).returncode == 0:
-                return
+        if (
+            engine.socket.exists()
+            and engine.docker("info", "--format", "{{.ServerVersion}}", timeout=10).returncode == 0
+        ):
+            return
         if time.monotonic() > deadline:
             raise EngineError(f"dockerd did not answer within {START_SECONDS} s:\n{engine.log_tail()}")
         time.sleep(0.1)
@@ -274,12 +276,3 @@ def start_server_on(engine_host: str | None, tmp: Path, **settings: str) -> Serv
                 os.environ["DOCKER_HOST"] = saved
     with environ(DOCKER_HOST=engine_host):
         return start_server(tmp, **settings)
-
-
-@pytest.fixture
-def servers() -> Iterator[list[Server]]:
-    """Servers a test starts (on any engine); stopped at its end."""
-    started: list[Server] = []
-    yield started
-    for server in started:
-        stop_server(server)

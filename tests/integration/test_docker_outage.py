@@ -60,7 +60,7 @@ def test_queued_runs_wait_for_the_engine_and_start_when_it_returns(
             assert time.monotonic() - back < 30, f"the queued run did not start within 30 s: {status}"
             time.sleep(0.02)
         started_after = time.monotonic() - back
-        for session_id, source in zip(sessions, sources):
+        for session_id, source in zip(sessions, sources, strict=True):
             assert server.wait_status(session_id, {"complete", "failed"})["status"] == "complete", server.output()
             assert client.get(f"/sessions/{session_id}/outputs/output_vol").content == source.read_bytes()
     assert containers_removed(lambda: leftover_containers(engine)) == []

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import SESSION_LABEL, Server, _docker, containers_removed, write_nifti
-from .gpu_engine import Engine, engine_fixture, leftover_containers, servers, start_server_on  # noqa: F401
+from .gpu_engine import Engine, engine_fixture, leftover_containers, start_server_on
 
 RECORD_IMAGE = "inferserver-test/record:1"
 # What dockerd 20.10's NVIDIA driver puts into the environment for DeviceRequests [{Count: -1, Capabilities:
@@ -135,7 +135,7 @@ def test_gpus_all_on_a_cpu_only_engine_fails_with_dockers_reason(
 ) -> None:
     server = start_server_on(None, tmp_path / "server", GPUS="all")
     servers.append(server)
-    session_id, status, env = run_record(server, volume)
+    session_id, status, _ = run_record(server, volume)
     assert status["status"] == "failed", (status, server.output())
     # The old server's silent failure, now explained: Docker's own words reach the user.
     assert 'could not select device driver "" with capabilities: [[gpu]]' in status["info"], status

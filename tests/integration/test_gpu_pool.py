@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from .conftest import Server, containers_removed, kill_server, restart_server
-from .gpu_engine import Engine, engine_fixture, environ, leftover_containers, servers, start_server_on  # noqa: F401
+from .gpu_engine import Engine, engine_fixture, environ, leftover_containers, start_server_on
 
 gpu_engine = engine_fixture(["inferserver-test/gpuwork:1"])
 
@@ -176,11 +176,13 @@ def test_a_cpu_only_model_passes_a_run_waiting_for_gpus_and_positions_follow_the
 
 
 def first_line(server: Server, session_id: str) -> str:
-    with httpx.Client(base_url=server.url, timeout=30) as client:
-        with client.stream("GET", f"/sessions/{session_id}/logs") as response:
-            assert response.status_code == 200
-            for line in response.iter_lines():
-                return line
+    with (
+        httpx.Client(base_url=server.url, timeout=30) as client,
+        client.stream("GET", f"/sessions/{session_id}/logs") as response,
+    ):
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            return line
     raise AssertionError("the log stream ended without a line")
 
 
@@ -217,7 +219,7 @@ def test_a_run_keeps_its_gpus_across_a_server_kill_and_new_runs_get_the_others(
     records = [record_of(with_env_host, sid) for sid in others]
     assert all(r.devices == tuple(d for d in ("0", "1") if d != held) for r in records), (held, records)
     assert record_of(with_env_host, long).devices == (held,)
-    assert_no_device_shared_in_time(records + [record_of(with_env_host, long)])
+    assert_no_device_shared_in_time([*records, record_of(with_env_host, long)])
 
 
 def restart_on(server: Server, engine: Engine) -> Server:

@@ -8,13 +8,7 @@ import time
 from pathlib import Path
 
 from .conftest import Server, containers_removed, create_and_upload, write_nifti
-from .gpu_engine import (  # noqa: F401
-    Engine,
-    engine_fixture,
-    leftover_containers,
-    servers,
-    start_server_on,
-)
+from .gpu_engine import Engine, engine_fixture, leftover_containers, start_server_on
 from .test_gpu_pool import create, record_of
 from .test_staging_out import outputs_left, wait_staging_out
 

@@ -177,7 +177,7 @@ def test_every_worker_serves_one_queue_with_one_dispatcher(make_server, launcher
     finally:
         watch.stop()
 
-    for session_id, source, log in zip(sessions, sources, logs):
+    for session_id, source, log in zip(sessions, sources, logs, strict=True):
         assert status_of(server, session_id)["status"] == "complete", (log, server.output())
         assert b"sleeping 1" in log and b"done" in log, log
         output = request(server, "GET", f"/sessions/{session_id}/outputs/output_vol")
