@@ -8,11 +8,15 @@ same path as a raw-body upload.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from ..sessions.errors import InvalidInput
+
+if TYPE_CHECKING:  # python_multipart defines its callbacks' TypedDict for type checkers only
+    from python_multipart.multipart import MultipartCallbacks
 
 MULTIPART = b"multipart/form-data"
 
@@ -69,8 +73,16 @@ async def file_part(content_type: str, body: AsyncIterator[bytes]) -> AsyncItera
     if not boundary:
         raise InvalidInput("multipart upload: the Content-Type has no boundary")
     parts = _Parts()
-    callbacks = {name: getattr(parts, name) for name in dir(_Parts) if name.startswith("on_")}
-    parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
+    callbacks: MultipartCallbacks = {
+        "on_part_begin": parts.on_part_begin,
+        "on_header_field": parts.on_header_field,
+        "on_header_value": parts.on_header_value,
+        "on_header_end": parts.on_header_end,
+        "on_headers_finished": parts.on_headers_finished,
+        "on_part_data": parts.on_part_data,
+        "on_end": parts.on_end,
+    }
+    parser = MultipartParser(boundary, callbacks)
     try:
         async for chunk in body:
             parser.write(chunk)

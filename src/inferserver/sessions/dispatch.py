@@ -407,6 +407,10 @@ def same_forecast(old: dict[str, QueuePlace], new: dict[str, QueuePlace]) -> boo
         before = old[session_id]
         if before.position != place.position or (before.starts_at is None) != (place.starts_at is None):
             return False
-        if place.starts_at is not None and abs(place.starts_at - before.starts_at) > ESTIMATE_SLACK:  # type: ignore[operator]
+        if (
+            place.starts_at is not None
+            and before.starts_at is not None  # as the test above made sure; said again for the type checker
+            and abs(place.starts_at - before.starts_at) > ESTIMATE_SLACK
+        ):
             return False
     return True
