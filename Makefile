@@ -28,9 +28,20 @@ setup-lint:
 images:
 	tests/images/build.sh
 
-# pytest exits 5 when it collected nothing; make fails on it like on any other
+# ruff (lint and format) and mypy --strict over src/inferserver (config in pyproject.toml). Every check runs even
+# when an earlier one fails, so one run shows them all; the recipe line fails if any did. `make lint` runs it, and
+# `make test` runs it before the tests: a finding fails the test run.
+LINT_CHECKS = rc=0; \
+	echo "== ruff check"; $(VENV)/bin/ruff check --output-format concise . || rc=1; \
+	echo "== ruff format --check"; $(VENV)/bin/ruff format --check --output-format concise . || rc=1; \
+	echo "== mypy"; $(VENV)/bin/mypy || rc=1; \
+	if [ $$rc -ne 0 ]; then echo "make: the lint checks above found problems" >&2; fi; \
+	exit $$rc
+
+# Lint first, then pytest. pytest exits 5 when it collected nothing; make fails on it like on any other
 # non-zero exit, and this says why.
 test: setup-test
+	@$(LINT_CHECKS)
 	@rc=0; $(VENV)/bin/python -m pytest $(COV_ARGS) $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5); that is a failure" >&2; fi; \
 	exit $$rc
@@ -40,14 +51,9 @@ serve: setup-serve
 	INFERSERVER_SESSION_PATH=$(INFERSERVER_SESSION_PATH) \
 	$(VENV)/bin/inferserver serve --host $(HOST) --port $(PORT)
 
-# ruff (lint and format) and mypy --strict over src/inferserver (config in pyproject.toml). Every check runs even
-# when an earlier one fails, so one run shows them all; the target fails if any did.
+# The lint checks alone (LINT_CHECKS above).
 lint: setup-lint
-	@rc=0; \
-	echo "== ruff check"; $(VENV)/bin/ruff check --output-format concise . || rc=1; \
-	echo "== ruff format --check"; $(VENV)/bin/ruff format --check --output-format concise . || rc=1; \
-	echo "== mypy"; $(VENV)/bin/mypy || rc=1; \
-	exit $$rc
+	@$(LINT_CHECKS)
 
 # Benchmarks against the old server and the machine's limits (heavy, ~10 min; not run by CI): bench/README.md.
 bench:

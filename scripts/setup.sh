@@ -4,7 +4,8 @@
 #   scripts/setup.sh serve   what `make serve` needs: a Docker engine that can start containers, .venv with the
 #                            convert extra, and the images of the models in examples/models (the bone_threshold
 #                            example, built on a Debian base made by debootstrap, and the copy fixture image)
-#   scripts/setup.sh test    what `make test` needs: the engine, PostgreSQL, .venv with the convert and test extras,
+#   scripts/setup.sh test    what `make test` needs: the engine, PostgreSQL, .venv with the convert, test and lint
+#                            extras (it runs the lint checks before the tests),
 #                            every fixture image, the example images, nginx and systemd-analyze
 #   scripts/setup.sh lint    what `make lint` needs: .venv with the lint extra (ruff, mypy)
 #   scripts/setup.sh         serve and test: everything
@@ -110,7 +111,7 @@ need_venv() {
 
 extras=()
 wants serve && extras+=(convert)
-wants test && extras+=(convert test)
+wants test && extras+=(convert test lint)  # `make test` runs the lint checks first
 wants lint && extras+=(lint)
 # Each extra once, in a stable order.
 mapfile -t extras < <(printf '%s\n' ${extras[@]+"${extras[@]}"} | sort -u)

@@ -7,6 +7,8 @@ import json
 import os
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -43,7 +45,8 @@ def test_test_sets_up_the_rest() -> None:
         "nginx",
         "systemd",
     ]
-    assert "venv: /nonexistent/venv with inferserver and the extras convert test" in plan("test")
+    # lint too: `make test` runs the lint checks before the tests.
+    assert "venv: /nonexistent/venv with inferserver and the extras convert lint test" in plan("test")
 
 
 def test_no_purpose_is_serve_and_test_and_lint_only_the_lint_extra() -> None:
@@ -85,10 +88,22 @@ def test_make_serve_sets_up_for_serving_only() -> None:
     assert commands[-1] == "/v/bin/inferserver serve --host 127.0.0.1 --port 8000"
 
 
-def test_make_test_sets_up_for_testing_and_prints_branch_coverage() -> None:
+def test_make_test_sets_up_for_testing_lints_and_prints_branch_coverage() -> None:
     commands = make_commands("test")
     assert commands[0] == "INFERSERVER_VENV=/v scripts/setup.sh test"
-    assert "/v/bin/python -m pytest --cov=inferserver --cov-branch --cov-report=term" in commands[1]
+    assert commands[1] == make_commands("lint")[1]  # the lint checks, exactly as `make lint` runs them, first
+    assert "/v/bin/python -m pytest --cov=inferserver --cov-branch --cov-report=term" in commands[2]
+
+
+def test_a_lint_finding_fails_the_lint_checks_and_is_printed(tmp_path: Path) -> None:
+    """The recipe line `make test` and `make lint` run, with this venv's real ruff and mypy, in a directory
+    holding one file with an unused import: it exits 1 (make stops there) and shows the finding."""
+    (tmp_path / "bad.py").write_text("import os\n")
+    checks = make_commands("lint")[1].replace("/v/bin/", f"{Path(sys.executable).parent}/")
+    result = subprocess.run(["bash", "-c", checks], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "bad.py:1:8: F401 [*] `os` imported but unused" in result.stdout
+    assert result.stderr.endswith("make: the lint checks above found problems\n")
 
 
 def test_make_lint_runs_ruff_check_ruff_format_and_mypy() -> None:
