@@ -36,6 +36,7 @@ from .sessions.dispatch import Dispatcher
 from .sessions.manager import SessionManager
 from .sessions.state import Signals
 from .sessions.store import Store, default_url
+from .volumes import convert
 from .specs.registry import ModelRegistry
 
 logger = logging.getLogger("inferserver")
@@ -61,6 +62,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         "serving %d models from %s: %s", len(directory.models), settings.MODEL_PATH, ", ".join(sorted(directory.models))
     )
 
+    # Asked once, off the loop, before any request needs the answer (a child imports SimpleITK: about 0.15 s).
+    await asyncio.to_thread(convert.available)
     settings.SESSION_PATH.mkdir(parents=True, exist_ok=True)
     # Every worker process maps the same change token: status answers are cached under it (sessions/changes.py).
     changes = ChangeToken(settings.SESSION_PATH / ".changes")

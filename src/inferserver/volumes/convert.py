@@ -20,6 +20,7 @@ import os
 import secrets
 import signal
 import stat
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -49,14 +50,26 @@ logger = logging.getLogger(__name__)
 INSTALL_HINT = "pip install 'inferserver[convert]'"
 PARTIAL_MARK = ".convert-"  # in the name of an output conversion's partial file, followed by the server's pid
 CHILD_MEMORY_BASE = 768 << 20  # Python and SimpleITK themselves (about 420 MiB of address space), plus room
+IMPORT_PROBE = 60  # seconds the one-time `import SimpleITK` probe may take (0.15 s here)
 LOCK_POLL = 0.05  # seconds between tries of a busy lock (flock has no async wait)
 
 
 @functools.cache
+@functools.cache
 def available() -> bool:
-    """Whether SimpleITK is installed (asked once). Found, not imported: only the conversion child loads it, so the
-    server process stays small."""
-    return importlib.util.find_spec("SimpleITK") is not None
+    """Whether SimpleITK can be imported (asked once per process; the lifespan asks at start, so no request waits
+    for it). Imported in a child, as the conversions do: the server process stays small, and an install that is
+    present but broken counts as absent."""
+    if importlib.util.find_spec("SimpleITK") is None:
+        return False
+    try:
+        probe = subprocess.run([sys.executable, "-c", "import SimpleITK"], capture_output=True, timeout=IMPORT_PROBE)
+    except subprocess.TimeoutExpired:
+        logger.warning("SimpleITK did not import within %d s: conversion is off", IMPORT_PROBE)
+        return False
+    if probe.returncode != 0:
+        logger.warning("SimpleITK is installed but does not import: conversion is off (%s)", probe.stderr[-300:])
+    return probe.returncode == 0
 
 
 def convertible(source: str | None, target: str) -> bool:
