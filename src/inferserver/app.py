@@ -36,8 +36,8 @@ from .sessions.dispatch import Dispatcher
 from .sessions.manager import SessionManager
 from .sessions.state import Signals
 from .sessions.store import Store, default_url
-from .volumes import convert
 from .specs.registry import ModelRegistry
+from .volumes import convert
 
 logger = logging.getLogger("inferserver")
 
