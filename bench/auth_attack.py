@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from inferserver.credentials import hash_password
+from inferserver.api.credentials import hash_password
 from tests.integration.conftest import start_server, stop_and_check, write_nifti
 from tests.integration.test_auth_under_attack import start_guessers, stop_guessers, timed_upload
 

@@ -449,9 +449,9 @@ def _container_configs(small: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """The copy model's container config as inferserver's own Runner builds it (default limits, every GPU),
     with the input to be copied in, and with it bind-mounted read-only (INPUT_STAGING=mount)."""
     from inferserver.config import GpuMode, Settings
-    from inferserver.limits import limits_for
     from inferserver.runner.execute import Runner
     from inferserver.runner.jobs import FileTransfer, RunJob
+    from inferserver.scheduling.runlimits import limits_for
     from inferserver.specs.directory import load_spec_file
     from tests.conftest import TEST_MODELS
 

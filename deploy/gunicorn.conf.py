@@ -63,7 +63,7 @@ proc_name = "inferserver"
 def post_worker_init(worker) -> None:
     config = getattr(worker, "config", None)  # the uvicorn Config the worker runs
     if config is not None:
-        from inferserver.protocol import PROTOCOL
+        from inferserver.serving.protocol import PROTOCOL
 
         config.timeout_graceful_shutdown = max(1, graceful_timeout - 10)
         # The protocol `inferserver serve` runs: MAX_HEADER_BYTES (431) and HEADER_TIMEOUT (408) hold here too,

@@ -24,15 +24,15 @@ from .api.auth import HASH_THREADS, AccessControl, AuthMiddleware
 from .api.envelope import install_error_handlers, install_openapi
 from .api.requestlog import RequestLog
 from .config import Settings, load_settings
-from .fdlimit import raise_open_file_limit
-from .health import Readiness
-from .limits import limits_for
-from .logs import configure_logging
-from .metrics import Metrics
+from .observability.logs import configure_logging
+from .observability.metrics import Metrics
+from .observability.readiness import Readiness
 from .runner.docker import DockerBackend
 from .runner.execute import Runner
+from .scheduling.dispatch import Dispatcher
+from .scheduling.runlimits import limits_for
+from .serving.fdlimit import raise_open_file_limit
 from .sessions.changes import ChangeToken
-from .sessions.dispatch import Dispatcher
 from .sessions.manager import SessionManager
 from .sessions.state import Signals
 from .sessions.store import Store, default_url

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from inferserver.credentials import hash_password, hash_token
+from inferserver.api.credentials import hash_password, hash_token
 
 from ..conftest import REPO
 from .conftest import ServerFactory, write_nifti
@@ -112,7 +112,7 @@ def test_cli_hash_commands(tmp_path: Path) -> None:
     ).stdout.strip()
     user, _, encoded = line.partition(":")
     assert user == "carol" and encoded.startswith("scrypt$16384$8$1$")
-    from inferserver.credentials import verify_password
+    from inferserver.api.credentials import verify_password
 
     assert verify_password(encoded, "pw one") and not verify_password(encoded, "pw two")
     token, file_line = subprocess.run(

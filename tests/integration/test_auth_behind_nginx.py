@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from inferserver.credentials import hash_password
+from inferserver.api.credentials import hash_password
 
 from .conftest import ServerFactory, shipped_gunicorn
 from .test_deploy_nginx import start_nginx, stop_nginx

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from inferserver.credentials import hash_password
+from inferserver.api.credentials import hash_password
 
 from ..conftest import REPO
 from .conftest import Server, ServerFactory, write_nifti

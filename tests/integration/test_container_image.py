@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from inferserver.credentials import hash_password
+from inferserver.api.credentials import hash_password
 
 from ..conftest import REPO, TEST_MODELS
 from ..files import file_sha256, nifti_gz_like

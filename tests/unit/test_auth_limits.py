@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from inferserver.api.auth import AccessControl
+from inferserver.api.credentials import CredentialsError, Users, hash_password, hash_token
 from inferserver.api.ratelimit import FailureLimiter
-from inferserver.credentials import CredentialsError, Users, hash_password, hash_token
 
 
 class Clock:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from inferserver.credentials import (
+from inferserver.api.credentials import (
     CredentialsError,
     hash_password,
     hash_token,

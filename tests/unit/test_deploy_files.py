@@ -109,7 +109,7 @@ def test_the_gunicorn_config_runs_the_bounded_protocol() -> None:
     """The header size and time bounds of `inferserver serve` hold under gunicorn too."""
     from types import SimpleNamespace
 
-    from inferserver.protocol import PROTOCOL
+    from inferserver.serving.protocol import PROTOCOL
 
     settings = runpy.run_path(str(GUNICORN_CONF))
     worker = SimpleNamespace(config=SimpleNamespace(timeout_graceful_shutdown=0, http="auto"))

@@ -6,7 +6,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from inferserver.app import create_app
-from inferserver.logs import printable
+from inferserver.observability.logs import printable
 
 
 def test_an_unexpected_exception_is_a_500_in_the_envelope() -> None:

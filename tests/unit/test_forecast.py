@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from inferserver.sessions.forecast import Going, Queued, QueuePlace, RunTimes, forecast
-from inferserver.sessions.gpupool import Demand
+from inferserver.scheduling.forecast import Going, Queued, RunTimes, forecast
+from inferserver.scheduling.gpupool import Demand
+from inferserver.sessions.state import QueuePlace
 
 NOW = 1000.0
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from inferserver.sessions.gpupool import Demand, GpuPool, Start, pick
+from inferserver.scheduling.gpupool import Demand, GpuPool, Start, pick
 
 
 def demands(*pairs: tuple[str, int]) -> list[Demand]:

@@ -11,8 +11,8 @@ import pytest
 from ablinfer.model import load_model
 
 from inferserver.config import load_settings
-from inferserver.limits import limits_for
 from inferserver.runner.jobs import RunLimits
+from inferserver.scheduling.runlimits import limits_for
 from inferserver.specs.directory import load_model_directory
 from inferserver.specs.errors import SpecError
 from inferserver.specs.model import ModelSpec

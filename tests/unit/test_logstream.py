@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from inferserver.sessions.forecast import QueuePlace
 from inferserver.sessions.logstream import KEEPALIVE, follow_log
-from inferserver.sessions.state import SessionFiles, Signal, Status
+from inferserver.sessions.state import QueuePlace, SessionFiles, Signal, Status
 
 
 @dataclass

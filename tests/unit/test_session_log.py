@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from inferserver.sessions.dispatch import SessionLog
+from inferserver.scheduling.dispatch import SessionLog
 from inferserver.sessions.state import Signals
 
 
 async def test_a_full_disk_drops_log_lines_without_failing_the_writer(caplog: pytest.LogCaptureFixture) -> None:
     log = SessionLog(Path("/dev/full"), Signals(), "s-1")  # every write there: ENOSPC
-    with caplog.at_level(logging.WARNING, logger="inferserver.sessions.dispatch"):
+    with caplog.at_level(logging.WARNING, logger="inferserver.scheduling.dispatch"):
         await log.write(b"model says hello\n")
         await log.write(b"inferserver: run failed: no space left on SESSION_PATH (/srv) while writing output seg\n")
     assert log.failed

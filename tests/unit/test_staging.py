@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from inferserver.config import Settings, load_settings
-from inferserver.sessions.dispatch import job_for
-from inferserver.sessions.staging import let_models_read, mount_source
+from inferserver.scheduling.dispatch import job_for
+from inferserver.scheduling.staging import let_models_read, mount_source
 from inferserver.sessions.state import SessionFiles, SessionPlan
 from inferserver.specs.model import ModelSpec
 from inferserver.specs.runconfig import SessionRequest, validate_run_config

@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from inferserver.filewriter import WRITE_BLOCK
+from inferserver.runner.filewriter import WRITE_BLOCK
 from inferserver.sessions.errors import InvalidInput
 from inferserver.sessions.uploads import UploadResult, receive_file
 from inferserver.volumes.sniff import SNIFF_BYTES

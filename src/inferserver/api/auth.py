@@ -31,8 +31,8 @@ from typing import Generic, TypeVar
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..config import Settings
-from ..credentials import CredentialsError, Tokens, Users, file_stamp, load_tokens, load_users
-from ..logs import printable
+from ..observability.logs import printable
+from .credentials import CredentialsError, Tokens, Users, file_stamp, load_tokens, load_users
 from .ratelimit import FailureLimiter
 
 logger = logging.getLogger(__name__)

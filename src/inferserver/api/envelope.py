@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
-from ..logs import printable
+from ..observability.logs import printable
 from ..sessions.errors import (
     AtCapacity,
     Conflict,

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from ..metrics import CONTENT_TYPE
+from ..observability.metrics import CONTENT_TYPE
 from .envelope import Envelope, error_response, error_responses
 
 router = APIRouter(tags=["operations"])

@@ -12,7 +12,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..logs import current_session, printable
+from ..observability.logs import current_session, printable
 
 logger = logging.getLogger("inferserver.access")
 

@@ -22,7 +22,7 @@ from typing import Self
 import aiofiles
 import aiofiles.os
 
-from ..filewriter import BlockWriter
+from .filewriter import BlockWriter
 
 BLOCK = tarfile.BLOCKSIZE  # 512
 _ENCODING = "utf-8"

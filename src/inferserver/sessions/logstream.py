@@ -10,8 +10,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
-from .forecast import QueuePlace
-from .state import Signal, Status
+from .state import QueuePlace, Signal, Status
 
 KEEPALIVE = b"\0\n"  # the ablinfer client skips this line
 KEEPALIVE_SECONDS = 5.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -107,3 +108,22 @@ class SessionPlan:
 
     def output_path(self, name: str) -> Path:
         return self.files.outputs / f"{name}{self.spec.outputs[name].extension}"
+
+
+@dataclass(frozen=True)
+class QueuePlace:
+    """A queued session's place: 1 starts next; `starts_at` is a wall-clock estimate, None when unknown."""
+
+    position: int
+    starts_at: float | None = None
+
+    def line(self, now: float) -> str:
+        text = f"Waiting, position in queue is {self.position}"
+        if self.starts_at is None:
+            return text
+        return f"{text} (about {about(self.starts_at - now)})"
+
+
+def about(seconds: float) -> str:
+    minutes = max(1, math.ceil(seconds / 60))
+    return f"{minutes} min" if minutes < 120 else f"{round(minutes / 60)} h"

@@ -38,9 +38,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from .changes import ChangeToken
-from .forecast import QueuePlace
 from .quotas import out_of_space_is_507
-from .state import LIVE, Status
+from .state import LIVE, QueuePlace, Status
 
 # pg_advisory_xact_lock key of session creation: any constant no other program on the database uses.
 CREATE_LOCK_KEY = 0x696E6672_63726561  # "infrcrea"

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..filewriter import BlockWriter
+from ..runner.filewriter import BlockWriter
 from ..volumes.convert import Converter
 from ..volumes.errors import ConversionError, ConversionNoSpace, ConversionTooLarge
 from ..volumes.sniff import CheckResult, HeadCollector, check_filetype

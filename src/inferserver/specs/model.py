@@ -25,8 +25,8 @@ from pydantic import (
     model_validator,
 )
 
+from .ceilings import ModelLimits
 from .errors import SpecError
-from .limits import ModelLimits
 from .upgrade import CURRENT_VERSION, upgrade_spec
 
 Status = Literal["required", "suggested", "optional"]

@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 
 from ..config import Settings
+from ..sessions.manager import UPLOAD_STALE, SessionManager
+from ..sessions.state import Status
+from ..sessions.store import Store
+from ..sessions.uploads import partial_owner_pid
 from ..volumes.convert import PARTIAL_MARK
-from .manager import UPLOAD_STALE, SessionManager
-from .state import Status
-from .store import Store
-from .uploads import partial_owner_pid
 
 logger = logging.getLogger(__name__)
 

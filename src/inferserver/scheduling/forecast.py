@@ -8,34 +8,15 @@ is still given, with a guessed run time).
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..sessions.state import QueuePlace
 from .gpupool import OVERTAKE_LIMIT, Demand, pick
 
 HISTORY = 5  # recent runs of a model that make its estimate
 GUESS_SECONDS = 60.0  # only to order starts behind a model never seen yet; never shown
-
-
-@dataclass(frozen=True)
-class QueuePlace:
-    """A queued session's place: 1 starts next; `starts_at` is a wall-clock estimate, None when unknown."""
-
-    position: int
-    starts_at: float | None = None
-
-    def line(self, now: float) -> str:
-        text = f"Waiting, position in queue is {self.position}"
-        if self.starts_at is None:
-            return text
-        return f"{text} (about {about(self.starts_at - now)})"
-
-
-def about(seconds: float) -> str:
-    minutes = max(1, math.ceil(seconds / 60))
-    return f"{minutes} min" if minutes < 120 else f"{round(minutes / 60)} h"
 
 
 class RunTimes:

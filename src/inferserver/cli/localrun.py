@@ -9,15 +9,15 @@ import uuid
 from pathlib import Path
 from typing import Any, TextIO
 
-from .config import Settings
-from .runner.docker import DockerBackend
-from .runner.execute import Runner
-from .sessions.dispatch import job_for
-from .sessions.state import SessionFiles, SessionPlan
-from .specs.directory import load_model_directory, load_spec_file
-from .specs.errors import ConfigError, SpecError
-from .specs.model import BoolParam, FloatParam, IntParam, ModelSpec
-from .specs.runconfig import IOChoice, ParamChoice, SessionRequest, validate_run_config
+from ..config import Settings
+from ..runner.docker import DockerBackend
+from ..runner.execute import Runner
+from ..scheduling.dispatch import job_for
+from ..sessions.state import SessionFiles, SessionPlan
+from ..specs.directory import load_model_directory, load_spec_file
+from ..specs.errors import ConfigError, SpecError
+from ..specs.model import BoolParam, FloatParam, IntParam, ModelSpec
+from ..specs.runconfig import IOChoice, ParamChoice, SessionRequest, validate_run_config
 
 LOCAL_INSTANCE = "inferserver-run"  # the instance label: no server takes these containers for its own orphans
 

@@ -7,11 +7,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .runner.docker import DockerBackend
-from .runner.jobs import RunFailed
-from .sessions.quotas import free_bytes
-from .sizes import human_size, rough_size
-from .specs.directory import ModelDirectory
+from ..runner.docker import DockerBackend
+from ..runner.jobs import RunFailed
+from ..sessions.quotas import free_bytes
+from ..sizes import human_size, rough_size
+from ..specs.directory import ModelDirectory
 
 PING_SECONDS = 2.0
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .config import Settings
-from .runner.jobs import RunLimits
-from .sizes import human_size
-from .specs.errors import SpecError
-from .specs.model import ModelSpec
+from ..config import Settings
+from ..runner.jobs import RunLimits
+from ..sizes import human_size
+from ..specs.errors import SpecError
+from ..specs.model import ModelSpec
 
 
 def limits_for(settings: Settings, spec: ModelSpec) -> RunLimits:

@@ -6,9 +6,9 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from .runner.docker import DockerBackend
-from .runner.jobs import RunFailed
-from .specs.directory import load_model_directory
+from ..runner.docker import DockerBackend
+from ..runner.jobs import RunFailed
+from ..specs.directory import load_model_directory
 
 BAR_WIDTH = 30
 

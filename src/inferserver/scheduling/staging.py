@@ -7,8 +7,8 @@ from pathlib import Path
 
 from ..config import Settings
 from ..runner.jobs import FileTransfer, RunJob
+from ..sessions.state import SessionPlan
 from ..specs.command import container_path
-from .state import SessionPlan
 
 # A model may run as any uid, and with every capability dropped even its root reads only what the mode
 # allows; the session directory stays 0750 (UMask=0027), so no other user of the host reaches the file.

@@ -22,10 +22,10 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from .config import load_settings
+from ..config import load_settings
 
 # An import string, not the class: `serve --workers N` hands it to each worker process.
-PROTOCOL = "inferserver.protocol:BoundedHttpToolsProtocol"
+PROTOCOL = "inferserver.serving.protocol:BoundedHttpToolsProtocol"
 REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 HEADER_LINE_OVERHEAD = 4  # ": " and CRLF around each header the parser hands over without them
 

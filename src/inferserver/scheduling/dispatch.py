@@ -14,19 +14,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..config import Settings
-from ..limits import limits_for
 from ..runner.docker import LABEL_INSTANCE, LABEL_MODEL, LABEL_SESSION, DockerBackend
 from ..runner.execute import DETACH, Runner
 from ..runner.jobs import FileTransfer, RunFailed, RunJob, RunOutcome
+from ..sessions.manager import SessionManager
+from ..sessions.state import QueuePlace, SessionPlan, Signals, Status
+from ..sessions.store import SessionRow, Store
 from ..specs.command import build_argv, container_path
-from .forecast import Going, Queued, QueuePlace, RunTimes, forecast
+from .forecast import Going, Queued, RunTimes, forecast
 from .gpupool import Demand, GpuPool, pick
 from .instance import DispatchLock, instance_id
 from .janitor import Janitor
-from .manager import SessionManager
+from .runlimits import limits_for
 from .staging import input_transfers, let_models_read, mount_note
-from .state import SessionPlan, Signals, Status
-from .store import SessionRow, Store
 
 logger = logging.getLogger(__name__)
 

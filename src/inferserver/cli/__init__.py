@@ -7,9 +7,9 @@ import asyncio
 import sys
 from pathlib import Path
 
-from . import __version__
-from .config import Settings, SettingsError, load_settings
-from .logs import configure_logging
+from .. import __version__
+from ..config import Settings, SettingsError, load_settings
+from ..observability.logs import configure_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 def hash_password_line(args: argparse.Namespace) -> int:
     import getpass
 
-    from .credentials import hash_password
+    from ..api.credentials import hash_password
 
     if ":" in args.user or not args.user.strip():
         print("inferserver: a user name must be non-empty and hold no colon", file=sys.stderr)
@@ -116,7 +116,7 @@ def hash_password_line(args: argparse.Namespace) -> int:
 
 
 def hash_token_line(args: argparse.Namespace) -> int:
-    from .credentials import hash_token, new_token
+    from ..api.credentials import hash_token, new_token
 
     token = new_token()
     comment = f"  # {args.comment}" if args.comment else ""
@@ -128,10 +128,10 @@ def hash_token_line(args: argparse.Namespace) -> int:
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from .api.auth import AccessControl
-    from .app import create_app
-    from .credentials import CredentialsError
-    from .protocol import PROTOCOL
+    from ..api.auth import AccessControl
+    from ..api.credentials import CredentialsError
+    from ..app import create_app
+    from ..serving.protocol import PROTOCOL
 
     try:
         settings = load_settings()

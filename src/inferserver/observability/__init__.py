@@ -1,0 +1,1 @@
+"""What the process tells its operator: readiness, metrics and logs."""

@@ -1,0 +1,1 @@
+"""The process's HTTP serving: the uvicorn protocol and the open-file limit."""
