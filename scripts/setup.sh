@@ -135,6 +135,12 @@ step_nginx() {
         "command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]]"
 }
 step_systemd() { need_package systemd "systemd-analyze checks the shipped unit" "command -v systemd-analyze >/dev/null"; }
+# The engine test bed (tests/integration/engine_bed.py) carries each private engine's TLS port to the host's
+# loopback with socat, and makes its CA and certificates with the openssl CLI.
+step_engine_bed() {
+    need_package socat "the engine test bed forwards its TLS engines" "command -v socat >/dev/null"
+    need_package openssl "the engine test bed makes its certificates" "command -v openssl >/dev/null"
+}
 
 describe() {
     case $1 in
@@ -146,6 +152,7 @@ describe() {
         example_images) echo "the example images inferserver-example/*:1 and their Debian base (examples/build.sh)" ;;
         nginx) echo "Debian's nginx" ;;
         systemd) echo "Debian's systemd (systemd-analyze)" ;;
+        engine_bed) echo "Debian's socat and openssl (the engine test bed)" ;;
     esac
 }
 
@@ -156,6 +163,7 @@ steps+=(venv)
 if wants test; then steps+=(fixture_images); elif wants serve; then steps+=(copy_image); fi
 { wants serve || wants test; } && steps+=(example_images)
 wants test && steps+=(nginx systemd)
+wants test && steps+=(engine_bed)
 
 if [[ $plan -eq 1 ]]; then
     for step in "${steps[@]}"; do echo "$step: $(describe "$step")"; done
