@@ -136,10 +136,12 @@ step_nginx() {
 }
 step_systemd() { need_package systemd "systemd-analyze checks the shipped unit" "command -v systemd-analyze >/dev/null"; }
 # The engine test bed (tests/integration/engine_bed.py) carries each private engine's TLS port to the host's
-# loopback with socat, and makes its CA and certificates with the openssl CLI.
+# loopback with socat, makes its CA and certificates with the openssl CLI, and reaches one engine over SSH through
+# an sshd of its own (only the binary is needed: the bed starts it, nothing is enabled on the machine).
 step_engine_bed() {
     need_package socat "the engine test bed forwards its TLS engines" "command -v socat >/dev/null"
     need_package openssl "the engine test bed makes its certificates" "command -v openssl >/dev/null"
+    need_package openssh-server "the engine test bed's SSH engine" "[[ -x /usr/sbin/sshd ]]"
 }
 
 describe() {
@@ -152,7 +154,7 @@ describe() {
         example_images) echo "the example images inferserver-example/*:1 and their Debian base (examples/build.sh)" ;;
         nginx) echo "Debian's nginx" ;;
         systemd) echo "Debian's systemd (systemd-analyze)" ;;
-        engine_bed) echo "Debian's socat and openssl (the engine test bed)" ;;
+        engine_bed) echo "Debian's socat, openssl and openssh-server (the engine test bed)" ;;
     esac
 }
 

@@ -46,6 +46,7 @@ from .gpu_engine import (
     stop_engine,
     wait_until_up,
 )
+from .ssh_access import SshAccess, start_ssh_access, stop_ssh_access
 
 ENGINE_COUNT = 3
 GPUS = ("0", "1")  # what each engine's fake hook stands in for
@@ -70,6 +71,8 @@ class BedEngine:
     client: KeyPair
     gpus: tuple[str, ...] = GPUS
     forwarders: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    # The bed's first engine is also reachable over SSH (tests/integration/ssh_access.py).
+    ssh: SshAccess | None = None
 
     @property
     def url(self) -> str:
@@ -98,6 +101,13 @@ class BedEngine:
             "gpus": list(self.gpus),
         }
         return {**entry, **overrides}
+
+    def ssh_entry(self, **overrides: Any) -> dict[str, Any]:
+        """This engine as an `ENGINES` entry reached over SSH: the server needs HOME=`self.ssh.home` (its key
+        and known_hosts)."""
+        if self.ssh is None:
+            raise EngineError(f"engine {self.name} has no SSH access; the bed's first engine has")
+        return {"name": self.name, "url": self.ssh.url, "gpus": list(self.gpus), **overrides}
 
     def ssl_context(self, client: KeyPair | None = None, *, with_client: bool = True) -> ssl.SSLContext:
         """What a client of this engine uses: the bed's CA, and `client` (default: the right one) as its
@@ -194,6 +204,8 @@ def start_bed(images: list[str], count: int = ENGINE_COUNT) -> EngineBed:
             wait_until_up(engine.engine)
             load_images(engine.engine, images)
             _forward(engine)
+        first = bed.engines[0]
+        first.ssh = start_ssh_access(root / "ssh", first.engine.socket)
     except BaseException:
         stop_bed(bed)
         raise
@@ -258,6 +270,8 @@ def stop_bed(bed: EngineBed) -> None:
     """Stop every forwarder and engine (removing their containers) and remove the bed's directory."""
     try:
         for engine in bed.engines:
+            if engine.ssh is not None:
+                stop_ssh_access(engine.ssh)
             for forwarder in engine.forwarders:
                 _stop(forwarder)
             if not engine.is_up():

@@ -11,9 +11,12 @@ import subprocess
 from pathlib import Path
 
 import aiodocker
+import asyncssh
 import pytest
+from aiodocker.ssh import SSHConnector
 
 from .engine_bed import BedEngine, EngineBed
+from .gpu_engine import environ
 
 BUSYBOX_IMAGE = "inferserver-test/sleep:1"  # any fixture image: busybox with /bin/sh
 
@@ -164,3 +167,30 @@ def test_the_host_docker0_survives_the_bed(bed: EngineBed) -> None:
 
 def host_has_docker0() -> bool:
     return Path("/sys/class/net/docker0").exists()
+
+
+async def test_the_first_engine_is_also_reached_over_ssh_with_the_key_in_its_home(bed: EngineBed) -> None:
+    engine = bed.engines[0]
+    assert engine.ssh is not None
+    assert engine.ssh_entry() == {"name": "gpu1", "url": engine.ssh.url, "gpus": ["0", "1"]}
+    # As a server would: the plain ssh:// URL, its user's ~/.ssh holding the key and the host's key.
+    with environ(HOME=str(engine.ssh.home)):
+        async with aiodocker.Docker(url=engine.ssh.url) as docker:
+            info = await docker.system.info()
+            output = await run_to_end(
+                docker, {"Image": BUSYBOX_IMAGE, "Entrypoint": ["/bin/echo", "over ssh"], "HostConfig": {}}
+            )
+    assert info["DockerRootDir"] == str(engine.engine.data_root)
+    assert output.strip() == "over ssh"
+
+
+async def test_ssh_with_a_key_the_engine_host_does_not_know_is_refused(bed: EngineBed) -> None:
+    engine = bed.engines[0]
+    assert engine.ssh is not None
+    stranger = asyncssh.generate_private_key("ssh-ed25519")
+    connector = SSHConnector(engine.ssh.url, known_hosts=str(engine.ssh.known_hosts), client_keys=[stranger])
+    async with aiodocker.Docker(url="unix://localhost", connector=connector) as docker:
+        with pytest.raises(aiodocker.DockerError) as refused:
+            await docker.system.info()
+    assert refused.value.status == 900
+    assert "Permission denied" in refused.value.message, refused.value.message
