@@ -194,12 +194,12 @@ def start_bed(images: list[str], count: int = ENGINE_COUNT) -> EngineBed:
         for index in range(1, count + 1):
             name = f"gpu{index}"
             server = authority.issue_server(root / name, name)
-            daemon_args = (
-                "-H", f"tcp://127.0.0.1:{TLS_PORT}", "--tlsverify", "--tlscacert", str(authority.cert),
-                "--tlscert", str(server.cert), "--tlskey", str(server.key), "--live-restore",
-            )  # fmt: skip
+            # The TLS settings go in daemon.json, the listener on the command line: what docs/scale-out.md has
+            # an operator do (Debian's unit already gives dockerd -H, which daemon.json's "hosts" would clash with).
+            config = daemon_json(authority.cert, server)
+            launched = launch_engine(("-H", f"tcp://127.0.0.1:{TLS_PORT}"), config)
             # Launched one after the other, waited for together: the daemons start side by side.
-            bed.engines.append(BedEngine(name, launch_engine(daemon_args), 0, authority.cert, client))
+            bed.engines.append(BedEngine(name, launched, 0, authority.cert, client))
         for engine in bed.engines:
             wait_until_up(engine.engine)
             load_images(engine.engine, images)
@@ -210,6 +210,17 @@ def start_bed(images: list[str], count: int = ENGINE_COUNT) -> EngineBed:
         stop_bed(bed)
         raise
     return bed
+
+
+def daemon_json(ca: Path, server: KeyPair) -> dict[str, object]:
+    """A TLS engine's daemon.json, as docs/scale-out.md gives it."""
+    return {
+        "tlsverify": True,
+        "tlscacert": str(ca),
+        "tlscert": str(server.cert),
+        "tlskey": str(server.key),
+        "live-restore": True,
+    }
 
 
 def _forward(engine: BedEngine) -> None:

@@ -111,11 +111,15 @@ def start_engine(images: list[str], daemon_args: tuple[str, ...] = ()) -> Engine
     return engine
 
 
-def launch_engine(daemon_args: tuple[str, ...] = ()) -> Engine:
-    """Start the namespaces and the daemon in them without waiting for it: several can then start at once."""
+def launch_engine(daemon_args: tuple[str, ...] = (), daemon_json: dict[str, object] | None = None) -> Engine:
+    """Start the namespaces and the daemon in them without waiting for it: several can then start at once.
+    `daemon_json` is the daemon's /etc/docker/daemon.json (its own: see `_hold_namespaces`)."""
     root = Path(tempfile.mkdtemp(prefix="gpud-", dir="/tmp"))
     bin_dir = root / "bin"
     bin_dir.mkdir()
+    (root / "etc-docker").mkdir()
+    if daemon_json is not None:
+        (root / "etc-docker" / "daemon.json").write_text(json.dumps(daemon_json, indent=2) + "\n")
     shutil.copy(FAKE_HOOK, bin_dir / HOOK_NAME)
     (bin_dir / HOOK_NAME).chmod(0o755)
     try:
@@ -157,7 +161,6 @@ def _hold_namespaces(root: Path) -> subprocess.Popen[bytes]:
     """A `sleep` in a new network and mount namespace, with its loopback up (a daemon may listen there) and an
     empty /etc/docker of its own (dockerd reads daemon.json there and keeps its identity in key.json: not the
     system engine's); returns once the namespaces exist, so entering them cannot race their creation."""
-    (root / "etc-docker").mkdir()
     script = (
         "ip link set lo up && { [ ! -d /etc/docker ] || mount --bind etc-docker /etc/docker; }"
         " && echo ready && exec sleep infinity"

@@ -48,6 +48,7 @@ async def test_each_engine_is_its_own_daemon_reached_over_tls_with_the_bed_certi
         async with tls_docker(engine) as docker:
             info = await docker.system.info()
         assert info["DockerRootDir"] == str(engine.engine.data_root), engine.name
+        assert info["LiveRestoreEnabled"] is True, engine.name  # from its daemon.json, as the docs set it
         identities.add(info["ID"])
         assert engine.entry() == {
             "name": engine.name,
