@@ -194,22 +194,31 @@ def start_bed(images: list[str], count: int = ENGINE_COUNT) -> EngineBed:
         for index in range(1, count + 1):
             name = f"gpu{index}"
             server = authority.issue_server(root / name, name)
-            # The TLS settings go in daemon.json, the listener on the command line: what docs/scale-out.md has
-            # an operator do (Debian's unit already gives dockerd -H, which daemon.json's "hosts" would clash with).
-            config = daemon_json(authority.cert, server)
-            launched = launch_engine(("-H", f"tcp://127.0.0.1:{TLS_PORT}"), config)
             # Launched one after the other, waited for together: the daemons start side by side.
-            bed.engines.append(BedEngine(name, launched, 0, authority.cert, client))
+            bed.engines.append(launch_tls_engine(name, daemon_json(authority.cert, server), client))
         for engine in bed.engines:
-            wait_until_up(engine.engine)
-            load_images(engine.engine, images)
-            _forward(engine)
+            ready_tls_engine(engine, images)
         first = bed.engines[0]
         first.ssh = start_ssh_access(root / "ssh", first.engine.socket)
     except BaseException:
         stop_bed(bed)
         raise
     return bed
+
+
+def launch_tls_engine(name: str, config: dict[str, Any], client: KeyPair) -> BedEngine:
+    """Launch a private engine whose daemon.json is `config` (TLS settings, see `daemon_json`) with its TLS
+    listener on the command line: what docs/scale-out.md has an operator do (Debian's unit already gives dockerd
+    -H, which a "hosts" in daemon.json would clash with). `client` is what its users present."""
+    launched = launch_engine(("-H", f"tcp://127.0.0.1:{TLS_PORT}"), config)
+    return BedEngine(name, launched, 0, Path(config["tlscacert"]), client)
+
+
+def ready_tls_engine(engine: BedEngine, images: list[str]) -> None:
+    """Wait for a launched engine, load `images` into it and carry its TLS port to the host's loopback."""
+    wait_until_up(engine.engine)
+    load_images(engine.engine, images)
+    _forward(engine)
 
 
 def daemon_json(ca: Path, server: KeyPair) -> dict[str, object]:
@@ -277,19 +286,24 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
+def stop_tls_engine(engine: BedEngine) -> None:
+    """Stop its SSH access, forwarders and daemon (removing its containers and directory)."""
+    if engine.ssh is not None:
+        stop_ssh_access(engine.ssh)
+    for forwarder in engine.forwarders:
+        _stop(forwarder)
+    if not engine.is_up():
+        # Started again so that it removes what it still holds (live-restore kept its containers).
+        with contextlib.suppress(EngineError):
+            engine.restart()
+    stop_engine(engine.engine)
+
+
 def stop_bed(bed: EngineBed) -> None:
     """Stop every forwarder and engine (removing their containers) and remove the bed's directory."""
     try:
         for engine in bed.engines:
-            if engine.ssh is not None:
-                stop_ssh_access(engine.ssh)
-            for forwarder in engine.forwarders:
-                _stop(forwarder)
-            if not engine.is_up():
-                # Started again so that it removes what it still holds (live-restore kept its containers).
-                with contextlib.suppress(EngineError):
-                    engine.restart()
-            stop_engine(engine.engine)
+            stop_tls_engine(engine)
     finally:
         shutil.rmtree(bed.root, ignore_errors=True)
 
