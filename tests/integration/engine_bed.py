@@ -20,6 +20,7 @@ and the fixture images are saved from the system engine once and loaded into eac
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import signal
 import socket
@@ -60,6 +61,18 @@ BED_IMAGES = [
     "inferserver-test/fail:1",
 ]
 FORWARD_SECONDS = 10
+
+# How aiodocker reports an engine refusing the client certificate. Under TLS 1.3 the server checks it after the
+# client has finished its handshake and sent its request: the engine's alert may arrive, or the connection may be
+# reset first (a reset drops the unread alert), as it would be across a network. Under TLS 1.2 (`tls12`) the
+# check is part of the handshake and the alert always arrives.
+TLS13_REFUSAL = re.compile(r"SSLV3_ALERT_BAD_CERTIFICATE|Server disconnected|Connection reset by peer")
+
+
+def tls12(context: ssl.SSLContext) -> ssl.SSLContext:
+    """`context` limited to TLS 1.2, where a refused client certificate is always a handshake error."""
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    return context
 
 
 @dataclass

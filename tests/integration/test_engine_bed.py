@@ -15,7 +15,7 @@ import asyncssh
 import pytest
 from aiodocker.ssh import SSHConnector
 
-from .engine_bed import BedEngine, EngineBed
+from .engine_bed import TLS13_REFUSAL, BedEngine, EngineBed, tls12
 from .gpu_engine import environ
 
 BUSYBOX_IMAGE = "inferserver-test/sleep:1"  # any fixture image: busybox with /bin/sh
@@ -76,25 +76,29 @@ def test_the_docker_cli_check_from_the_docs_answers(bed: EngineBed) -> None:
     assert (result.returncode, result.stdout.strip()) == (0, "linux"), result.stderr
 
 
-async def test_a_client_certificate_from_another_ca_is_refused(bed: EngineBed) -> None:
-    engine = bed.engines[1]
-    async with tls_docker(engine, engine.ssl_context(bed.wrong_client)) as docker:
+async def refusal(engine: BedEngine, context: ssl.SSLContext) -> str:
+    """What aiodocker says when `engine` refuses the client `context` presents."""
+    async with tls_docker(engine, context) as docker:
         with pytest.raises(aiodocker.DockerError) as refused:
             await docker.system.info()
     assert refused.value.status == 900  # aiodocker's "cannot connect"
-    assert "SSLV3_ALERT_BAD_CERTIFICATE" in refused.value.message, refused.value.message
+    return refused.value.message
+
+
+@pytest.mark.parametrize("client", ["from another CA", "none"])
+async def test_a_client_certificate_the_engine_does_not_accept_is_refused(bed: EngineBed, client: str) -> None:
+    engine = bed.engines[1]
+
+    def context() -> ssl.SSLContext:
+        if client == "none":
+            return engine.ssl_context(with_client=False)
+        return engine.ssl_context(bed.wrong_client)
+
+    assert TLS13_REFUSAL.search(await refusal(engine, context()))
+    assert "SSLV3_ALERT_BAD_CERTIFICATE" in await refusal(engine, tls12(context()))
     # The same engine still serves the right certificate.
     async with tls_docker(engine) as docker:
         assert (await docker.system.info())["DockerRootDir"] == str(engine.engine.data_root)
-
-
-async def test_no_client_certificate_is_refused(bed: EngineBed) -> None:
-    engine = bed.engines[2]
-    async with tls_docker(engine, engine.ssl_context(with_client=False)) as docker:
-        with pytest.raises(aiodocker.DockerError) as refused:
-            await docker.system.info()
-    assert refused.value.status == 900
-    assert "SSLV3_ALERT_BAD_CERTIFICATE" in refused.value.message, refused.value.message
 
 
 async def test_an_engine_is_not_trusted_without_the_bed_ca(bed: EngineBed) -> None:

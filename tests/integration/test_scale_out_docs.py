@@ -16,7 +16,7 @@ import pytest
 
 from ..conftest import REPO
 from .certs import KeyPair
-from .engine_bed import BedEngine, launch_tls_engine, ready_tls_engine, stop_tls_engine
+from .engine_bed import BedEngine, launch_tls_engine, ready_tls_engine, stop_tls_engine, tls12
 
 DOC = REPO / "docs" / "scale-out.md"
 SECTION = "## Setting up a GPU host's Docker engine for TLS"
@@ -99,7 +99,7 @@ async def test_the_docs_host_certificate_is_refused_as_a_client_certificate(docs
     directory = docs_engine.ca.parent
     host_pair = KeyPair(directory / "gpu2-cert.pem", directory / "gpu2-key.pem")
     url = docs_engine.url.replace("tcp://", "https://", 1)
-    async with aiodocker.Docker(url=url, ssl_context=docs_engine.ssl_context(host_pair)) as docker:
+    async with aiodocker.Docker(url=url, ssl_context=tls12(docs_engine.ssl_context(host_pair))) as docker:
         with pytest.raises(aiodocker.DockerError) as refused:
             await docker.system.info()
     assert refused.value.status == 900
