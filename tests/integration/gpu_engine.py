@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -74,7 +75,7 @@ class Engine:
     def data_root(self) -> Path:
         return self.root / "data"
 
-    def hook_calls(self) -> list[tuple[str, dict]]:
+    def hook_calls(self) -> list[tuple[str, dict[str, Any]]]:
         """(argv[1], OCI state) for each time the daemon's NVIDIA driver ran the fake hook, oldest first."""
         try:
             lines = (self.root / "hook.log").read_text().splitlines()
@@ -180,8 +181,8 @@ def _hold_namespaces(root: Path) -> subprocess.Popen[bytes]:
     if line.strip() != b"ready":
         holder.kill()
         holder.wait()
-        log = (root / "holder.log").read_text(errors="replace")
-        raise EngineError(f"could not make the engine's namespaces (unshare --net --mount): {log}")
+        reason = (root / "holder.log").read_text(errors="replace")
+        raise EngineError(f"could not make the engine's namespaces (unshare --net --mount): {reason}")
     return holder
 
 

@@ -9,6 +9,7 @@ import os
 import ssl
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import aiodocker
 import asyncssh
@@ -30,7 +31,7 @@ def tls_docker(engine: BedEngine, context: ssl.SSLContext | None = None) -> aiod
     return aiodocker.Docker(url=https(engine), ssl_context=context or engine.ssl_context())
 
 
-async def run_to_end(docker: aiodocker.Docker, config: dict[str, object]) -> str:
+async def run_to_end(docker: aiodocker.Docker, config: dict[str, Any]) -> str:
     """Run a container to its end over `docker` and return its output; the container is removed."""
     container = await docker.containers.run(config)
     try:

@@ -10,6 +10,7 @@ import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiodocker
 import pytest
@@ -48,9 +49,10 @@ def run_certificate_steps(directory: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
-def docs_daemon_json(directory: Path) -> dict[str, object]:
+def docs_daemon_json(directory: Path) -> dict[str, Any]:
     """Step 3's daemon.json, its /etc/docker/tls files being the ones step 2 made (as step 3 installs them)."""
     (config,) = [json.loads(block) for block in blocks("json") if "tlsverify" in block]
+    assert isinstance(config, dict), config
     installed = {"ca.pem": "ca.pem", "server-cert.pem": "gpu2-cert.pem", "server-key.pem": "gpu2-key.pem"}
     for key, value in config.items():
         if isinstance(value, str) and value.startswith("/etc/docker/tls/"):
