@@ -5,6 +5,8 @@ with its `--live-restore` containers still running, and none disturbing the syst
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import ssl
 import subprocess
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiodocker
+import aiohttp
 import asyncssh
 import pytest
 from aiodocker.ssh import SSHConnector
@@ -153,8 +156,9 @@ async def test_a_killed_engine_restarted_keeps_its_live_restore_container_runnin
         os.kill(before["Pid"], 0)  # the container's process outlives its daemon
         async with tls_docker(engine) as docker:
             with pytest.raises(aiodocker.DockerError) as down:
-                await docker.system.info()  # while the daemon is down, the engine's URL does not answer
+                await docker.system.info()  # while the daemon is down, its port refuses connections
         assert down.value.status == 900, down.value
+        assert f"Connect call failed ('127.0.0.1', {engine.port})" in down.value.message, down.value.message
         engine.restart()
         async with tls_docker(engine) as docker:
             after = (await (await docker.containers.get(container.id)).show())["State"]
@@ -164,6 +168,35 @@ async def test_a_killed_engine_restarted_keeps_its_live_restore_container_runnin
         engine.engine.docker("rm", "-f", container.id)
     assert engine.containers() == []
     assert host_has_docker0()
+
+
+async def test_a_disconnected_engine_refuses_connections_and_keeps_its_container_running(bed: EngineBed) -> None:
+    engine = bed.engines[2]
+    async with tls_docker(engine) as docker:
+        ticking = "while true; do echo tick; sleep 0.2; done"
+        container = await docker.containers.run(
+            {"Image": BUSYBOX_IMAGE, "Entrypoint": ["/bin/sh", "-c", ticking], "HostConfig": {"NetworkMode": "none"}}
+        )
+        logs = container.log(stdout=True, follow=True)
+        assert await anext(logs) == "tick\n"
+        engine.disconnect()
+        with pytest.raises(aiodocker.DockerError) as cut:
+            await docker.system.info()
+        assert f"Connect call failed ('127.0.0.1', {engine.port})" in cut.value.message, cut.value.message
+        # A stream open when the network went ends too (here at once, with the connection), not left hanging.
+        async with asyncio.timeout(10):
+            with contextlib.suppress(aiodocker.DockerError, aiohttp.ClientError):
+                async for _ in logs:
+                    pass
+    try:
+        assert engine.is_up()
+        assert engine.containers(running_only=True) == [container.id]
+        engine.reconnect()
+        async with tls_docker(engine) as docker:
+            state = (await (await docker.containers.get(container.id)).show())["State"]
+        assert state["Running"] is True
+    finally:
+        engine.engine.docker("rm", "-f", container.id)
 
 
 def test_the_host_docker0_survives_the_bed(bed: EngineBed) -> None:
