@@ -135,6 +135,11 @@ step_nginx() {
         "command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]]"
 }
 step_systemd() { need_package systemd "systemd-analyze checks the shipped unit" "command -v systemd-analyze >/dev/null"; }
+# The web page tests drive Debian's chromium (headless, WebGL through SwiftShader) with its chromedriver.
+step_chromium() {
+    need_package chromium "the web page tests run /ui/ in a real browser" "command -v chromium >/dev/null"
+    need_package chromium-driver "selenium drives chromium through it" "command -v chromedriver >/dev/null"
+}
 
 describe() {
     case $1 in
@@ -146,6 +151,7 @@ describe() {
         example_images) echo "the example images inferserver-example/*:1 and their Debian base (examples/build.sh)" ;;
         nginx) echo "Debian's nginx" ;;
         systemd) echo "Debian's systemd (systemd-analyze)" ;;
+        chromium) echo "Debian's chromium and chromium-driver (the web page tests)" ;;
     esac
 }
 
@@ -155,7 +161,7 @@ wants test && steps+=(postgresql)
 steps+=(venv)
 if wants test; then steps+=(fixture_images); elif wants serve; then steps+=(copy_image); fi
 { wants serve || wants test; } && steps+=(example_images)
-wants test && steps+=(nginx systemd)
+wants test && steps+=(nginx systemd chromium)
 
 if [[ $plan -eq 1 ]]; then
     for step in "${steps[@]}"; do echo "$step: $(describe "$step")"; done

@@ -33,6 +33,11 @@ cp "$modules/swagger-ui-dist/favicon-32x32.png" "$vendor/swagger-ui/favicon.png"
 
 cp "$modules/redoc/bundles/redoc.standalone.js" "$modules/redoc/bundles/redoc.standalone.js.LICENSE.txt" \
     "$modules/redoc/LICENSE" "$vendor/redoc/"
+# Redoc's sidebar footer loads its logo from a CDN (an <img> it hides when the load fails). Offline, nothing may
+# be fetched from outside: an empty data: URL fails at once, locally, and the footer keeps its text link.
+logo='https://cdn.redoc.ly/redoc/logo-mini.svg'
+grep -q "$logo" "$vendor/redoc/redoc.standalone.js" || { echo "redoc: its CDN logo URL moved; update this script" >&2; exit 1; }
+sed -i "s|$logo|data:,|" "$vendor/redoc/redoc.standalone.js"
 
 # The versions served, for the README and for anyone auditing the vendored files.
 node -e '
