@@ -69,7 +69,9 @@ export function askCredentials(reason) {
       resolve();
     }, { once: true });
   });
+  document.getElementById("login-password").value = "";
   dialog.showModal();
+  document.getElementById("login-user").select(); // typing replaces a name that was refused
   document.getElementById("login-user").focus();
   return pending;
 }

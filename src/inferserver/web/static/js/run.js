@@ -93,6 +93,7 @@ async function submit(event) {
       attempt = { sessionId: created.session_id, uploaded: new Set(), body };
     }
     $("progress").hidden = false;
+    $("session-id").textContent = attempt.sessionId;
     for (const [name, entry] of form.enabledInputs()) {
       if (attempt.uploaded.has(name)) continue;
       const file = entry.picker.files[0];
