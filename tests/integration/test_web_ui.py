@@ -325,3 +325,35 @@ def test_with_access_control_the_page_asks_for_credentials_and_a_non_operator_ca
         assert client.delete(f"/sessions/{mine}").json()["data"]["info"] == "cancelled"  # one's own: allowed
     with as_user(operator_server, OPERATOR) as client:
         assert client.delete(f"/sessions/{others}").json()["data"]["info"] == "cancelled"
+
+
+UNLABELLED = """
+return [...document.querySelectorAll('input, select, button, textarea')]
+  .filter(e => e.offsetParent !== null)
+  .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label') && !e.textContent.trim())
+  .map(e => e.outerHTML);
+"""
+
+
+@pytest.mark.parametrize("width", [1280, 768])
+def test_the_run_page_works_from_the_keyboard_with_every_control_labelled_at_desktop_and_tablet_width(
+    page: WebDriver, web_server: Server, screenshots: Path, width: int
+) -> None:
+    page.set_window_size(width, 800 if width == 1280 else 1024)
+    try:
+        page.get(f"{web_server.url}/ui/")
+        wait(page, lambda b: b.find_element(By.ID, "models").is_displayed())
+        # Tab to the first model's button and press Enter: the form opens and takes the focus.
+        for _ in range(10):
+            page.switch_to.active_element.send_keys(Keys.TAB)
+            if page.switch_to.active_element.get_attribute("aria-label") == "Choose Example: CT bone by threshold":
+                break
+        page.switch_to.active_element.send_keys(Keys.ENTER)
+        wait(page, lambda b: b.find_element(By.ID, "run").is_displayed())
+        assert page.switch_to.active_element.get_attribute("id") == "input-ct"
+        assert page.execute_script(UNLABELLED) == []
+        overflow = page.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"the page is {overflow} px wider than a {width} px window"
+        page.save_screenshot(str(screenshots / f"ui-form-{width}.png"))
+    finally:
+        page.set_window_size(1280, 800)

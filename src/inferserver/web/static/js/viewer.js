@@ -5,6 +5,19 @@ export const VIEW_LIMIT = 512 * 1048576; // larger volumes are offered for downl
 const VOLUME_EXTENSIONS = [".nii", ".nii.gz", ".nrrd"];
 
 let viewer = null;
+let niivueLoaded = null;
+
+// NiiVue is 2.2 MB: fetched when there is something to show, not with the page (its first load stays ~40 kB).
+function loadNiivue() {
+  niivueLoaded ??= new Promise((resolve, reject) => {
+    const script = document.createElement("script");
+    script.src = "vendor/niivue/niivue.umd.js";
+    script.onload = () => resolve(window.niivue);
+    script.onerror = () => reject(new Error("the viewer (vendor/niivue/niivue.umd.js) did not load"));
+    document.head.append(script);
+  });
+  return niivueLoaded;
+}
 
 function isVolume(io) {
   return (io.type === "volume" || io.type === "segmentation") && VOLUME_EXTENSIONS.includes(io.extension.toLowerCase());
@@ -68,7 +81,8 @@ async function showVolumes(inputFile, overlay) {
   canvas.hidden = false;
   controls.hidden = false;
   if (viewer === null) {
-    viewer = new window.niivue.Niivue({ backColor: [0, 0, 0, 1], show3Dcrosshair: true });
+    const niivue = await loadNiivue();
+    viewer = new niivue.Niivue({ backColor: [0, 0, 0, 1], show3Dcrosshair: true });
     await viewer.attachToCanvas(canvas);
     bindControls();
   }
