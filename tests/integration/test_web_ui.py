@@ -7,6 +7,7 @@ Screenshots of each page are saved in the screenshots directory of the test run'
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import shutil
 import time
@@ -27,6 +28,7 @@ from .browser import changed, differing, external, pixels, requested_urls, start
 from .conftest import Server, start_server, stop_and_check, write_nifti
 from .gpu_engine import Engine, engine_fixture, start_server_on
 from .gpu_engine import leftover_containers as engine_containers
+from .test_deploy_nginx import start_nginx, stop_nginx
 
 gpu_engine = engine_fixture(["inferserver-test/gpuwork:1"])
 
@@ -357,3 +359,25 @@ def test_the_run_page_works_from_the_keyboard_with_every_control_labelled_at_des
         page.save_screenshot(str(screenshots / f"ui-form-{width}.png"))
     finally:
         page.set_window_size(1280, 800)
+
+
+def test_behind_the_shipped_nginx_site_under_its_prefix_the_page_runs_a_model(
+    page: WebDriver, web_server: Server, anatomical: Path, tmp_path: Path
+) -> None:
+    nginx = start_nginx(tmp_path / "nginx", int(web_server.url.rsplit(":", 1)[1]), web_server.session_path)
+    try:
+        base = nginx.url.rstrip("/")  # http://127.0.0.1:PORT/inferserver
+        assert httpx.get(f"{base}/ui").headers["location"] == "ui/"  # relative: right under any prefix
+        open_model(page, dataclasses.replace(web_server, url=base), "Test: sleep")
+        page.find_element(By.ID, "input-input_vol").send_keys(str(anatomical))
+        page.find_element(By.ID, "param-seconds").clear()
+        page.find_element(By.ID, "param-seconds").send_keys("0")
+        page.find_element(By.ID, "submit").click()
+        wait(page, lambda b: b.find_element(By.ID, "state").text in ("complete", "failed"), timeout=120)
+        assert page.find_element(By.ID, "state").text == "complete", page.find_element(By.ID, "message").text
+        page.get(f"{base}/docs")
+        wait(page, lambda b: len(b.find_elements(By.CSS_SELECTOR, ".swagger-ui .opblock")) > 5)
+        urls = requested_urls(page)
+        assert urls and all(u.startswith(f"{base}/") for u in urls if not u.startswith(("data:", "blob:"))), urls
+    finally:
+        stop_nginx(nginx)

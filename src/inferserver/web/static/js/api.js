@@ -94,5 +94,5 @@ export async function data(path, options) {
 }
 
 export function mib(bytes) {
-  return `${(bytes / 1048576).toFixed(1)} MiB`;
+  return bytes < 1048576 ? `${(bytes / 1024).toFixed(1)} KiB` : `${(bytes / 1048576).toFixed(1)} MiB`;
 }

@@ -10,6 +10,7 @@ function say(text, ok = false) {
   $("message").hidden = !text;
   $("message").textContent = text || "";
   $("message").classList.toggle("ok", ok);
+  if (text) $("message").scrollIntoView({ block: "nearest" });
 }
 
 function cell(row, text) {

@@ -15,6 +15,7 @@ function say(text, ok = false) {
   box.hidden = !text;
   box.textContent = text || "";
   box.classList.toggle("ok", ok);
+  if (text) box.scrollIntoView({ block: "nearest" });
 }
 
 function cell(row, text) {

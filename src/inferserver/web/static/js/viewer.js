@@ -78,11 +78,11 @@ export async function showResult(sessionId, spec, enabledOutputs, inputFile) {
 async function showVolumes(inputFile, overlay) {
   const canvas = document.getElementById("viewer");
   const controls = document.getElementById("viewer-controls");
-  canvas.hidden = false;
+  document.getElementById("viewer-box").hidden = false;
   controls.hidden = false;
   if (viewer === null) {
     const niivue = await loadNiivue();
-    viewer = new niivue.Niivue({ backColor: [0, 0, 0, 1], show3Dcrosshair: true });
+    viewer = new niivue.Niivue({ backColor: [0, 0, 0, 1], crosshairColor: [0.3, 0.8, 1, 1], show3Dcrosshair: true });
     await viewer.attachToCanvas(canvas);
     bindControls();
   }
