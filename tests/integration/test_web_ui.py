@@ -70,6 +70,7 @@ def web_server(tmp_path_factory: pytest.TempPathFactory, example_images: None) -
     models = tmp_path_factory.mktemp("models")
     shutil.copy(REPO / "examples" / "models" / "bone_threshold.json", models)
     shutil.copy(TEST_MODELS / "sleep.json", models)
+    shutil.copy(TEST_MODELS / "fail.json", models)
     server = start_server(tmp_path_factory.mktemp("web"), models, MAX_UPLOAD_BYTES=UPLOAD_LIMIT)
     yield server
     stop_and_check([server])
@@ -201,6 +202,23 @@ def test_an_upload_over_the_limit_says_so_and_the_session_continues_with_another
     assert page.find_element(By.ID, "session-id").text == session_id
     with web_server.client() as client:
         assert client.get(f"/sessions/{session_id}/outputs/output_vol").content == anatomical.read_bytes()
+
+
+def test_a_failed_run_shows_its_log_and_the_reason(page: WebDriver, web_server: Server, anatomical: Path) -> None:
+    open_model(page, web_server, "Test: fail")
+    page.find_element(By.ID, "input-input_vol").send_keys(str(anatomical))
+    page.find_element(By.ID, "submit").click()
+    wait(page, lambda b: b.find_element(By.ID, "state").text in ("complete", "failed"), timeout=120)
+    assert page.find_element(By.ID, "state").text == "failed"
+    session_id = page.find_element(By.ID, "session-id").text
+    with web_server.client() as client:
+        info = client.get(f"/sessions/{session_id}").json()["data"]["info"]
+    assert info  # the server's reason, e.g. the exit status
+    assert message(page) == f"The run failed: {info}"
+    assert page.find_element(By.ID, "reason").text == f"— the run failed: {info}"
+    log = page.find_element(By.ID, "log").text
+    assert "fail: starting" in log and "fail: something went wrong" in log
+    assert page.find_element(By.ID, "result").is_displayed() is False
 
 
 @pytest.mark.parametrize(("path", "rendered"), [("/docs", ".swagger-ui .opblock"), ("/redoc", "[data-section-id]")])
