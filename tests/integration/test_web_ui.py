@@ -221,6 +221,46 @@ def test_a_failed_run_shows_its_log_and_the_reason(page: WebDriver, web_server: 
     assert page.find_element(By.ID, "result").is_displayed() is False
 
 
+def test_an_upload_to_a_session_cancelled_meanwhile_is_refused_in_words_and_the_page_starts_a_new_one(
+    page: WebDriver, web_server: Server, anatomical: Path, tmp_path: Path
+) -> None:
+    big = write_nifti(tmp_path / "big.nii.gz", 2)
+    open_model(page, web_server, "Test: sleep")
+    page.find_element(By.ID, "input-input_vol").send_keys(str(big))
+    page.find_element(By.ID, "param-seconds").clear()
+    page.find_element(By.ID, "param-seconds").send_keys("0")
+    page.find_element(By.ID, "submit").click()
+    wait(page, lambda b: b.find_element(By.ID, "submit").text == "Continue the run")
+    first = page.find_element(By.ID, "session-id").text
+    with web_server.client() as client:  # e.g. an operator cancels it while the user looks for a smaller file
+        assert client.delete(f"/sessions/{first}").status_code == 200
+    page.find_element(By.ID, "input-input_vol").send_keys(str(anatomical))
+    page.find_element(By.ID, "submit").click()
+    wait(page, lambda b: b.find_element(By.ID, "submit").text == "Start the run")
+    text = page.find_element(By.ID, "message").text
+    assert text == (
+        "The server could not accept this: session is failed: it takes no more inputs. "
+        'This session cannot continue; "Start the run" starts a new one with the same choices.'
+    )
+    page.find_element(By.ID, "submit").click()
+    wait(page, lambda b: b.find_element(By.ID, "state").text in ("complete", "failed"), timeout=120)
+    assert page.find_element(By.ID, "state").text == "complete"
+    assert page.find_element(By.ID, "session-id").text != first
+
+
+def test_a_full_disk_is_said_in_words(page: WebDriver, tmp_path: Path, fixture_images: None) -> None:
+    server = start_server(tmp_path / "full", DISK_RESERVE_BYTES="1000TiB")  # no disk has that much free
+    try:
+        open_model(page, server, "Test: copy")
+        page.find_element(By.ID, "input-input_vol").send_keys(str(write_nifti(tmp_path / "v.nii.gz", 0.1)))
+        page.find_element(By.ID, "submit").click()
+        text = message(page)
+        assert text.startswith("The server's disk is full: "), text
+        assert "DISK_RESERVE_BYTES" in text, text
+    finally:
+        stop_and_check([server])
+
+
 @pytest.mark.parametrize(("path", "rendered"), [("/docs", ".swagger-ui .opblock"), ("/redoc", "[data-section-id]")])
 def test_docs_render_from_local_files_only(
     page: WebDriver, web_server: Server, screenshots: Path, path: str, rendered: str

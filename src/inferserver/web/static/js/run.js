@@ -106,12 +106,28 @@ async function submit(event) {
     $("submit").textContent = "Start the run";
     await follow(attempt.sessionId, attempt.body);
   } catch (error) {
-    // Nothing is lost: the session keeps what was uploaded, and the button continues it.
-    const kept = attempt ? ` Files already uploaded are kept; fix this and press "Continue the run".` : "";
-    say(`${error instanceof ApiError ? error.message : `Something went wrong: ${error.message}`}${kept}`);
-    if (attempt) $("submit").textContent = "Continue the run";
+    const what = error instanceof ApiError ? error.message : `Something went wrong: ${error.message}`;
+    if (attempt && !(await stillWaiting(attempt.sessionId))) {
+      attempt = null; // cancelled, cleaned up or already queued: this session takes no more uploads
+      $("submit").textContent = "Start the run";
+      say(`${what} This session cannot continue; "Start the run" starts a new one with the same choices.`);
+    } else if (attempt) {
+      // Nothing is lost: the session keeps what was uploaded, and the button continues it.
+      $("submit").textContent = "Continue the run";
+      say(`${what} Files already uploaded are kept; fix this and press "Continue the run".`);
+    } else {
+      say(what);
+    }
   } finally {
     $("submit").disabled = false;
+  }
+}
+
+async function stillWaiting(sessionId) {
+  try {
+    return (await data(`sessions/${sessionId}`)).status === "waiting";
+  } catch {
+    return false;
   }
 }
 
