@@ -24,6 +24,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from inferserver.api.credentials import hash_password
 
 from ..conftest import REPO, TEST_MODELS
+from . import rawhttp
 from .browser import changed, differing, external, pixels, requested_urls, start_browser
 from .conftest import Server, start_server, stop_and_check, write_nifti
 from .gpu_engine import Engine, engine_fixture, start_server_on
@@ -355,6 +356,11 @@ def test_with_access_control_the_page_asks_for_credentials_and_a_non_operator_ca
     assert httpx.get(f"{operator_server.url}/ui/operator.html").status_code == 200
     refused = httpx.get(f"{operator_server.url}/models", headers={"X-Requested-With": "XMLHttpRequest"})
     assert refused.status_code == 401 and "www-authenticate" not in refused.headers
+    # The open prefix reaches the page's files only: dot segments (sent raw; clients would remove them) do not
+    # lead out of it to the API.
+    for path in (b"/ui/../models", b"/ui/%2e%2e/models", b"/ui/..%2fmodels", b"/ui/../operator/overview"):
+        raw = rawhttp.request(operator_server.url, b"GET " + path + b" HTTP/1.1\r\nHost: x")
+        assert raw.status == 404 and b'"data"' not in raw.body, (path, raw)
     page.get(f"{operator_server.url}/ui/operator.html")
     sign_in(page, ("olga", "wrong"))
     wait(page, lambda b: b.find_element(By.ID, "login-reason").text.startswith("That user name and password"))
