@@ -106,7 +106,7 @@ async def cancel_session(
 ) -> Envelope[SessionStatus]:
     if not caller.operator:
         await manager.view(session_id)  # 404 for an unknown session before anything is said about its owner
-        if caller.user is None or await manager.store.owner_of(session_id) != caller.user:
+        if caller.user is None or await manager.owner(session_id) != caller.user:
             raise ApiError(403, OPERATORS_ONLY.format(what="cancel another user's session"))
     view = await manager.cancel(session_id)
     return Envelope(data=SessionStatus(status=view.status, needed=view.needed, info=view.row.info))

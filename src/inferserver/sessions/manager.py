@@ -96,7 +96,7 @@ class SessionManager:
         if not added:  # others were created meanwhile: the serialized count is the one that decides
             shutil.rmtree(files.root, ignore_errors=True)
             raise at_capacity(self.settings.MAX_SESSIONS)
-        if owner is not None:  # before it can be queued: a cancel can never find it without its owner
+        if owner is not None:  # before the id is handed out: no cancel can find the session without its owner
             await self.store.set_owner(session_id, owner)
         if await self.store.queue_if_complete(session_id):  # a model without enabled inputs is ready at once
             self.dispatch_wakeup.notify()
@@ -239,6 +239,10 @@ class SessionManager:
         return plan.output_path(name)
 
     # -- cancellation ---------------------------------------------------------------------
+
+    async def owner(self, session_id: str) -> str | None:
+        """Who created the session (with access control on); None when nobody was recorded."""
+        return await self.store.owner_of(_valid_id(session_id))
 
     async def cancel(self, session_id: str) -> SessionView:
         """Cancel a waiting, queued or running session; it ends `failed` with info `cancelled`."""
