@@ -24,6 +24,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from inferserver.api.credentials import hash_password
 
 from ..conftest import REPO, TEST_MODELS
+from ..files import nifti_gz_like
 from . import rawhttp
 from .browser import changed, differing, external, pixels, requested_urls, start_browser
 from .conftest import Server, start_server, stop_and_check, write_nifti
@@ -258,6 +259,29 @@ def test_a_full_disk_is_said_in_words(page: WebDriver, tmp_path: Path, fixture_i
         text = message(page)
         assert text.startswith("The server's disk is full: "), text
         assert "DISK_RESERVE_BYTES" in text, text
+    finally:
+        stop_and_check([server])
+
+
+def test_an_output_too_large_for_the_browser_gets_a_message_and_a_plain_download_link(
+    page: WebDriver, tmp_path: Path, fixture_images: None
+) -> None:
+    server = start_server(tmp_path / "big")
+    try:
+        volume = tmp_path / "big.nii.gz"
+        nifti_gz_like(volume, 513)  # the copy model's output is as large: over the page's 512 MiB
+        open_model(page, server, "Test: copy")
+        page.find_element(By.ID, "input-input_vol").send_keys(str(volume))
+        page.find_element(By.ID, "submit").click()
+        wait(page, lambda b: b.find_element(By.ID, "state").text in ("complete", "failed"), timeout=300)
+        assert page.find_element(By.ID, "state").text == "complete"
+        shown = wait(page, lambda b: b.find_element(By.ID, "viewer-message").text, timeout=60)
+        assert shown == "Output Volume is 513.0 MiB: over the 512.0 MiB a browser can show. Download it instead."
+        link = page.find_element(By.CSS_SELECTOR, "#downloads a")
+        session_id = page.find_element(By.ID, "session-id").text
+        assert link.get_attribute("href") == f"{server.url}/sessions/{session_id}/outputs/output_vol"  # no blob
+        assert link.text == "Download Output Volume (output_vol.nii.gz, 513.0 MiB)"
+        assert not page.find_element(By.ID, "viewer-box").is_displayed()
     finally:
         stop_and_check([server])
 
