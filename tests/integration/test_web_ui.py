@@ -93,10 +93,6 @@ def wait(browser: WebDriver, condition: object, timeout: float = 60) -> object:
     return WebDriverWait(browser, timeout, poll_frequency=0.1).until(condition)  # type: ignore[arg-type]
 
 
-def by_id(browser: WebDriver, element_id: str) -> object:
-    return browser.find_element(By.ID, element_id)
-
-
 def open_model(browser: WebDriver, server: Server, name: str) -> None:
     browser.get(f"{server.url}/ui/")
     button = wait(browser, lambda b: b.find_element(By.CSS_SELECTOR, f"button[aria-label='Choose {name}']"))
