@@ -202,6 +202,31 @@ def test_an_upload_over_the_limit_says_so_and_the_session_continues_with_another
         assert client.get(f"/sessions/{session_id}/outputs/output_vol").content == anatomical.read_bytes()
 
 
+def test_a_queued_run_shows_its_place_in_the_queue_then_runs(
+    page: WebDriver, web_server: Server, anatomical: Path
+) -> None:
+    with web_server.client() as client:  # one run at a time (WORKER_THREADS=1): this one holds the slot
+        body = {"inputs": {}, "params": {"seconds": {"value": 120}}, "outputs": {}}
+        blocker = client.post("/models/sleep", json=body).json()["data"]["session_id"]
+        put = client.put(f"/sessions/{blocker}/inputs/input_vol", content=anatomical.read_bytes())
+        assert put.status_code == 200, put.text
+    try:
+        assert web_server.wait_status(blocker, {"working"})["status"] == "working"
+        open_model(page, web_server, "Test: sleep")
+        page.find_element(By.ID, "input-input_vol").send_keys(str(anatomical))
+        page.find_element(By.ID, "param-seconds").clear()
+        page.find_element(By.ID, "param-seconds").send_keys("0")
+        page.find_element(By.ID, "submit").click()
+        wait(page, lambda b: b.find_element(By.ID, "queue").text.startswith("Waiting, position in queue is 1"))
+        assert page.find_element(By.ID, "state").text == "ready"
+    finally:
+        with web_server.client() as client:
+            client.delete(f"/sessions/{blocker}")
+    wait(page, lambda b: b.find_element(By.ID, "state").text in ("complete", "failed"), timeout=120)
+    assert page.find_element(By.ID, "state").text == "complete"
+    assert page.find_element(By.ID, "queue").text == ""
+
+
 def test_a_failed_run_shows_its_log_and_the_reason(page: WebDriver, web_server: Server, anatomical: Path) -> None:
     open_model(page, web_server, "Test: fail")
     page.find_element(By.ID, "input-input_vol").send_keys(str(anatomical))
