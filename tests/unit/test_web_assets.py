@@ -4,6 +4,7 @@ libraries' licences, and the vendored files are the ones the lockfile pins."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -15,8 +16,13 @@ STATIC = REPO / "src" / "inferserver" / "web" / "static"
 
 
 def test_every_file_of_the_page_is_in_the_wheel(tmp_path: Path) -> None:
+    # Built from a copy: pip builds in the source tree, and the checkout must not get a build/ from a test.
+    source = tmp_path / "source"
+    shutil.copytree(REPO / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source)
     built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "-q", "-w", str(tmp_path)],
+        [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "-q", "-w", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=300,
