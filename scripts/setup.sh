@@ -143,6 +143,11 @@ step_engine_bed() {
     need_package openssl "the engine test bed makes its certificates" "command -v openssl >/dev/null"
     need_package openssh-server "the engine test bed's SSH engine" "[[ -x /usr/sbin/sshd ]]"
 }
+# The web page tests drive Debian's chromium (headless, WebGL through SwiftShader) with its chromedriver.
+step_chromium() {
+    need_package chromium "the web page tests run /ui/ in a real browser" "command -v chromium >/dev/null"
+    need_package chromium-driver "selenium drives chromium through it" "command -v chromedriver >/dev/null"
+}
 
 describe() {
     case $1 in
@@ -155,6 +160,7 @@ describe() {
         nginx) echo "Debian's nginx" ;;
         systemd) echo "Debian's systemd (systemd-analyze)" ;;
         engine_bed) echo "Debian's socat, openssl and openssh-server (the engine test bed)" ;;
+        chromium) echo "Debian's chromium and chromium-driver (the web page tests)" ;;
     esac
 }
 
@@ -164,8 +170,7 @@ wants test && steps+=(postgresql)
 steps+=(venv)
 if wants test; then steps+=(fixture_images); elif wants serve; then steps+=(copy_image); fi
 { wants serve || wants test; } && steps+=(example_images)
-wants test && steps+=(nginx systemd)
-wants test && steps+=(engine_bed)
+wants test && steps+=(nginx systemd engine_bed chromium)
 
 if [[ $plan -eq 1 ]]; then
     for step in "${steps[@]}"; do echo "$step: $(describe "$step")"; done

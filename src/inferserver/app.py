@@ -19,7 +19,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from . import __version__
-from .api import gpus, health, models, root, sessions
+from .api import gpus, health, models, operator, root, sessions, ui
 from .api.auth import HASH_THREADS, AccessControl, AuthMiddleware
 from .api.envelope import install_error_handlers, install_openapi
 from .api.requestlog import RequestLog
@@ -130,14 +130,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         generate_unique_id_function=lambda route: route.name,
         # A trailing slash is a 404 in the envelope, not a 307 whose Location is built from the client's Host.
         redirect_slashes=False,
+        # /docs and /redoc are served from vendored files by api/ui.py: FastAPI's own would load them from a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.add_middleware(AuthMiddleware)
     install_error_handlers(app)
     install_openapi(app)
     app.add_middleware(RequestLog)
-    for router in (root.router, models.router, sessions.router, health.router, gpus.router):
+    for router in (root.router, models.router, sessions.router, health.router, gpus.router, operator.router):
         app.include_router(router)
+    ui.install(app)
     return app
 
 

@@ -140,3 +140,14 @@ def test_ablinfer_cli_against_the_container_copies_byte_for_byte(container: tupl
     # The session's files are in the mounted volume, written by the image's user.
     (session_dir,) = [p for p in server.session_path.iterdir() if p.is_dir()]
     assert session_dir.stat().st_uid == IMAGE_UID
+
+
+def test_the_image_serves_the_web_page_and_its_vendored_libraries(container: tuple[Server, str]) -> None:
+    server, _ = container
+    static = REPO / "src" / "inferserver" / "web" / "static"
+    with server.client() as client:
+        for relative in ("index.html", "operator.html", "js/run.js", "vendor/niivue/niivue.umd.js"):
+            served = client.get(f"/ui/{relative}")
+            assert served.status_code == 200, relative
+            assert served.content == (static / relative).read_bytes(), relative
+        assert "ui/vendor/swagger-ui/swagger-ui-bundle.js" in client.get("/docs").text

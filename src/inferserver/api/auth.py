@@ -32,7 +32,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..config import Settings
 from ..observability.logs import printable
-from .credentials import CredentialsError, Tokens, Users, file_stamp, load_tokens, load_users
+from .credentials import CredentialsError, Tokens, Users, file_stamp, hash_token, load_tokens, load_users
+from .identity import NOBODY, SCOPE_KEY, Identity, token_identity
 from .ratelimit import FailureLimiter
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,9 @@ HASH_THREADS = 1  # one core at most for password checks, whatever the number of
 # connection instead of thousands, which would otherwise take the event loop's time from real transfers.
 LIMITED_DELAY = 1.0
 OPEN_PATHS = frozenset({"/healthz"})  # answers only "ok": a liveness probe (Docker HEALTHCHECK) needs no secret
+# The web page's own files (HTML, CSS, JavaScript, vendored libraries) hold no data: the page must load to ask for
+# credentials itself, then sends them with every API call.
+OPEN_PREFIX = "/ui/"
 
 C = TypeVar("C", Users, Tokens)
 
@@ -73,9 +77,14 @@ class _Watched(Generic[C]):
 class Verdict:
     allowed: bool
     retry_after: int | None = None  # set when the address is refused for too many failures (429)
+    identity: Identity = NOBODY  # who was let in
 
 
-ALLOWED, REFUSED = Verdict(True), Verdict(False)
+REFUSED = Verdict(False)
+
+
+def _user(users: Users, user: str) -> Verdict:
+    return Verdict(True, identity=Identity(user, operator=users.is_operator(user)))
 
 
 class AccessControl:
@@ -105,10 +114,10 @@ class AccessControl:
             return REFUSED  # no credential at all (a browser's first try): costs nothing, counts for nothing
         scheme, value = scheme.lower(), value.strip()
         if scheme == "bearer" and tokens is not None and tokens.verify(value):
-            return ALLOWED
+            return Verdict(True, identity=token_identity(hash_token(value)))
         credential = _basic(value) if scheme == "basic" and users is not None else None
-        if credential is not None and self._remembered(credential):
-            return ALLOWED
+        if credential is not None and users is not None and self._remembered(credential):
+            return _user(users, credential[0])
         if (retry_after := self.limiter.retry_after(address)) is not None:
             return Verdict(False, retry_after)
         if self.limiter.fail(address):  # counts until proven good: concurrent guesses cannot pass the limit
@@ -125,7 +134,7 @@ class AccessControl:
             return REFUSED
         self.limiter.succeeded(address)
         self._remember(credential)
-        return ALLOWED
+        return _user(users, credential[0])
 
     def _key(self, credential: tuple[str, str]) -> bytes:
         # Only successes are remembered, keyed by a digest of the file's version and the credential:
@@ -159,7 +168,7 @@ def _open(scope: Scope) -> bool:
     root: str = scope.get("root_path", "")
     if root and path.startswith(root):  # Starlette includes root_path in path when one is set
         path = path[len(root) :]
-    return scope["method"] == "GET" and path in OPEN_PATHS
+    return scope["method"] == "GET" and (path in OPEN_PATHS or path == OPEN_PREFIX[:-1] or path.startswith(OPEN_PREFIX))
 
 
 class AuthMiddleware:
@@ -184,6 +193,7 @@ class AuthMiddleware:
             await _answer(send, 503, "access control is misconfigured on the server; see its log")
             return
         if verdict.allowed:
+            scope[SCOPE_KEY] = verdict.identity
             await self.app(scope, receive, send)
         elif verdict.retry_after is not None:
             await asyncio.sleep(LIMITED_DELAY)
@@ -195,13 +205,18 @@ class AuthMiddleware:
                 retry_after=verdict.retry_after,
             )
         else:
-            await _answer(send, 401, "invalid credentials" if authorization else "authentication required")
+            # The web page asks for credentials itself: a challenge would make the browser pop up its own dialog.
+            challenge = (b"x-requested-with", b"XMLHttpRequest") not in scope["headers"]
+            detail = "invalid credentials" if authorization else "authentication required"
+            await _answer(send, 401, detail, challenge=challenge)
 
 
-async def _answer(send: Send, status: int, detail: str, retry_after: int | None = None) -> None:
+async def _answer(
+    send: Send, status: int, detail: str, retry_after: int | None = None, *, challenge: bool = True
+) -> None:
     body = json.dumps({"errors": [{"detail": detail}]}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if status == 401:
+    if status == 401 and challenge:
         headers.append((b"www-authenticate", REALM.encode()))
     if retry_after is not None:
         headers.append((b"retry-after", str(retry_after).encode()))

@@ -96,9 +96,16 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+OPERATOR_FLAG = "operator"  # `user:hash:operator` in AUTH_USERS_FILE: the operator view, cancelling others' runs
+
+
 @dataclass(frozen=True)
 class Users:
     hashes: dict[str, PasswordHash]
+    operators: frozenset[str] = frozenset()
+
+    def is_operator(self, user: str) -> bool:
+        return user in self.operators
 
     def verify(self, user: str, password: str) -> bool:
         """Same work whether or not the user exists; never says which part was wrong."""
@@ -135,19 +142,29 @@ def _lines(path: Path) -> list[tuple[int, str]]:
 
 
 def load_users(path: Path) -> Users:
-    """`user:hash` lines; blank lines and `#` comments are skipped."""
+    """`user:hash` or `user:hash:operator` lines; blank lines and `#` comments are skipped.
+
+    Neither hash format contains a colon, so a third field cannot be confused with part of the hash."""
     hashes: dict[str, PasswordHash] = {}
+    operators: set[str] = set()
     for number, line in _lines(path):
-        user, sep, encoded = line.partition(":")
+        user, sep, rest = line.partition(":")
         if not sep or not user:
             raise CredentialsError(f"{path} line {number}: expected user:hash (see `inferserver hash-password`)")
         if user in hashes:
             raise CredentialsError(f"{path} line {number}: user {user!r} appears twice")
+        encoded, flagged, flag = rest.partition(":")
+        if flagged and flag.strip() != OPERATOR_FLAG:
+            raise CredentialsError(
+                f"{path} line {number} (user {user!r}): the field after the hash may only be {OPERATOR_FLAG!r}"
+            )
         try:
             hashes[user] = PasswordHash.parse(encoded)
         except ValueError as exc:
             raise CredentialsError(f"{path} line {number} (user {user!r}): {exc}") from None
-    return Users(hashes)
+        if flagged:
+            operators.add(user)
+    return Users(hashes, frozenset(operators))
 
 
 def load_tokens(path: Path) -> Tokens:

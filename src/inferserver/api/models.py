@@ -15,6 +15,7 @@ from ..volumes.sniff import check_filetype
 from . import deps
 from .bodies import CHECK_TYPES, BoundedJsonRoute, require_media_type
 from .envelope import ApiError, Envelope, error_responses
+from .identity import Identity, identity
 from .paths import InputName, ModelId, shown
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -65,8 +66,10 @@ async def get_model(model_id: ModelId, directory: Models) -> dict[str, Any]:
     return {"data": spec_of(directory, model_id).wire()}
 
 
-async def create_session(model_id: ModelId, body: SessionRequest, manager: Sessions) -> Envelope[SessionCreated]:
-    return Envelope(data=SessionCreated(session_id=await manager.create(model_id, body)))
+async def create_session(
+    model_id: ModelId, body: SessionRequest, manager: Sessions, caller: Annotated[Identity, Depends(identity)]
+) -> Envelope[SessionCreated]:
+    return Envelope(data=SessionCreated(session_id=await manager.create(model_id, body, owner=caller.user)))
 
 
 # Added by hand: only add_api_route takes a route class, and this route bounds its JSON body.

@@ -20,6 +20,7 @@ from ..volumes.errors import ConversionError, ConversionNoSpace, ConversionTooLa
 from . import accel, deps
 from .bodies import UPLOAD_TYPES, require_media_type
 from .envelope import ApiError, Envelope, error_responses
+from .identity import OPERATORS_ONLY, Identity, identity
 from .multipart import file_part, is_multipart
 from .paths import InputName, OutputName, SessionId
 
@@ -95,10 +96,18 @@ async def get_session(session_id: SessionId, manager: Sessions) -> Envelope[Sess
 @router.delete(
     "/{session_id}",
     response_model=Envelope[SessionStatus],
-    responses=error_responses(404, 409, 507),
+    responses=error_responses(403, 404, 409, 507),
     summary="Cancel a waiting, queued or running session (it ends failed, info `cancelled`)",
+    description="With access control on, a user may cancel the sessions they created; an operator any session "
+    "(403 otherwise).",
 )
-async def cancel_session(session_id: SessionId, manager: Sessions) -> Envelope[SessionStatus]:
+async def cancel_session(
+    session_id: SessionId, manager: Sessions, caller: Annotated[Identity, Depends(identity)]
+) -> Envelope[SessionStatus]:
+    if not caller.operator:
+        await manager.view(session_id)  # 404 for an unknown session before anything is said about its owner
+        if caller.user is None or await manager.owner(session_id) != caller.user:
+            raise ApiError(403, OPERATORS_ONLY.format(what="cancel another user's session"))
     view = await manager.cancel(session_id)
     return Envelope(data=SessionStatus(status=view.status, needed=view.needed, info=view.row.info))
 

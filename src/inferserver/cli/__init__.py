@@ -83,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
         "`user:scrypt$...` line for AUTH_USERS_FILE.",
     )
     password.add_argument("user", help="the user name (no colon)")
+    password.add_argument(
+        "--operator",
+        action="store_true",
+        help="mark the user an operator (`user:hash:operator`): the web page's operator view, and cancelling "
+        "other users' sessions",
+    )
     token = commands.add_parser(
         "hash-token",
         help="print a new API token and its line for AUTH_TOKENS_FILE",
@@ -111,7 +117,7 @@ def hash_password_line(args: argparse.Namespace) -> int:
     if not password:
         print("inferserver: empty password refused", file=sys.stderr)
         return 1
-    print(f"{args.user}:{hash_password(password)}")
+    print(f"{args.user}:{hash_password(password)}" + (":operator" if args.operator else ""))
     return 0
 
 

@@ -58,7 +58,7 @@ class SessionManager:
 
     # -- creation and lookup -------------------------------------------------------------
 
-    async def create(self, model_id: str, request: SessionRequest) -> str:
+    async def create(self, model_id: str, request: SessionRequest, owner: str | None = None) -> str:
         loaded = self.models.models.get(model_id)
         if loaded is None:
             raise NotFound(f"unknown model {model_id!r}")
@@ -96,6 +96,8 @@ class SessionManager:
         if not added:  # others were created meanwhile: the serialized count is the one that decides
             shutil.rmtree(files.root, ignore_errors=True)
             raise at_capacity(self.settings.MAX_SESSIONS)
+        if owner is not None:  # before the id is handed out: no cancel can find the session without its owner
+            await self.store.set_owner(session_id, owner)
         if await self.store.queue_if_complete(session_id):  # a model without enabled inputs is ready at once
             self.dispatch_wakeup.notify()
         logger.info("session %s created for model %s", session_id, model_id)
@@ -237,6 +239,10 @@ class SessionManager:
         return plan.output_path(name)
 
     # -- cancellation ---------------------------------------------------------------------
+
+    async def owner(self, session_id: str) -> str | None:
+        """Who created the session (with access control on); None when nobody was recorded."""
+        return await self.store.owner_of(_valid_id(session_id))
 
     async def cancel(self, session_id: str) -> SessionView:
         """Cancel a waiting, queued or running session; it ends `failed` with info `cancelled`."""

@@ -102,6 +102,15 @@ class QueueSlot(Base):
     starts_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
+class SessionOwner(Base):
+    """Who created a session, when access control was on: non-operators may cancel only their own."""
+
+    __tablename__ = "session_owners"
+
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True)
+    user: Mapped[str] = mapped_column(String(300))
+
+
 @dataclass(frozen=True)
 class SessionView:
     """What one read of a session returns: its row and its inputs still needed."""
@@ -222,6 +231,7 @@ class Store:
             await db.execute(delete(QueueSlot).where(QueueSlot.session_id == session_id))
             await db.execute(delete(GpuHold).where(GpuHold.session_id == session_id))
             await db.execute(delete(InputRow).where(InputRow.session_id == session_id))
+            await db.execute(delete(SessionOwner).where(SessionOwner.session_id == session_id))
             await db.execute(delete(SessionRow).where(SessionRow.id == session_id))
 
     async def with_status(self, *statuses: Status) -> list[SessionRow]:
@@ -239,6 +249,34 @@ class Store:
             counts = {s: 0 for s in Status}
             counts.update({Status(status): n for status, n in rows})
             return counts
+
+    async def recent_final(self, limit: int) -> list[SessionRow]:
+        """The latest complete and failed sessions, newest first (the operator view's history)."""
+        async with self.sessionmaker() as db:
+            rows = await db.scalars(
+                select(SessionRow)
+                .where(SessionRow.status.in_([Status.COMPLETE.value, Status.FAILED.value]))
+                .order_by(SessionRow.finished.desc(), SessionRow.updated.desc())
+                .limit(limit)
+            )
+            return list(rows)
+
+    # -- owners -----------------------------------------------------------------------------
+
+    async def set_owner(self, session_id: str, user: str) -> None:
+        async with self._write(visible=False) as db:
+            db.add(SessionOwner(session_id=session_id, user=user))
+
+    async def owner_of(self, session_id: str) -> str | None:
+        return (await self.owners([session_id])).get(session_id)
+
+    async def owners(self, session_ids: list[str]) -> dict[str, str]:
+        """Session id -> its creator, for the sessions that have one recorded."""
+        async with self.sessionmaker() as db:
+            rows = await db.execute(
+                select(SessionOwner.session_id, SessionOwner.user).where(SessionOwner.session_id.in_(session_ids))
+            )
+            return {sid: user for sid, user in rows}
 
     # -- the queue --------------------------------------------------------------------------
 
@@ -267,6 +305,12 @@ class Store:
                 )
             )
             return QueuePlace(int(ahead or 0) + 1)
+
+    async def forecast(self) -> dict[str, QueuePlace]:
+        """The dispatcher's whole forecast at once (the operator view shows every queued session)."""
+        async with self.sessionmaker() as db:
+            slots = await db.scalars(select(QueueSlot))
+            return {slot.session_id: QueuePlace(slot.position, slot.starts_at) for slot in slots}
 
     async def set_forecast(self, places: dict[str, QueuePlace]) -> None:
         """Replace the whole forecast (the queue is short; one transaction keeps readers consistent)."""
