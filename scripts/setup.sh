@@ -135,6 +135,10 @@ step_nginx() {
         "command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]]"
 }
 step_systemd() { need_package systemd "systemd-analyze checks the shipped unit" "command -v systemd-analyze >/dev/null"; }
+# The two-host tests cut a host off from PostgreSQL without a FIN by dropping its packets.
+step_iptables() {
+    need_package iptables "the two-host tests drop a vanished host's packets" "command -v iptables >/dev/null"
+}
 
 describe() {
     case $1 in
@@ -146,6 +150,7 @@ describe() {
         example_images) echo "the example images inferserver-example/*:1 and their Debian base (examples/build.sh)" ;;
         nginx) echo "Debian's nginx" ;;
         systemd) echo "Debian's systemd (systemd-analyze)" ;;
+        iptables) echo "Debian's iptables" ;;
     esac
 }
 
@@ -156,6 +161,7 @@ steps+=(venv)
 if wants test; then steps+=(fixture_images); elif wants serve; then steps+=(copy_image); fi
 { wants serve || wants test; } && steps+=(example_images)
 wants test && steps+=(nginx systemd)
+wants test && steps+=(iptables)
 
 if [[ $plan -eq 1 ]]; then
     for step in "${steps[@]}"; do echo "$step: $(describe "$step")"; done

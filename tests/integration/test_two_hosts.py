@@ -7,8 +7,10 @@ The session directory is a plain directory both servers use: this machine's kern
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -22,6 +24,8 @@ from pathlib import Path
 import httpx
 import pytest
 import requests
+
+from inferserver.scheduling.leadership import LOCK_RETRY, TAKEOVER_GRACE
 
 from .conftest import (
     SESSION_LABEL,
@@ -58,11 +62,14 @@ class Hosts:
     extra: list[Server] = field(default_factory=list)
 
     def psql(self, sql: str) -> list[list[str]]:
-        database = self.database_url.rsplit("/", 1)[1]
-        pg = self.pg
-        result = pg.run("psql", "-h", str(pg.root), "-p", str(pg.port), "-U", USER, "-d", database, "-Atc", sql)
-        assert result.returncode == 0, result.stderr
-        return [line.split("|") for line in result.stdout.splitlines()]
+        return psql(self.pg, self.database_url, sql)
+
+
+def psql(pg: Postgres, database_url: str, sql: str) -> list[list[str]]:
+    database = database_url.rsplit("/", 1)[1]
+    result = pg.run("psql", "-h", str(pg.root), "-p", str(pg.port), "-U", USER, "-d", database, "-Atc", sql)
+    assert result.returncode == 0, result.stderr
+    return [line.split("|") for line in result.stdout.splitlines()]
 
 
 def start_host(tmp: Path, name: str, session_path: Path, database_url: str, workers: int = 2) -> Server:
@@ -289,6 +296,81 @@ def test_a_session_made_on_one_host_takes_its_input_on_a_second_and_gives_its_ou
         output = client.get(f"/sessions/{sid}/outputs/output_vol")
     assert output.status_code == 200 and output.content == source.read_bytes()
     stop_server(third)
+
+
+def test_hosts_with_lock_files_of_their_own_still_have_one_dispatcher(
+    postgres: Postgres, tmp_path: Path, fixture_images: None
+) -> None:
+    """Each host its own SESSION_PATH (so its own flock file), one database: PostgreSQL alone keeps them apart."""
+    database_url = postgres.create_database()
+    servers = [start_host(tmp_path, name, tmp_path / name / "own", database_url, workers=1) for name in ("a", "b")]
+    try:
+        the_leader(servers)
+        time.sleep(LOCK_RETRY + TAKEOVER_GRACE + 1)  # a second one would have said so by now
+        leader, _ = the_leader(servers, timeout=0)
+        roles = {}
+        for server in servers:
+            with server.client() as client:
+                roles[server.url] = client.get("/readyz").json()["data"]["dispatch"]
+        standby = next(server for server in servers if server is not leader)
+        assert roles == {leader.url: "dispatcher", standby.url: "standby"}
+        assert not [p for server in servers for p in server.session_path.glob(".dispatch.lock")]
+    finally:
+        stop_and_check(servers)
+
+
+def lock_holder(pg: Postgres, database_url: str) -> tuple[int, int]:
+    """The backend pid and client port of the dispatch lock's connection."""
+    rows = psql(pg, database_url, LOCK_HOLDER)
+    assert len(rows) == 1, rows
+    return int(rows[0][0]), int(rows[0][1])
+
+
+def iptables(action: str, port: int) -> None:
+    """Drop (-I) or stop dropping (-D) every packet to and from a local TCP port: a peer gone without a FIN."""
+    binary = shutil.which("iptables")
+    if binary is None:
+        pytest.fail("iptables is missing: scripts/setup.sh installs Debian's iptables (the test drops packets)")
+    for side in ("--sport", "--dport"):
+        subprocess.run([binary, action, "INPUT", "-i", "lo", "-p", "tcp", side, str(port), "-j", "DROP"], check=True)
+
+
+def test_a_standby_takes_over_within_30_s_when_the_leaders_host_vanishes(
+    postgres: Postgres, tmp_path: Path, fixture_images: None
+) -> None:
+    """The leader's processes stopped (SIGSTOP) and its lock connection's packets dropped: no FIN, no RST, the
+    kernel acknowledges nothing. PostgreSQL's keepalives end the session; the standby takes the lock. The old
+    leader, woken again, starts nothing and gives up."""
+    database_url = postgres.create_database()
+    shared = tmp_path / "shared"
+    servers = [start_host(tmp_path, name, shared, database_url, workers=1) for name in ("a", "b")]
+    leader, _ = the_leader(servers)
+    standby = next(server for server in servers if server is not leader)
+    old_backend, port = lock_holder(postgres, database_url)
+    stopped = [leader.process.pid, *children(leader.process.pid)]
+    iptables("-I", port)
+    try:
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        vanished = time.monotonic()
+        the_leader([standby], timeout=30)
+        took_over = time.monotonic() - vanished
+        # The old leader wakes up still holding (as far as it knows) the lock: it must stop, not dispatch.
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+        deadline = time.monotonic() + 10
+        while not STOPS.search(leader.output()):
+            assert time.monotonic() < deadline, "the old leader did not stop dispatching within 10 s of waking"
+            time.sleep(0.1)
+        assert lock_holder(postgres, database_url)[0] != old_backend  # the vanished session's lock is gone
+        assert [server for server in servers if leading_pids(server)] == [standby]
+    finally:
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        iptables("-D", port)
+        stop_and_check(servers)
+    print(f"standby took over {took_over:.1f} s after the leader's host vanished")
 
 
 def test_twelve_runs_survive_the_leaders_kill_and_the_next_leaders_lost_connection(

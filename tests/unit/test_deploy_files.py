@@ -122,7 +122,7 @@ SITE = REPO / "deploy" / "nginx" / "inferserver.conf"
 
 def site_directives(name: str) -> list[str]:
     """The arguments of every uncommented `name` directive in the shipped site."""
-    return re.findall(rf"^\s*{name}\s+([^;]*);", SITE.read_text(), re.M)
+    return re.findall(rf"^\s*{name}\s+([^;{{]*);", SITE.read_text(), re.M)
 
 
 def test_the_upstream_leaves_a_failed_host_alone_for_a_while() -> None:
