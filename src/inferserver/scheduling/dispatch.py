@@ -109,7 +109,11 @@ class Dispatcher:
     async def run_forever(self) -> None:
         """Wait to lead; lead until leadership is lost (then wait again) or the process stops."""
         while True:
-            await self.leadership.acquire()
+            try:
+                await self.leadership.acquire()
+            except asyncio.CancelledError:  # shutting down while waiting: the waiting connection goes too
+                await self.leadership.release()
+                raise
             logger.info("this process dispatches runs (pid %d)", os.getpid())
             try:
                 leading = asyncio.create_task(self._lead(), name="inferserver-leading")

@@ -115,6 +115,9 @@ class SessionView:
         return Status(self.row.status)
 
 
+SCHEMA_LOCK_KEY = 0x696E66657273  # any constant other than the dispatch lock's (scheduling/leadership.py)
+
+
 def default_url(session_path: str) -> str:
     return f"sqlite+aiosqlite:///{session_path}/inferserver.db"
 
@@ -137,6 +140,9 @@ class Store:
 
     async def create_schema(self) -> None:
         async with self.engine.begin() as conn:
+            if self.engine.dialect.name == "postgresql":
+                # Hosts starting together: the file lock around this (app.create_schema) is one host's only.
+                await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
             await conn.run_sync(Base.metadata.create_all)
 
     async def close(self) -> None:
