@@ -45,9 +45,14 @@ from .test_deploy_nginx import Nginx, start_nginx, stop_nginx
 LEADS = re.compile(r"this process dispatches runs \(pid (\d+)\)")
 STOPS = re.compile(r"this process stops dispatching: .* \(pid (\d+)\)")
 HOST_SETTINGS = {"WORKER_THREADS": "4"}
+FEEDS = (
+    "SELECT {what} FROM pg_stat_activity WHERE application_name = 'inferserver-changes' "
+    "AND datname = current_database()"
+)
 LOCK_HOLDER = (
     "SELECT a.pid, a.client_port FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-    "WHERE l.locktype = 'advisory' AND l.granted AND a.application_name = 'inferserver-dispatch-lock'"
+    "WHERE l.locktype = 'advisory' AND l.granted AND a.application_name = 'inferserver-dispatch-lock' "
+    "AND a.datname = current_database()"  # pg_locks is the whole cluster's; other tests have databases of their own
 )
 
 
@@ -263,15 +268,14 @@ def test_status_answers_are_fresh_while_change_announcements_are_cut(hosts: Host
     with one.client() as client_one, two.client() as client_two:
         sid = client_one.post("/models/sleep", json={}).json()["data"]["session_id"]
         assert client_two.get(f"/sessions/{sid}").json()["data"]["status"] == "waiting"
-        cut = hosts.psql(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'inferserver-changes'"
-        )
+        cut = hosts.psql(FEEDS.format(what="pg_terminate_backend(pid)"))
         assert len(cut) == 4, cut  # one per worker process, two per host
         assert client_one.delete(f"/sessions/{sid}").status_code == 200
         # At once, not after a reconnect: every worker of host 2 reads the database while it hears nothing.
         assert [client_two.get(f"/sessions/{sid}").json()["data"]["status"] for _ in range(6)] == ["failed"] * 6
     deadline = time.monotonic() + 10
-    while len(hosts.psql("SELECT pid FROM pg_stat_activity WHERE application_name = 'inferserver-changes'")) < 4:
+    feeds = FEEDS.format(what="pid")
+    while len(hosts.psql(feeds)) < 4:
         assert time.monotonic() < deadline, "the change feeds did not reconnect within 10 s"
         time.sleep(0.1)
     assert "no change announcements from PostgreSQL" in one.output() + two.output()
@@ -344,12 +348,15 @@ def test_a_standby_takes_over_within_30_s_when_the_leaders_host_vanishes(
     database_url = postgres.create_database()
     shared = tmp_path / "shared"
     servers = [start_host(tmp_path, name, shared, database_url, workers=1) for name in ("a", "b")]
-    leader, _ = the_leader(servers)
-    standby = next(server for server in servers if server is not leader)
-    old_backend, port = lock_holder(postgres, database_url)
-    stopped = [leader.process.pid, *children(leader.process.pid)]
-    iptables("-I", port)
+    stopped: list[int] = []
+    dropped: int | None = None
     try:
+        leader, _ = the_leader(servers)
+        standby = next(server for server in servers if server is not leader)
+        old_backend, port = lock_holder(postgres, database_url)
+        stopped = [leader.process.pid, *children(leader.process.pid)]
+        iptables("-I", port)
+        dropped = port
         for pid in stopped:
             os.kill(pid, signal.SIGSTOP)
         vanished = time.monotonic()
@@ -368,17 +375,26 @@ def test_a_standby_takes_over_within_30_s_when_the_leaders_host_vanishes(
         for pid in stopped:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
-        iptables("-D", port)
+        if dropped is not None:
+            iptables("-D", dropped)
         stop_and_check(servers)
     print(f"standby took over {took_over:.1f} s after the leader's host vanished")
 
 
+@pytest.fixture
+def starts() -> Iterator[StartCounter]:
+    counter = StartCounter()
+    yield counter
+    if counter.process.poll() is None:  # the test failed before it counted
+        counter.process.kill()
+        counter.process.wait()
+
+
 def test_twelve_runs_survive_the_leaders_kill_and_the_next_leaders_lost_connection(
-    hosts: Hosts, tmp_path: Path
+    hosts: Hosts, tmp_path: Path, starts: StartCounter
 ) -> None:
     leader, _ = the_leader(hosts.servers)
     survivor = next(server for server in hosts.servers if server is not leader)
-    starts = StartCounter()
     remotes = [ReconnectingRemote({"base_url": hosts.nginx.url}) for _ in range(12)]
     sources = [write_nifti(tmp_path / f"in{n}.nii.gz", 0.05, seed=n) for n in range(12)]
     outputs = [tmp_path / f"out{n}.nii.gz" for n in range(12)]
