@@ -287,8 +287,12 @@ class Dispatcher:
         log = SessionLog(plan.files.log, self.signals, row.id)
 
         async def started(container_id: str) -> None:
-            await self.store.update(
-                row.id, container_id=container_id, info="running", log_offset=plan.files.log.stat().st_size
+            # Shielded: a leader that stops now (DETACH) still records its container, so the next leader
+            # re-attaches it rather than re-queueing the run and removing the container as an orphan.
+            await asyncio.shield(
+                self.store.update(
+                    row.id, container_id=container_id, info="running", log_offset=plan.files.log.stat().st_size
+                )
             )
             self.signals.notify(row.id)
 
