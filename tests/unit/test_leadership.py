@@ -6,6 +6,7 @@ unit test; the two-host integration tests (tests/integration/test_two_hosts.py) 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -167,3 +168,92 @@ async def test_the_flock_is_one_leader_per_session_directory(tmp_path: Path) -> 
     await asyncio.wait_for(waiting, 1)
     assert two.leading
     await two.release()
+
+
+class Lead:
+    """A leadership the test takes away."""
+
+    def __init__(self) -> None:
+        self.acquired = 0
+        self.released = 0
+        self._lost: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def acquire(self) -> None:
+        self.acquired += 1
+        self._lost = asyncio.get_running_loop().create_future()
+
+    async def lost(self) -> str:
+        return await asyncio.shield(self._lost)
+
+    async def release(self) -> None:
+        self.released += 1
+
+    @property
+    def leading(self) -> bool:
+        return not self._lost.done()
+
+    def sure(self) -> bool:
+        return self.leading
+
+    def take_away(self, reason: str) -> None:
+        self._lost.set_result(reason)
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    async with asyncio.timeout(5):
+        while not condition():  # noqa: ASYNC110  # state of the code under test: it has no event to wait on
+            await asyncio.sleep(0.001)
+
+
+async def test_a_dispatcher_that_loses_its_lead_stops_mid_step_detaches_its_runs_and_waits_again(
+    tmp_path: Path, clean_env: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    from types import SimpleNamespace
+
+    from inferserver.config import load_settings
+    from inferserver.runner.execute import DETACH
+    from inferserver.scheduling.dispatch import Dispatcher
+    from inferserver.sessions.state import Signal, Signals
+
+    settings = load_settings(SESSION_PATH=tmp_path, MODEL_PATH=tmp_path)
+    manager = SimpleNamespace(signals=Signals(), dispatch_wakeup=Signal())
+    dispatcher = Dispatcher(settings, None, manager, None, None)  # type: ignore[arg-type]  # only the loop runs
+    lead = Lead()
+    dispatcher.leadership = lead
+    steps: list[str] = []
+    hold = asyncio.Event()
+
+    async def recover() -> None:
+        steps.append("recover")
+
+    async def step() -> None:
+        steps.append("step")
+        await hold.wait()  # a step in progress when the lead goes
+        steps.append("stepped")
+
+    detached: list[object] = []
+
+    async def run() -> None:
+        try:
+            await asyncio.Future()
+        except asyncio.CancelledError as exc:
+            detached.append(exc.args)
+            raise
+
+    dispatcher.recover = recover  # type: ignore[method-assign]
+    dispatcher.step = step  # type: ignore[method-assign]
+    running = asyncio.create_task(dispatcher.run_forever())
+    await until(lambda: steps == ["recover", "step"])
+    dispatcher.running["s1"] = asyncio.create_task(run())
+    await asyncio.sleep(0)
+    lead.take_away("its connection to PostgreSQL was closed")
+    await until(lambda: lead.acquired == 2)
+    assert detached == [(DETACH,)]  # left running for the next leader, not stopped
+    assert lead.released == 1
+    assert "stepped" not in steps  # the step was cancelled, not finished
+    assert "this process stops dispatching: its connection to PostgreSQL was closed" in caplog.text
+    await until(lambda: steps.count("recover") == 2)  # leading again starts as after a restart
+    running.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await running
+    assert lead.released == 2
