@@ -37,11 +37,13 @@ from .conftest import (
     start_server,
     stop_and_check,
     stop_server,
+    stream_log,
     write_nifti,
 )
 from .postgres import USER, Postgres
 from .test_deploy_nginx import Nginx, start_nginx, stop_nginx
 
+OCTET = {"Content-Type": "application/octet-stream"}
 LEADS = re.compile(r"this process dispatches runs \(pid (\d+)\)")
 STOPS = re.compile(r"this process stops dispatching: .* \(pid (\d+)\)")
 HOST_SETTINGS = {"WORKER_THREADS": "4"}
@@ -300,6 +302,31 @@ def test_a_session_made_on_one_host_takes_its_input_on_a_second_and_gives_its_ou
         output = client.get(f"/sessions/{sid}/outputs/output_vol")
     assert output.status_code == 200 and output.content == source.read_bytes()
     stop_server(third)
+
+
+def test_a_log_reader_on_another_host_follows_the_log_as_it_grows(hosts: Hosts, tmp_path: Path) -> None:
+    """Each line reaches a reader on the standby host within a second of a reader on the host that runs it."""
+    leader, _ = the_leader(hosts.servers)
+    standby = next(server for server in hosts.servers if server is not leader)
+    source = write_nifti(tmp_path / "in.nii.gz", 0.05)
+    body = {"params": {"count": {"value": 8}, "delay": {"value": 0.5}}}
+    with leader.client() as client:
+        sid = client.post("/models/lines", json=body).json()["data"]["session_id"]
+        with source.open("rb") as stream:
+            client.put(f"/sessions/{sid}/inputs/input_vol", content=stream, headers=OCTET).raise_for_status()
+    # Opened as the run starts (a waiting session has no log to follow); each reads the file from its start.
+    with ThreadPoolExecutor(2) as readers:
+        near, far = (readers.submit(stream_log, server.url, sid) for server in (leader, standby))
+        near_lines, far_lines = near.result(60)[1], far.result(60)[1]
+
+    def arrivals(lines: list[tuple[float, bytes]]) -> dict[bytes, float]:
+        return {line: at for at, line in lines if line.startswith(b"line ")}
+
+    near_at, far_at = arrivals(near_lines), arrivals(far_lines)
+    assert list(far_at) == list(near_at) == [f"line {n}".encode() for n in range(1, 9)]
+    lags = [far_at[line] - near_at[line] for line in near_at]
+    assert max(lags) < 1.0, lags
+    print(f"the other host's reader lagged {[round(lag * 1000) for lag in lags]} ms")
 
 
 def test_hosts_with_lock_files_of_their_own_still_have_one_dispatcher(
