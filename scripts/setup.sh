@@ -148,6 +148,10 @@ step_chromium() {
     need_package chromium "the web page tests run /ui/ in a real browser" "command -v chromium >/dev/null"
     need_package chromium-driver "selenium drives chromium through it" "command -v chromedriver >/dev/null"
 }
+# The two-host tests cut a host off from PostgreSQL without a FIN by dropping its packets.
+step_iptables() {
+    need_package iptables "the two-host tests drop a vanished host's packets" "command -v iptables >/dev/null"
+}
 
 describe() {
     case $1 in
@@ -161,6 +165,7 @@ describe() {
         systemd) echo "Debian's systemd (systemd-analyze)" ;;
         engine_bed) echo "Debian's socat, openssl and openssh-server (the engine test bed)" ;;
         chromium) echo "Debian's chromium and chromium-driver (the web page tests)" ;;
+        iptables) echo "Debian's iptables" ;;
     esac
 }
 
@@ -170,7 +175,7 @@ wants test && steps+=(postgresql)
 steps+=(venv)
 if wants test; then steps+=(fixture_images); elif wants serve; then steps+=(copy_image); fi
 { wants serve || wants test; } && steps+=(example_images)
-wants test && steps+=(nginx systemd engine_bed chromium)
+wants test && steps+=(nginx systemd engine_bed chromium iptables)
 
 if [[ $plan -eq 1 ]]; then
     for step in "${steps[@]}"; do echo "$step: $(describe "$step")"; done

@@ -27,11 +27,13 @@ from .config import Settings, load_settings
 from .observability.logs import configure_logging
 from .observability.metrics import Metrics
 from .observability.readiness import Readiness
+from .pgconn import is_postgres
 from .runner.docker import DockerBackend
 from .runner.execute import Runner
 from .scheduling.dispatch import Dispatcher
 from .scheduling.runlimits import limits_for
 from .serving.fdlimit import raise_open_file_limit
+from .sessions.changefeed import ChangeFeed, process_name
 from .sessions.changes import ChangeToken
 from .sessions.manager import SessionManager
 from .sessions.state import Signals
@@ -66,8 +68,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await asyncio.to_thread(convert.available)
     settings.SESSION_PATH.mkdir(parents=True, exist_ok=True)
     # Every worker process maps the same change token: status answers are cached under it (sessions/changes.py).
-    changes = ChangeToken(settings.SESSION_PATH / ".changes")
-    store = Store(settings.DATABASE_URL or default_url(str(settings.SESSION_PATH)), changes)
+    # With PostgreSQL the hosts share SESSION_PATH, where an mmap is not coherent: each process keeps its own
+    # token and learns of changes made elsewhere from PostgreSQL's notifications (sessions/changefeed.py).
+    shared_database = is_postgres(settings.DATABASE_URL)
+    changes = ChangeToken(None if shared_database else settings.SESSION_PATH / ".changes")
+    me = process_name()
+    store = Store(
+        settings.DATABASE_URL or default_url(str(settings.SESSION_PATH)), changes, me if shared_database else None
+    )
     await create_schema(store, settings.SESSION_PATH)
     backend = DockerBackend()
     runner = Runner(backend, settings.runner_gpu_mode, settings.CONTAINER_NETWORK)
@@ -89,7 +97,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.metrics = metrics
     app.state.gpu_requests_on = lambda: bool(settings.gpu_pool) or runner.gpu_requests_on
     app.state.readiness = Readiness(
-        backend, directory, settings.MODEL_PATH, settings.SESSION_PATH, settings.DISK_RESERVE_BYTES
+        backend,
+        directory,
+        settings.MODEL_PATH,
+        settings.SESSION_PATH,
+        settings.DISK_RESERVE_BYTES,
+        leading=lambda: dispatcher.leadership.leading,
     )
 
     # Every worker process runs a dispatcher; the dispatch lock lets exactly one of them start runs.
@@ -97,6 +110,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         asyncio.create_task(dispatcher.run_forever(), name="inferserver-dispatcher"),
         asyncio.create_task(registry.watch(), name="inferserver-models"),
     ]
+    if shared_database:
+        assert settings.DATABASE_URL is not None  # is_postgres said so; for the type checker
+        feed = ChangeFeed(settings.DATABASE_URL, changes, manager.dispatch_wakeup, me)
+        tasks.append(asyncio.create_task(feed.run_forever(), name="inferserver-changes"))
     try:
         yield
     finally:

@@ -52,11 +52,15 @@ class Nginx:
         return [line.split('" ', 1)[1] for line in lines if line.startswith(f'"{request} HTTP/1.1" ')]
 
 
-def site_for(upstream_port: int, listen_port: int, session_path: Path) -> str:
-    """The shipped site with only its upstream and listen addresses and SESSION_PATH changed."""
+def site_for(upstream_port: int, listen_port: int, session_path: Path, also: tuple[int, ...] = ()) -> str:
+    """The shipped site with only its upstream (`also`: more servers like it) and listen addresses and
+    SESSION_PATH changed."""
     site = SITE.read_text()
     replacements = [
-        (r"server 127\.0\.0\.1:8000;", f"server 127.0.0.1:{upstream_port};"),
+        (
+            r"\n( *)server 127\.0\.0\.1:8000([^;]*);",
+            "".join(f"\n\\g<1>server 127.0.0.1:{port}\\g<2>;" for port in (upstream_port, *also)),
+        ),
         (r"listen 80;", f"listen 127.0.0.1:{listen_port};"),
         (r"listen \[::\]:80;\n", ""),
         (r"X-Accel-Mapping /var/inferserver/=", f"X-Accel-Mapping {session_path}/="),
@@ -68,13 +72,13 @@ def site_for(upstream_port: int, listen_port: int, session_path: Path) -> str:
     return site
 
 
-def start_nginx(prefix: Path, upstream_port: int, session_path: Path) -> Nginx:
+def start_nginx(prefix: Path, upstream_port: int, session_path: Path, also: tuple[int, ...] = ()) -> Nginx:
     binary = shutil.which("nginx") or "/usr/sbin/nginx"
     if not Path(binary).exists():
         pytest.fail("nginx is not installed: scripts/setup.sh installs Debian's nginx")
     prefix.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    (prefix / "inferserver.conf").write_text(site_for(upstream_port, port, session_path))
+    (prefix / "inferserver.conf").write_text(site_for(upstream_port, port, session_path, also))
     # A private nginx: its own pid, logs and temp directories, in the foreground, the site file included as is.
     (prefix / "nginx.conf").write_text(f"""
 daemon off;

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
+from inferserver.sessions.changefeed import CHANNEL, ChangeFeed
 from inferserver.sessions.changes import ChangeCache, ChangeToken
+from inferserver.sessions.state import Signal
 
 
 def test_a_token_replaced_in_another_process_is_seen_through_the_mapping(tmp_path: Path) -> None:
@@ -22,7 +25,7 @@ def test_a_token_replaced_in_another_process_is_seen_through_the_mapping(tmp_pat
     )
     subprocess.run([sys.executable, "-c", code, str(path)], check=True)
     assert token.current() != before
-    assert len(token.current()) == 8
+    assert len(token.current()) == 16  # the shared 8 bytes, then the count of changes announced elsewhere
 
 
 def test_every_replace_gives_a_new_token(tmp_path: Path) -> None:
@@ -103,3 +106,52 @@ async def test_the_cache_holds_at_most_its_size(tmp_path: Path) -> None:
         await cache.get(key, read)
     assert await cache.get("d", read) == "answer 4"
     assert await cache.get("a", read) == "answer 5"  # the oldest was dropped and is read again
+
+
+async def test_while_announcements_are_cut_nothing_cached_is_used() -> None:
+    token = ChangeToken(None)
+    reads = 0
+
+    async def read() -> int:
+        nonlocal reads
+        reads += 1
+        return reads
+
+    cache: ChangeCache[int] = ChangeCache(token)
+    assert [await cache.get("s", read) for _ in range(3)] == [1, 1, 1]
+    token.distrust()
+    assert [await cache.get("s", read) for _ in range(3)] == [2, 3, 4]
+    token.trust()  # what happened while nothing was heard counts as a change
+    assert [await cache.get("s", read) for _ in range(3)] == [5, 5, 5]
+
+
+async def test_a_change_announced_by_another_process_drops_the_cached_answers() -> None:
+    token = ChangeToken(None)
+    cache: ChangeCache[str] = ChangeCache(token)
+    assert await cache.get("s", _answer("before")) == "before"
+    token.elsewhere()
+    assert await cache.get("s", _answer("after")) == "after"
+
+
+def _answer(value: str) -> Callable[[], Awaitable[str]]:
+    async def read() -> str:
+        return value
+
+    return read
+
+
+def test_the_feed_ignores_its_own_announcements_and_wakes_the_dispatcher_for_others() -> None:
+    token, wakeup = ChangeToken(None), Signal()
+    feed = ChangeFeed("postgresql+asyncpg://u@h/db", token, wakeup, "host1:10:ab")
+    token.trust()  # as once its LISTEN is in place
+    before, woken = token.current(), wakeup.token()
+    feed._heard(None, 1, CHANNEL, "host1:10:ab")
+    assert token.current() == before and not woken.is_set() and feed.received == 0
+    feed._heard(None, 1, CHANNEL, "host2:11:cd")
+    assert token.current() != before and woken.is_set() and feed.received == 1
+
+
+def test_a_feed_not_yet_listening_is_not_trusted() -> None:
+    token = ChangeToken(None)
+    ChangeFeed("postgresql+asyncpg://u@h/db", token, Signal(), "me")
+    assert token.current() != token.current()

@@ -81,7 +81,7 @@ def test_gunicorn_config_defaults_to_one_uvicorn_worker_on_the_nginx_upstream(mo
     assert settings["workers"] == 1
     assert settings["worker_class"] == "uvicorn_worker.UvicornWorker"
     assert settings["bind"] == ["127.0.0.1:8000"]
-    upstream = re.search(r"^\s*server (\S+);", (REPO / "deploy" / "nginx" / "inferserver.conf").read_text(), re.M)
+    upstream = re.search(r"^\s*server (\S+)[^;]*;", (REPO / "deploy" / "nginx" / "inferserver.conf").read_text(), re.M)
     assert upstream and upstream.group(1) == settings["bind"][0]
     assert settings["timeout"] >= 120 and settings["graceful_timeout"] > 10
 
@@ -115,3 +115,23 @@ def test_the_gunicorn_config_runs_the_bounded_protocol() -> None:
     worker = SimpleNamespace(config=SimpleNamespace(timeout_graceful_shutdown=0, http="auto"))
     settings["post_worker_init"](worker)
     assert worker.config.http == PROTOCOL
+
+
+SITE = REPO / "deploy" / "nginx" / "inferserver.conf"
+
+
+def site_directives(name: str) -> list[str]:
+    """The arguments of every uncommented `name` directive in the shipped site."""
+    return re.findall(rf"^\s*{name}\s+([^;{{]*);", SITE.read_text(), re.M)
+
+
+def test_the_upstream_leaves_a_failed_host_alone_for_a_while() -> None:
+    servers = site_directives("server")
+    assert servers == ["127.0.0.1:8000 max_fails=1 fail_timeout=10s"]
+
+
+def test_only_idempotent_requests_go_to_another_host_and_never_an_upload() -> None:
+    assert site_directives("proxy_next_upstream") == ["error timeout"]  # no non_idempotent: a POST is never replayed
+    assert site_directives("proxy_next_upstream_tries") == ["2"]
+    # Unbuffered: NGINX keeps no copy of an upload's body, so one that started cannot go to another host.
+    assert site_directives("proxy_request_buffering") == ["off"]

@@ -46,6 +46,7 @@ def test_test_sets_up_the_rest() -> None:
         "systemd",
         "engine_bed",
         "chromium",
+        "iptables",
     ]
     # lint too: `make test` runs the lint checks before the tests.
     assert "venv: /nonexistent/venv with inferserver and the extras convert lint test" in plan("test")

@@ -18,6 +18,14 @@ class Health(BaseModel):
     status: Literal["ok"] = Field("ok", examples=["ok"])
 
 
+class Ready(Health):
+    dispatch: Literal["dispatcher", "standby"] = Field(
+        examples=["standby"],
+        description="`dispatcher`: this process starts the runs; `standby`: another process (with PostgreSQL, "
+        "perhaps on another host) does, and this one takes over when it goes. Both serve every request.",
+    )
+
+
 @router.get("/healthz", response_model=Envelope[Health], summary="The process is up (always 200 when it answers)")
 async def healthz() -> Envelope[Health]:
     return Envelope(data=Health())
@@ -25,7 +33,7 @@ async def healthz() -> Envelope[Health]:
 
 @router.get(
     "/readyz",
-    response_model=Envelope[Health],
+    response_model=Envelope[Ready],
     responses={
         503: {
             **error_responses(503)[503],
@@ -36,10 +44,11 @@ async def healthz() -> Envelope[Health]:
     summary="Ready to run models: Docker engine reachable, models loaded, SESSION_PATH writable with space",
 )
 async def readyz(request: Request) -> Response:
-    problems = await request.app.state.readiness.problems()
+    readiness = request.app.state.readiness
+    problems = await readiness.problems()
     if problems:
         return error_response(503, *problems)
-    return JSONResponse(Envelope(data=Health()).model_dump())
+    return JSONResponse(Envelope(data=Ready(dispatch=readiness.role())).model_dump())
 
 
 @router.get(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,11 @@ class Readiness:
     model_path: Path
     session_path: Path
     disk_reserve: int = 0  # DISK_RESERVE_BYTES
+    leading: Callable[[], bool] = lambda: True  # does this process dispatch runs?
+
+    def role(self) -> str:
+        """ "dispatcher", or "standby": it serves every request, another process (perhaps host) starts the runs."""
+        return "dispatcher" if self.leading() else "standby"
 
     async def problems(self) -> list[str]:
         """Empty when ready; otherwise one reason per failed check."""

@@ -23,15 +23,15 @@ from ..sessions.store import SessionRow, Store
 from ..specs.command import build_argv, container_path
 from .forecast import Going, Queued, RunTimes, forecast
 from .gpupool import Demand, GpuPool, pick
-from .instance import DispatchLock, instance_id
+from .instance import instance_id
 from .janitor import Janitor
+from .leadership import Leadership, leadership_for
 from .runlimits import limits_for
 from .staging import input_transfers, let_models_read, mount_note
 
 logger = logging.getLogger(__name__)
 
 TICK = 0.5  # how often the queue is looked at when nothing in this process says it changed
-LOCK_RETRY = 1.0
 ENGINE_RETRY = 2.0
 MAX_ATTEMPTS = 3  # a run interrupted this many times (server restarts, vanished containers) fails
 RUN_TIMES_SEED = 200  # complete runs read back at start for the start-time estimates
@@ -89,7 +89,8 @@ class Dispatcher:
         self.runner = runner
         self.backend = backend
         self.signals = manager.signals
-        self.lock = DispatchLock(settings.SESSION_PATH / ".dispatch.lock")
+        # An flock in SESSION_PATH with SQLite, PostgreSQL's advisory lock with PostgreSQL (scheduling/leadership.py).
+        self.leadership: Leadership = leadership_for(settings.DATABASE_URL, settings.SESSION_PATH)
         self.instance = instance_id(settings.SESSION_PATH)
         self.janitor = Janitor(settings, store, manager)
         self.running: dict[str, asyncio.Task[None]] = {}
@@ -106,18 +107,50 @@ class Dispatcher:
         self.run_ended: Callable[[str, float | None, float | None], None] = lambda outcome, queued, ran: None
 
     async def run_forever(self) -> None:
-        try:
-            while not self.lock.try_acquire():  # noqa: ASYNC110  # another process's file lock: no Event tells us
-                await asyncio.sleep(LOCK_RETRY)
+        """Wait to lead; lead until leadership is lost (then wait again) or the process stops."""
+        while True:
+            try:
+                await self.leadership.acquire()
+            except asyncio.CancelledError:  # shutting down while waiting: the waiting connection goes too
+                await self.leadership.release()
+                raise
             logger.info("this process dispatches runs (pid %d)", os.getpid())
-            await self.recover()
-            while True:
-                token = self.manager.dispatch_wakeup.token()
-                await self.step()
-                await self.manager.dispatch_wakeup.wait(token, TICK)
-        finally:
-            await self.detach_all()
-            self.lock.release()
+            try:
+                leading = asyncio.create_task(self._lead(), name="inferserver-leading")
+                lost = asyncio.create_task(self.leadership.lost(), name="inferserver-leadership-lost")
+                try:
+                    await asyncio.wait({leading, lost}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for task in (leading, lost):
+                        task.cancel()
+                    await asyncio.gather(leading, lost, return_exceptions=True)
+                if not leading.cancelled() and (crash := leading.exception()) is not None:
+                    raise crash
+                reason = lost.result() if lost.done() and not lost.cancelled() else leading.result()
+                # It cannot know whether it still leads: not one more start. Its runs go on, unfollowed, for the
+                # next leader's recovery to re-attach, exactly as after a restart.
+                logger.warning("this process stops dispatching: %s (pid %d)", reason, os.getpid())
+            finally:
+                await self.detach_all()
+                await self.leadership.release()
+            self._forget_leading()
+
+    async def _lead(self) -> str:
+        """Dispatch; return why this process must stop (its leadership is no longer sure)."""
+        await self.recover()
+        while True:
+            token = self.manager.dispatch_wakeup.token()
+            if not self.leadership.sure():
+                return "its dispatch lock is no longer confirmed (the process was stopped, or PostgreSQL is slow)"
+            await self.step()
+            await self.manager.dispatch_wakeup.wait(token, TICK)
+
+    def _forget_leading(self) -> None:
+        """What only a leader knows: a later lead starts from the store, as a restarted server does."""
+        self.pool = GpuPool(self.settings.gpu_pool)
+        self.overtaken = {}
+        self._published = None
+        self.orphans_possible = False
 
     async def step(self) -> None:
         await self.stop_cancelled()
@@ -254,8 +287,12 @@ class Dispatcher:
         log = SessionLog(plan.files.log, self.signals, row.id)
 
         async def started(container_id: str) -> None:
-            await self.store.update(
-                row.id, container_id=container_id, info="running", log_offset=plan.files.log.stat().st_size
+            # Shielded: a leader that stops now (DETACH) still records its container, so the next leader
+            # re-attaches it rather than re-queueing the run and removing the container as an orphan.
+            await asyncio.shield(
+                self.store.update(
+                    row.id, container_id=container_id, info="running", log_offset=plan.files.log.stat().st_size
+                )
             )
             self.signals.notify(row.id)
 

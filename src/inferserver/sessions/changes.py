@@ -23,9 +23,16 @@ T = TypeVar("T")
 
 
 class ChangeToken:
-    """The token in `path` (created when missing), mapped; or a private one with `path=None`."""
+    """The token in `path` (created when missing), mapped; or a private one with `path=None`.
+
+    With PostgreSQL the token is private to the process and changes made elsewhere arrive as notifications
+    (sessions/changefeed.py): `elsewhere()` bumps a second part of it, and while the feed is down the token is
+    `distrust()`ed: every read is a new token, so no cached answer is used until `trust()` comes back.
+    """
 
     def __init__(self, path: Path | None) -> None:
+        self._elsewhere = 0
+        self._trusted = True
         if path is None:
             self._map: mmap.mmap | bytearray = bytearray(TOKEN_BYTES)
             return
@@ -38,7 +45,22 @@ class ChangeToken:
             os.close(fd)  # the mapping keeps the file
 
     def current(self) -> bytes:
-        return bytes(self._map[:TOKEN_BYTES])
+        if not self._trusted:
+            return os.urandom(TOKEN_BYTES + 8)
+        return bytes(self._map[:TOKEN_BYTES]) + self._elsewhere.to_bytes(8)
+
+    def elsewhere(self) -> None:
+        """Another process (perhaps on another host) committed a change."""
+        self._elsewhere += 1
+
+    def distrust(self) -> None:
+        """Changes elsewhere may go unannounced: nothing cached under the token may be used."""
+        self._trusted = False
+
+    def trust(self) -> None:
+        """Announcements arrive again; what happened while they did not counts as a change."""
+        self._elsewhere += 1
+        self._trusted = True
 
     def replace(self) -> None:
         """Call after a change is committed: a reader that sees the new token then reads the new state."""

@@ -37,6 +37,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from .changefeed import CHANNEL
 from .changes import ChangeToken
 from .quotas import out_of_space_is_507
 from .state import LIVE, QueuePlace, Status
@@ -123,13 +124,18 @@ class SessionView:
         return Status(self.row.status)
 
 
+SCHEMA_LOCK_KEY = 0x696E66657273  # any constant other than the dispatch lock's (scheduling/leadership.py)
+
+
 def default_url(session_path: str) -> str:
     return f"sqlite+aiosqlite:///{session_path}/inferserver.db"
 
 
 class Store:
-    def __init__(self, url: str, changes: ChangeToken | None = None) -> None:
+    def __init__(self, url: str, changes: ChangeToken | None = None, announce_as: str | None = None) -> None:
         self.url = url
+        # With PostgreSQL and a name: every visible change is announced to every host (sessions/changefeed.py).
+        self.announce_as = announce_as
         # Replaced after every committed change a client could see: status answers are cached under it.
         self.changes = changes or ChangeToken(None)
         sqlite = url.startswith("sqlite")
@@ -143,6 +149,9 @@ class Store:
 
     async def create_schema(self) -> None:
         async with self.engine.begin() as conn:
+            if self.engine.dialect.name == "postgresql":
+                # Hosts starting together: the file lock around this (app.create_schema) is one host's only.
+                await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
             await conn.run_sync(Base.metadata.create_all)
 
     async def close(self) -> None:
@@ -156,6 +165,11 @@ class Store:
         with out_of_space_is_507("the session database to record the change"):
             async with self.sessionmaker.begin() as db:
                 yield db
+                if visible and self.announce_as is not None:
+                    # Inside the transaction: PostgreSQL delivers it on commit, and only then.
+                    await db.execute(
+                        text("SELECT pg_notify(:channel, :me)"), {"channel": CHANNEL, "me": self.announce_as}
+                    )
         if visible:
             self.changes.replace()
 

@@ -1,0 +1,259 @@
+"""Choosing the dispatcher with PostgreSQL's advisory lock: what a leader does when its connection is in doubt.
+
+A connection that vanishes without a word, or answers too late, cannot be made on demand by a real PostgreSQL in a
+unit test; the two-host integration tests (tests/integration/test_two_hosts.py) do it for real with one."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from inferserver import pgconn
+from inferserver.scheduling import leadership
+from inferserver.scheduling.leadership import (
+    LOCK_KEY,
+    FileLeadership,
+    PostgresLeadership,
+    leadership_for,
+)
+
+URL = "postgresql+asyncpg://inferserver:secret@db.example:5433/sessions"
+
+
+class Connection:
+    """What PostgresLeadership uses of an asyncpg connection."""
+
+    def __init__(self, grants: list[bool]) -> None:
+        self.grants = grants  # answers to pg_try_advisory_lock, in turn (the last one repeats)
+        self.hang = False  # SELECT 1 never answers (a network that drops every packet)
+        self.closed = False
+        self.on_close: list[Callable[[Any], None]] = []
+        self.asked: list[tuple[str, tuple[object, ...]]] = []
+
+    async def fetchval(self, query: str, *args: object) -> object:
+        self.asked.append((query, args))
+        if "pg_try_advisory_lock" in query:
+            return self.grants.pop(0) if len(self.grants) > 1 else self.grants[0]
+        if self.hang:
+            await asyncio.Future()
+        return 1
+
+    def is_closed(self) -> bool:
+        return self.closed
+
+    def add_termination_listener(self, listener: Callable[[Any], None]) -> None:
+        self.on_close.append(listener)
+
+    def cut(self) -> None:
+        """The server ended the session (pg_terminate_backend, a restart): asyncpg tells its listeners."""
+        self.closed = True
+        for listener in self.on_close:
+            listener(self)
+
+    async def close(self) -> None:
+        self.closed = True
+
+    def terminate(self) -> None:
+        self.closed = True
+
+
+class Connector:
+    def __init__(self, *connections: Connection) -> None:
+        self.connections = list(connections)
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    async def __call__(self, dsn: str, **kwargs: Any) -> Connection:
+        self.calls.append((dsn, kwargs))
+        return self.connections.pop(0)
+
+
+@pytest.fixture(autouse=True)
+def fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(leadership, "LOCK_RETRY", 0.01)
+    monkeypatch.setattr(leadership, "CHECK_SECONDS", 0.02)
+    monkeypatch.setattr(leadership, "CHECK_TIMEOUT", 0.05)
+    monkeypatch.setattr(pgconn, "CHECK_TIMEOUT", 0.05)
+
+
+async def test_the_lock_is_asked_for_on_a_dedicated_connection_with_server_side_keepalives() -> None:
+    conn = Connection([True])
+    connect = Connector(conn)
+    lead = PostgresLeadership(URL, connect, grace=0)
+    await lead.acquire()
+    assert lead.leading and lead.sure()
+    dsn, kwargs = connect.calls[0]
+    assert dsn == "postgresql://inferserver:secret@db.example:5433/sessions"
+    assert kwargs["server_settings"] == {
+        "application_name": "inferserver-dispatch-lock",
+        "tcp_keepalives_idle": "5",
+        "tcp_keepalives_interval": "2",
+        "tcp_keepalives_count": "3",
+    }
+    assert conn.asked[0] == ("SELECT pg_try_advisory_lock($1)", (LOCK_KEY,))
+    await lead.release()
+    assert conn.closed and not lead.leading  # closing the session is what gives the lock back
+
+
+async def test_a_standby_asks_again_until_the_lock_is_free() -> None:
+    conn = Connection([False, False, False, True])
+    lead = PostgresLeadership(URL, Connector(conn), grace=0)
+    await asyncio.wait_for(lead.acquire(), 5)
+    assert [q for q, _ in conn.asked if "advisory" in q] == ["SELECT pg_try_advisory_lock($1)"] * 4
+    await lead.release()
+
+
+async def test_a_closed_connection_is_a_lost_lead_at_once() -> None:
+    conn = Connection([True])
+    lead = PostgresLeadership(URL, Connector(conn), grace=0)
+    await lead.acquire()
+    conn.cut()
+    assert await asyncio.wait_for(lead.lost(), 0.01) == "its connection to PostgreSQL was closed"
+    assert not lead.leading and not lead.sure()
+    await lead.release()
+
+
+async def test_a_connection_that_stops_answering_is_a_lost_lead_within_its_check() -> None:
+    conn = Connection([True])
+    lead = PostgresLeadership(URL, Connector(conn), grace=0)
+    await lead.acquire()
+    conn.hang = True
+    assert await asyncio.wait_for(lead.lost(), 1) == "PostgreSQL did not answer a check within 0.05 s"
+    assert not lead.sure()
+    await lead.release()
+
+
+async def test_a_leader_woken_after_a_pause_is_not_sure_before_its_check_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    conn = Connection([True])
+    lead = PostgresLeadership(URL, Connector(conn), grace=0)
+    await lead.acquire()
+    assert lead.sure()
+    now = leadership.time.monotonic()
+    monkeypatch.setattr(leadership.time, "monotonic", lambda: now + 0.1)  # stopped longer than a check may take
+    assert lead.leading and not lead.sure()
+    await lead.release()
+
+
+async def test_a_lead_lost_during_the_takeover_grace_is_taken_again_on_a_new_connection() -> None:
+    first, second = Connection([True]), Connection([True])
+    lead = PostgresLeadership(URL, Connector(first, second), grace=0.05)
+    acquiring = asyncio.create_task(lead.acquire())
+    await asyncio.sleep(0.01)
+    first.cut()
+    await asyncio.wait_for(acquiring, 1)
+    assert lead.leading and second.asked[0][0] == "SELECT pg_try_advisory_lock($1)"
+    await lead.release()
+
+
+async def test_postgresql_chooses_by_its_lock_and_sqlite_by_the_flock(tmp_path: Path) -> None:
+    assert isinstance(leadership_for(URL, tmp_path), PostgresLeadership)
+    assert isinstance(leadership_for("postgresql://u@h/db", tmp_path), PostgresLeadership)
+    assert isinstance(leadership_for(None, tmp_path), FileLeadership)
+    assert isinstance(leadership_for(f"sqlite+aiosqlite:///{tmp_path}/x.db", tmp_path), FileLeadership)
+
+
+async def test_the_flock_is_one_leader_per_session_directory(tmp_path: Path) -> None:
+    one, two = FileLeadership(tmp_path / ".dispatch.lock"), FileLeadership(tmp_path / ".dispatch.lock")
+    await one.acquire()
+    waiting = asyncio.create_task(two.acquire())
+    await asyncio.sleep(0.05)
+    assert one.sure() and not waiting.done()
+    await one.release()
+    await asyncio.wait_for(waiting, 1)
+    assert two.leading
+    await two.release()
+
+
+class Lead:
+    """A leadership the test takes away."""
+
+    def __init__(self) -> None:
+        self.acquired = 0
+        self.released = 0
+        self._lost: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def acquire(self) -> None:
+        self.acquired += 1
+        self._lost = asyncio.get_running_loop().create_future()
+
+    async def lost(self) -> str:
+        return await asyncio.shield(self._lost)
+
+    async def release(self) -> None:
+        self.released += 1
+
+    @property
+    def leading(self) -> bool:
+        return not self._lost.done()
+
+    def sure(self) -> bool:
+        return self.leading
+
+    def take_away(self, reason: str) -> None:
+        self._lost.set_result(reason)
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    async with asyncio.timeout(5):
+        while not condition():  # noqa: ASYNC110  # state of the code under test: it has no event to wait on
+            await asyncio.sleep(0.001)
+
+
+async def test_a_dispatcher_that_loses_its_lead_stops_mid_step_detaches_its_runs_and_waits_again(
+    tmp_path: Path, clean_env: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    from types import SimpleNamespace
+
+    from inferserver.config import load_settings
+    from inferserver.runner.execute import DETACH
+    from inferserver.scheduling.dispatch import Dispatcher
+    from inferserver.sessions.state import Signal, Signals
+
+    settings = load_settings(SESSION_PATH=tmp_path, MODEL_PATH=tmp_path)
+    manager = SimpleNamespace(signals=Signals(), dispatch_wakeup=Signal())
+    dispatcher = Dispatcher(settings, None, manager, None, None)  # type: ignore[arg-type]  # only the loop runs
+    lead = Lead()
+    dispatcher.leadership = lead
+    steps: list[str] = []
+    hold = asyncio.Event()
+
+    async def recover() -> None:
+        steps.append("recover")
+
+    async def step() -> None:
+        steps.append("step")
+        await hold.wait()  # a step in progress when the lead goes
+        steps.append("stepped")
+
+    detached: list[object] = []
+
+    async def run() -> None:
+        try:
+            await asyncio.Future()
+        except asyncio.CancelledError as exc:
+            detached.append(exc.args)
+            raise
+
+    dispatcher.recover = recover  # type: ignore[method-assign]
+    dispatcher.step = step  # type: ignore[method-assign]
+    running = asyncio.create_task(dispatcher.run_forever())
+    await until(lambda: steps == ["recover", "step"])
+    dispatcher.running["s1"] = asyncio.create_task(run())
+    await asyncio.sleep(0)
+    lead.take_away("its connection to PostgreSQL was closed")
+    await until(lambda: lead.acquired == 2)
+    assert detached == [(DETACH,)]  # left running for the next leader, not stopped
+    assert lead.released == 1
+    assert "stepped" not in steps  # the step was cancelled, not finished
+    assert "this process stops dispatching: its connection to PostgreSQL was closed" in caplog.text
+    await until(lambda: steps.count("recover") == 2)  # leading again starts as after a restart
+    running.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await running
+    assert lead.released == 2
