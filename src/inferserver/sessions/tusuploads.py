@@ -111,9 +111,9 @@ class TusUploads:
         )
         path = self.path(row)
         with out_of_space_is_507(label):
+            await self.store.add(row)  # the row first: the janitor removes files without one
             path.parent.mkdir(exist_ok=True)
             path.touch()
-            await self.store.add(row)
         logger.info("session %s: resumable upload %s of input %s (%d bytes) created", session_id, row.id, name, length)
         return row
 
