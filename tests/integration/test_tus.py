@@ -18,9 +18,9 @@ import pytest
 from tusclient import client as tus_client
 
 from ..files import file_sha256, nifti_gz_like
-from .conftest import Server, ServerFactory, create_and_upload, fill, write_nifti
+from .conftest import Server, ServerFactory, create_and_upload, fill, serve_command, write_nifti
 from .rawhttp import read_response
-from .tus import OFFSET_TYPE, TUS, create, created, new_session, offset, patch, patch_file, start_patch
+from .tus import OFFSET_TYPE, TUS, create, created, metadata, new_session, offset, patch, patch_file, start_patch
 
 MiB = 1 << 20
 
@@ -279,7 +279,11 @@ def test_a_broken_patch_with_a_checksum_keeps_nothing(module_server: Server) -> 
     assert patch(url, 0, body, checksum="sha1").headers["upload-offset"] == "50000"
 
 
-def test_a_second_concurrent_patch_gets_409(module_server: Server, tmp_path: Path) -> None:
+def test_a_second_concurrent_patch_gets_409(
+    make_server: ServerFactory, database: dict[str, str], tmp_path: Path
+) -> None:
+    """On both databases, with two worker processes: the claim is a conditional UPDATE, not a lock in memory."""
+    module_server = make_server(serve_command(workers=2), **database)
     source = tmp_path / "ct.nii.gz"
     digest = nifti_gz_like(source, 2)
     data = source.read_bytes()
@@ -328,6 +332,37 @@ def test_kill_9_mid_upload_then_resume_after_restart(make_server: ServerFactory,
     assert file_sha256(landed(server, session_id)) == digest
     assert server.wait_status(session_id, {"complete", "failed"}, timeout=180)["status"] == "complete"
     source.unlink()
+
+
+def test_chunks_spread_over_worker_processes_still_answer_the_whole_files_sha256(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    """Each worker keeps the running hash of the chunks it took; a completion without the whole one rehashes."""
+    server = make_server(serve_command(workers=3))
+    source = tmp_path / "ct.nii.gz"
+    digest = nifti_gz_like(source, 12)
+    session_id = new_session(server.url)
+    url = created(server.url, session_id, source.stat().st_size)
+    last = patch_file(url, source, 0, MiB)  # a new connection per chunk: the kernel spreads them over the workers
+    assert last.headers["inferserver-sha256"] == digest
+    assert server.wait_status(session_id, {"complete", "failed"})["status"] == "complete"
+    assert file_sha256(landed(server, session_id)) == digest
+
+
+def test_a_filename_that_is_not_a_plain_name_is_400(module_server: Server) -> None:
+    session_id = new_session(module_server.url)
+    answer = httpx.post(
+        f"{module_server.url}/uploads",
+        headers={
+            **TUS,
+            "Upload-Length": "10",
+            "Upload-Metadata": metadata(session_id=session_id, input="input_vol", filename="a\0b/../c"),
+        },
+    )
+    assert answer.status_code == 400
+    assert answer.json()["errors"][0]["detail"] == (
+        "Upload-Metadata: filename must be a plain file name of at most 255 printable characters"
+    )
 
 
 def test_a_nii_upload_is_converted_for_a_nii_gz_input(module_server: Server, tmp_path: Path) -> None:
