@@ -11,6 +11,7 @@ import pytest
 
 from inferserver.api.envelope import ApiError
 from inferserver.api.tus import _checksum, _metadata
+from inferserver.config import SettingsError, load_settings
 from inferserver.runner.filewriter import WRITE_BLOCK, BlockWriter
 from inferserver.sessions.errors import InvalidInput
 from inferserver.sessions.uploads import place_file
@@ -107,3 +108,10 @@ def test_upload_checksum_is_parsed_and_checked() -> None:
     assert _checksum(None) is None
     with pytest.raises(ApiError, match="not base64"):
         _checksum("sha1 ***")
+
+
+def test_tus_expiry_defaults_to_a_day_and_must_be_positive(tmp_path: Path) -> None:
+    assert load_settings(SESSION_PATH=tmp_path).TUS_EXPIRY == 86400
+    assert load_settings(SESSION_PATH=tmp_path, TUS_EXPIRY="90").TUS_EXPIRY == 90
+    with pytest.raises(SettingsError, match="TUS_EXPIRY"):
+        load_settings(SESSION_PATH=tmp_path, TUS_EXPIRY="0")
