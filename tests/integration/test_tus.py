@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 from tusclient import client as tus_client
 
+from inferserver.api.credentials import hash_token
+
 from ..files import file_sha256, nifti_gz_like
 from .conftest import Server, ServerFactory, create_and_upload, fill, serve_command, write_nifti
 from .rawhttp import read_response
@@ -413,3 +415,30 @@ def nifti_head(size: int) -> bytes:
     header[344:348] = b"n+1\0"
     head = gzip.compress(bytes(header))
     return (head + b"\0" * size)[:size]
+
+
+def test_every_tus_call_needs_a_credential_when_access_control_is_on(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{hash_token('tok-1')}\n")
+    server = make_server(AUTH_TOKENS_FILE=str(tokens))
+    bearer = {"Authorization": "Bearer tok-1"}
+    with httpx.Client(base_url=server.url, headers=bearer) as client:
+        session_id = client.post("/models/copy", json={"inputs": {}, "params": {}, "outputs": {}}).json()["data"]
+    meta = {
+        "Upload-Length": "5000",
+        "Upload-Metadata": metadata(session_id=session_id["session_id"], input="input_vol"),
+    }
+    assert httpx.options(f"{server.url}/uploads").status_code == 401
+    anonymous = httpx.post(f"{server.url}/uploads", headers={**TUS, **meta})
+    assert anonymous.status_code == 401
+    assert anonymous.json() == {"errors": [{"detail": "authentication required"}]}
+    made = httpx.post(f"{server.url}/uploads", headers={**TUS, **meta, **bearer})
+    assert made.status_code == 201
+    url = f"{server.url}/uploads/{made.headers['location'].rsplit('/', 1)[1]}"
+    chunk = {**TUS, "Content-Type": OFFSET_TYPE, "Upload-Offset": "0"}
+    assert httpx.patch(url, content=nifti_head(5000), headers=chunk).status_code == 401
+    assert httpx.head(url, headers=TUS).status_code == 401
+    assert httpx.delete(url, headers=TUS).status_code == 401
+    assert httpx.patch(url, content=nifti_head(5000), headers={**chunk, **bearer}).status_code == 204
