@@ -13,7 +13,7 @@ import email.utils
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
@@ -103,13 +103,13 @@ def _documented(*headers: str) -> dict[str, Any]:
 
 
 RESUMABLE = _header("Tus-Resumable", f"Must be {VERSION}; anything else is 412 with Tus-Version.")
-UPLOAD_ID = {
-    "name": "upload_id",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
-    "description": "The upload's id (the last part of the Location its creation answered).",
-}
+UploadId = Annotated[
+    str,
+    Path(
+        description="The upload's id: the last part of the Location its creation answered (32 hex digits).",
+        json_schema_extra={"pattern": "^[0-9a-f]{32}$"},  # documented only: any other id is a 404 in the envelope
+    ),
+]
 # A HEAD answer never has a body, its errors neither.
 HEAD_ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"description": text, "headers": _documented("Tus-Resumable")}
@@ -196,10 +196,10 @@ async def create_upload(request: Request, tus: Tus) -> Response:
         },
         **HEAD_ERRORS,
     },
-    openapi_extra={"parameters": [UPLOAD_ID, RESUMABLE]},
+    openapi_extra={"parameters": [RESUMABLE]},
     summary="How many bytes of the upload the server has (resume from Upload-Offset)",
 )
-async def upload_offset(upload_id: str, tus: Tus) -> Response:
+async def upload_offset(upload_id: UploadId, tus: Tus) -> Response:
     row = await tus.get(upload_id)
     return Response(
         status_code=200,
@@ -227,7 +227,6 @@ async def upload_offset(upload_id: str, tus: Tus) -> Response:
     },
     openapi_extra={
         "parameters": [
-            UPLOAD_ID,
             RESUMABLE,
             _header("Upload-Offset", "Where this chunk starts: the offset HEAD answers (else 409)."),
             _header(
@@ -243,7 +242,7 @@ async def upload_offset(upload_id: str, tus: Tus) -> Response:
     },
     summary="Append a chunk at Upload-Offset (fsynced and recorded before the answer)",
 )
-async def patch_upload(upload_id: str, request: Request, tus: Tus) -> Response:
+async def patch_upload(upload_id: UploadId, request: Request, tus: Tus) -> Response:
     raw = request.stream()
     idle = request.app.state.settings.UPLOAD_IDLE_TIMEOUT
     try:
@@ -277,10 +276,10 @@ async def patch_upload(upload_id: str, request: Request, tus: Tus) -> Response:
     status_code=204,
     response_class=Response,
     responses={204: {"description": "Terminated: its bytes are gone."}, **error_responses(404, 410, 412)},
-    openapi_extra={"parameters": [UPLOAD_ID, RESUMABLE]},
+    openapi_extra={"parameters": [RESUMABLE]},
     summary="Terminate an upload and remove what it received",
 )
-async def terminate_upload(upload_id: str, tus: Tus) -> Response:
+async def terminate_upload(upload_id: UploadId, tus: Tus) -> Response:
     await tus.terminate(upload_id)
     return Response(status_code=204, headers={"Tus-Resumable": VERSION})
 
