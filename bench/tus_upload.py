@@ -50,10 +50,13 @@ def new_session(client: httpx.Client) -> str:
     return session_id
 
 
-def file_chunks(source: Path, start: int = 0, size: int = MiB) -> Iterator[bytes]:
+def file_chunks(source: Path, start: int = 0, size: int = MiB, length: int | None = None) -> Iterator[bytes]:
+    """The file from `start`, `length` bytes of it (default: to its end), in `size`-byte pieces."""
+    left = source.stat().st_size - start if length is None else length
     with source.open("rb") as stream:
         stream.seek(start)
-        while block := stream.read(size):
+        while left > 0 and (block := stream.read(min(size, left))):
+            left -= len(block)
             yield block
 
 
@@ -81,17 +84,21 @@ def create(client: httpx.Client, session_id: str, length: int) -> str:
 def patch_rest(
     client: httpx.Client, url: str, source: Path, at: int, chunk: int, checksum: bool = False, stop: int | None = None
 ) -> int:
-    """PATCH `source` from `at` in `chunk`-byte pieces, to its end or up to `stop`; the bytes sent."""
+    """PATCH `source` from `at` in `chunk`-byte pieces, to its end or up to `stop`; the bytes sent. Each chunk is
+    streamed from the file in 1 MiB pieces, as the PUT measure sends its body: handed to httpx as one 64 MiB bytes
+    object, 256 MiB took 1.7-2.8 s here against 0.6-1.2 s streamed, the difference all on the client's side."""
+    size = source.stat().st_size
     sent = 0
-    for block in file_chunks(source, at, chunk):
-        if stop is not None and at >= stop:
-            break
-        headers = {**TUS, "Content-Type": OFFSET_TYPE, "Upload-Offset": str(at)}
+    while at < size and (stop is None or at < stop):
+        length = min(chunk, size - at)
+        headers = {**TUS, "Content-Type": OFFSET_TYPE, "Upload-Offset": str(at), "Content-Length": str(length)}
         if checksum:
-            headers["Upload-Checksum"] = checksum_header(block)
-        answer = client.patch(url, content=block, headers=headers)
+            with source.open("rb") as stream:
+                stream.seek(at)
+                headers["Upload-Checksum"] = checksum_header(stream.read(length))
+        answer = client.patch(url, content=file_chunks(source, at, MiB, length), headers=headers)
         assert answer.status_code == 204, answer.text
-        sent += len(block)
+        sent += length
         at = int(answer.headers["upload-offset"])
     return sent
 
