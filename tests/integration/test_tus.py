@@ -425,10 +425,11 @@ def test_every_tus_call_needs_a_credential_when_access_control_is_on(
     server = make_server(AUTH_TOKENS_FILE=str(tokens))
     bearer = {"Authorization": "Bearer tok-1"}
     with httpx.Client(base_url=server.url, headers=bearer) as client:
-        session_id = client.post("/models/copy", json={"inputs": {}, "params": {}, "outputs": {}}).json()["data"]
+        created_session = client.post("/models/copy", json={"inputs": {}, "params": {}, "outputs": {}})
+        session_id = created_session.json()["data"]["session_id"]
     meta = {
         "Upload-Length": "5000",
-        "Upload-Metadata": metadata(session_id=session_id["session_id"], input="input_vol"),
+        "Upload-Metadata": metadata(session_id=session_id, input="input_vol"),
     }
     assert httpx.options(f"{server.url}/uploads").status_code == 401
     anonymous = httpx.post(f"{server.url}/uploads", headers={**TUS, **meta})
@@ -442,3 +443,27 @@ def test_every_tus_call_needs_a_credential_when_access_control_is_on(
     assert httpx.head(url, headers=TUS).status_code == 401
     assert httpx.delete(url, headers=TUS).status_code == 401
     assert httpx.patch(url, content=nifti_head(5000), headers={**chunk, **bearer}).status_code == 204
+    with httpx.Client(base_url=server.url, headers=bearer) as client:
+        deadline = time.monotonic() + 60
+        while client.get(f"/sessions/{session_id}").json()["data"]["status"] not in ("complete", "failed"):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+
+
+def test_a_stalled_patch_is_408_and_keeps_what_arrived(make_server: ServerFactory) -> None:
+    server = make_server(UPLOAD_IDLE_TIMEOUT="1")
+    session_id = new_session(server.url)
+    url = created(server.url, session_id, 1_000_000)
+    body = nifti_head(1_000_000)
+    sock = start_patch(url, 0, len(body), body[:300_000])
+    answer = read_response(sock)  # no more bytes come: the server gives up after UPLOAD_IDLE_TIMEOUT
+    sock.close()
+    assert answer.status == 408
+    assert answer.headers["tus-resumable"] == "1.0.0"
+    assert answer.detail() == (
+        "input input_vol: the PATCH sent less than 16 KiB in 1 s (UPLOAD_IDLE_TIMEOUT); what came is kept: resume at "
+        "Upload-Offset 300000"
+    )
+    assert offset(url) == 300_000
+    assert patch(url, 300_000, body[300_000:]).status_code == 204
+    assert server.wait_status(session_id, {"complete", "failed"})["status"] == "complete"

@@ -79,10 +79,11 @@ def test_tus_headers_pass_both_ways_through_nginx(proxied: tuple[Server, Nginx])
 
 
 def test_a_patch_broken_behind_nginx_keeps_what_reached_the_server(proxied: tuple[Server, Nginx]) -> None:
-    _, nginx = proxied
+    server, nginx = proxied
     base = nginx.url.rstrip("/")
     body = nifti_head(4 * MiB)
-    answer = create(base, new_session(base), len(body))
+    session_id = new_session(base)
+    answer = create(base, session_id, len(body))
     url = urljoin(f"{base}/uploads", answer.headers["location"])
     sock = start_patch(url, 0, len(body), body[: 3 * MiB])
     sock.close()
@@ -90,3 +91,4 @@ def test_a_patch_broken_behind_nginx_keeps_what_reached_the_server(proxied: tupl
     kept = wait_offset(url, 3 * MiB, timeout=5)
     assert 0 < kept <= 3 * MiB
     assert patch(url, kept, body[kept:]).status_code == 204
+    assert server.wait_status(session_id, {"complete", "failed"})["status"] == "complete"

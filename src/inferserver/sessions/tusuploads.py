@@ -47,7 +47,7 @@ from .errors import (
     TooLarge,
 )
 from .manager import UPLOAD_HEARTBEAT, UPLOAD_STALE, SessionManager
-from .quotas import UploadLimits, limited_upload, out_of_space_is_507
+from .quotas import PROGRESS_BYTES, UploadLimits, limited_upload, out_of_space_is_507
 from .state import Status
 from .store import TusStore, TusUpload
 from .uploads import check_head, dead_local_owner, read_head
@@ -230,6 +230,11 @@ class TusUploads:
                 raise NotFound(f"upload {row.id} was terminated while this chunk was written")
         if running is not None:
             self._keep_running(row.id, received, running)
+        if isinstance(broken, Stalled):
+            raise Stalled(
+                f"{label}: the PATCH sent less than {PROGRESS_BYTES // 1024} KiB in {self.limits.idle_timeout:g} s "
+                f"(UPLOAD_IDLE_TIMEOUT); what came is kept: resume at Upload-Offset {received}"
+            ) from broken
         if broken is not None:
             raise broken
         return received
