@@ -169,15 +169,16 @@ class TusUploads:
         beat = asyncio.create_task(self._heartbeat(upload_id, owner))
         try:
             received = await self._receive(row, offset, body, declared, checksum, owner)
+            await self.manager.store.touch(row.session_id)  # an upload in progress keeps its session from clean-up
+            if received < row.length:
+                return PatchResult(received, time.time() + self.settings.TUS_EXPIRY)
+            # Still claimed: no other PATCH may cut the file back while it is landed (it is hard-linked, not copied).
+            return await self._complete(row)
         finally:
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beat
             await asyncio.shield(self.store.release(upload_id, owner))
-        await self.manager.store.touch(row.session_id)  # an upload in progress keeps its session from idle clean-up
-        if received < row.length:
-            return PatchResult(received, time.time() + self.settings.TUS_EXPIRY)
-        return await self._complete(row)
 
     async def _receive(
         self,
