@@ -20,7 +20,16 @@ from tusclient import client as tus_client
 from inferserver.api.credentials import hash_token
 
 from ..files import file_sha256, nifti_gz_like
-from .conftest import Server, ServerFactory, create_and_upload, fill, serve_command, write_nifti
+from .conftest import (
+    Server,
+    ServerFactory,
+    containers_removed,
+    create_and_upload,
+    fill,
+    leftover_containers,
+    serve_command,
+    write_nifti,
+)
 from .rawhttp import read_response
 from .tus import OFFSET_TYPE, TUS, create, created, metadata, new_session, offset, patch, patch_file, start_patch
 
@@ -49,6 +58,13 @@ def wait_offset(url: str, expected: int, timeout: float = 20) -> int:
     return now
 
 
+def ran_to_completion(server: Server, session_id: str, timeout: float = 60) -> None:
+    """The session's run completed and its container is gone (it is removed just after the outcome is recorded;
+    the fixtures fail a test whose server leaves one behind)."""
+    assert server.wait_status(session_id, {"complete", "failed"}, timeout=timeout)["status"] == "complete"
+    assert containers_removed(lambda: leftover_containers(server), timeout=30) == []
+
+
 def landed(server: Server, session_id: str) -> Path:
     return server.session_path / session_id / "inputs" / "input_vol.nii.gz"
 
@@ -68,7 +84,7 @@ def test_tuspy_uploads_an_input_and_the_session_runs_on_it(module_server: Server
     nifti_gz_like(source, 5)
     session_id = new_session(module_server.url)
     tuspy(module_server.url, source, session_id, chunk_size=MiB)
-    assert module_server.wait_status(session_id, {"complete", "failed"})["status"] == "complete"
+    ran_to_completion(module_server, session_id)
     output = httpx.get(f"{module_server.url}/sessions/{session_id}/outputs/output_vol", timeout=60)
     assert output.content == source.read_bytes()
 
@@ -87,7 +103,7 @@ def test_the_completing_patch_answers_the_sha256_and_lands_the_input(module_serv
     last = patch_file(url, source, MiB + 5, MiB)
     assert last.headers["inferserver-sha256"] == digest
     assert last.headers["upload-offset"] == str(source.stat().st_size)
-    assert module_server.wait_status(session_id, {"complete", "failed"})["status"] == "complete"
+    ran_to_completion(module_server, session_id)
     assert file_sha256(landed(module_server, session_id)) == digest
     # Finished: HEAD says so, and the partial file is gone.
     assert offset(url) == source.stat().st_size
@@ -267,7 +283,7 @@ def test_a_patch_broken_at_a_random_offset_keeps_what_arrived_and_tuspy_resumes(
     sock.close()  # the connection breaks: no more bytes, no answer read
     assert wait_offset(url, cut) == cut, f"the server kept {offset(url)} of the {cut} bytes that arrived"
     tuspy(module_server.url, source, session_id, chunk_size=2 * MiB, url=url)
-    assert module_server.wait_status(session_id, {"complete", "failed"})["status"] == "complete"
+    ran_to_completion(module_server, session_id)
     assert file_sha256(landed(module_server, session_id)) == digest
 
 
@@ -304,7 +320,7 @@ def test_a_second_concurrent_patch_gets_409(
     first.close()
     assert (answer.status, answer.headers["upload-offset"]) == (204, str(len(data)))
     assert answer.headers["inferserver-sha256"] == digest
-    assert module_server.wait_status(session_id, {"complete", "failed"})["status"] == "complete"
+    ran_to_completion(module_server, session_id)
     assert file_sha256(landed(module_server, session_id)) == digest
 
 
@@ -332,7 +348,7 @@ def test_kill_9_mid_upload_then_resume_after_restart(make_server: ServerFactory,
     # Rehashed from disk after the restart: the answer is the sha256 of the whole file as the client has it.
     assert last.headers["inferserver-sha256"] == digest
     assert file_sha256(landed(server, session_id)) == digest
-    assert server.wait_status(session_id, {"complete", "failed"}, timeout=180)["status"] == "complete"
+    ran_to_completion(server, session_id, timeout=180)
     source.unlink()
 
 
@@ -347,7 +363,7 @@ def test_chunks_spread_over_worker_processes_still_answer_the_whole_files_sha256
     url = created(server.url, session_id, source.stat().st_size)
     last = patch_file(url, source, 0, MiB)  # a new connection per chunk: the kernel spreads them over the workers
     assert last.headers["inferserver-sha256"] == digest
-    assert server.wait_status(session_id, {"complete", "failed"})["status"] == "complete"
+    ran_to_completion(server, session_id)
     assert file_sha256(landed(server, session_id)) == digest
 
 
@@ -405,7 +421,7 @@ def test_creation_is_refused_for_an_unknown_session_or_input_or_one_that_no_long
     late = create(module_server.url, done, 10)
     assert late.status_code == 400
     assert "it takes no more inputs" in late.json()["errors"][0]["detail"]
-    assert module_server.wait_status(done, {"complete", "failed"})["status"] == "complete"
+    ran_to_completion(module_server, done)
 
 
 def nifti_head(size: int) -> bytes:
@@ -466,4 +482,4 @@ def test_a_stalled_patch_is_408_and_keeps_what_arrived(make_server: ServerFactor
     )
     assert offset(url) == 300_000
     assert patch(url, 300_000, body[300_000:]).status_code == 204
-    assert server.wait_status(session_id, {"complete", "failed"})["status"] == "complete"
+    ran_to_completion(server, session_id)

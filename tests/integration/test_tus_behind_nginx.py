@@ -15,7 +15,7 @@ import pytest
 from ..files import file_sha256, nifti_gz_like
 from .conftest import Server, shipped_gunicorn, start_server, stop_and_check
 from .test_deploy_nginx import Nginx, start_nginx, stop_nginx
-from .test_tus import landed, nifti_head, tuspy, wait_offset
+from .test_tus import landed, nifti_head, ran_to_completion, tuspy, wait_offset
 from .tus import TUS, create, new_session, patch, start_patch
 
 MiB = 1 << 20
@@ -45,7 +45,7 @@ def test_tuspy_through_nginx_with_64_mib_chunks(proxied: tuple[Server, Nginx], t
     url = tuspy(base, source, session_id, chunk_size=CHUNK)
     # The relative Location resolved under the prefix, as any client resolves it.
     assert url.startswith(f"{base}/uploads/")
-    assert server.wait_status(session_id, {"complete", "failed"}, timeout=180)["status"] == "complete"
+    ran_to_completion(server, session_id, timeout=180)
     assert file_sha256(landed(server, session_id)) == digest
     patches = re.findall(r'"PATCH /inferserver/uploads/[0-9a-f]{32} HTTP/1\.1" (\d+) ', nginx.access_log())
     assert patches == ["204", "204", "204"], nginx.access_log()
@@ -91,4 +91,4 @@ def test_a_patch_broken_behind_nginx_keeps_what_reached_the_server(proxied: tupl
     kept = wait_offset(url, 3 * MiB, timeout=5)
     assert 0 < kept <= 3 * MiB
     assert patch(url, kept, body[kept:]).status_code == 204
-    assert server.wait_status(session_id, {"complete", "failed"})["status"] == "complete"
+    ran_to_completion(server, session_id)

@@ -87,7 +87,7 @@ def _allowed_methods(request: Request) -> str:
     scope = request.scope
     return ", ".join(
         method
-        for method in ("GET", "POST", "PUT", "PATCH", "DELETE")
+        for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
         if any(route.matches({**scope, "method": method})[0] is Match.FULL for route in request.app.routes)
     )
 
