@@ -29,8 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from starlette.requests import ClientDisconnect
-
 from ..config import Settings
 from ..runner.filewriter import BlockWriter
 from ..sizes import human_size
@@ -39,7 +37,6 @@ from .errors import (
     ChecksumMismatch,
     Conflict,
     Gone,
-    InsufficientStorage,
     InvalidInput,
     NotFound,
     SessionError,
@@ -196,24 +193,21 @@ class TusUploads:
         chunk_hash = CHECKSUMS[checksum.algorithm]() if checksum is not None else None
         running = self._running_hash(row.id, offset)
         hashers = [h for h in (chunk_hash, running) if h is not None]
-        broken: BaseException | None = None
         with out_of_space_is_507(label):
             async with BlockWriter(path, start=offset, hashers=hashers) as out:
                 try:
-                    async for piece in limited_upload(body, declared, self.limits, label):
-                        if out.size + len(piece) > row.length - offset:
-                            raise TooLarge(
-                                f"{label}: the chunk at offset {offset} passes the upload's Upload-Length of "
-                                f"{row.length} bytes"
-                            )
-                        await out.write(piece)
-                except (ClientDisconnect, Stalled, InsufficientStorage) as exc:
-                    broken = exc  # tus: keep as much as was received
+                    broken = await self._write_body(
+                        out, limited_upload(body, declared, self.limits, label), row, offset
+                    )
                 except BaseException:
                     os.truncate(path, offset)
                     raise
                 await out.sync()
-        if checksum is not None and chunk_hash is not None and (broken or chunk_hash.digest() != checksum.digest):
+        if (
+            checksum is not None
+            and chunk_hash is not None
+            and (broken is not None or chunk_hash.digest() != checksum.digest)
+        ):
             os.truncate(path, offset)  # the chunk is discarded, as the checksum extension says
             if broken is not None:
                 raise broken
@@ -239,6 +233,28 @@ class TusUploads:
         if broken is not None:
             raise broken
         return received
+
+    async def _write_body(
+        self, out: BlockWriter, body: AsyncIterator[bytes], row: TusUpload, offset: int
+    ) -> Exception | None:
+        """Write the body's pieces; what broke it (the client went away or stalled, the disk reached its reserve),
+        if anything did. tus: the server keeps as much as it received. A body over the upload's length raises."""
+        pieces = aiter(body)
+        while True:
+            try:
+                piece = await anext(pieces)
+            except StopAsyncIteration:
+                return None
+            except TooLarge:
+                raise
+            except Exception as exc:  # the api's disconnect error included: this layer does not know its type
+                return exc
+            if out.size + len(piece) > row.length - offset:
+                raise TooLarge(
+                    f"input {row.input_name}: the chunk at offset {offset} passes the upload's Upload-Length of "
+                    f"{row.length} bytes"
+                )
+            await out.write(piece)
 
     async def _check_type(self, row: TusUpload, path: Path) -> None:
         """Refuse a file of the wrong type as soon as its head is in (as PUT does), not after gigabytes more."""
