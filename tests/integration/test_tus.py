@@ -484,3 +484,22 @@ def test_a_stalled_patch_is_408_and_keeps_what_arrived(make_server: ServerFactor
     assert offset(url) == 300_000
     assert patch(url, 300_000, body[300_000:]).status_code == 204
     ran_to_completion(server, session_id)
+
+
+def test_a_patch_of_another_type_is_415_and_one_past_the_length_413(module_server: Server) -> None:
+    url = created(module_server.url, new_session(module_server.url), 5000)
+    wrong_type = httpx.patch(
+        url, content=b"x" * 10, headers={**TUS, "Content-Type": "application/octet-stream", "Upload-Offset": "0"}
+    )
+    assert wrong_type.status_code == 415
+    assert wrong_type.headers["tus-resumable"] == "1.0.0"
+    assert wrong_type.json() == {"errors": [{"detail": "Content-Type must be application/offset+octet-stream"}]}
+    no_offset = httpx.patch(url, content=b"x", headers={**TUS, "Content-Type": OFFSET_TYPE})
+    assert no_offset.status_code == 400
+    assert no_offset.json()["errors"][0]["detail"] == "Upload-Offset must be a non-negative integer"
+    too_long = patch(url, 0, nifti_head(6000))
+    assert too_long.status_code == 413
+    assert too_long.json()["errors"][0]["detail"] == (
+        "input input_vol: a chunk of 6000 bytes at offset 0 passes the upload's Upload-Length of 5000 bytes"
+    )
+    assert offset(url) == 0
