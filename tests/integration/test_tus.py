@@ -9,7 +9,7 @@ import hashlib
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -503,3 +503,21 @@ def test_a_patch_of_another_type_is_415_and_one_past_the_length_413(module_serve
         "input input_vol: a chunk of 6000 bytes at offset 0 passes the upload's Upload-Length of 5000 bytes"
     )
     assert offset(url) == 0
+
+
+def test_a_chunked_patch_that_runs_past_the_length_is_413_and_kept_nothing(module_server: Server) -> None:
+    session_id = new_session(module_server.url)
+    url = created(module_server.url, session_id, 5000)
+    body = nifti_head(8000)
+
+    def chunked() -> Iterator[bytes]:  # no Content-Length: the server finds out as the bytes come
+        yield from (body[i : i + 1000] for i in range(0, len(body), 1000))
+
+    answer = httpx.patch(url, content=chunked(), headers={**TUS, "Content-Type": OFFSET_TYPE, "Upload-Offset": "0"})
+    assert answer.status_code == 413
+    assert answer.json()["errors"][0]["detail"] == (
+        "input input_vol: the chunk at offset 0 passes the upload's Upload-Length of 5000 bytes"
+    )
+    assert offset(url) == 0
+    assert patch(url, 0, body[:5000]).status_code == 204
+    ran_to_completion(module_server, session_id)
