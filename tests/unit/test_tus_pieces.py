@@ -12,7 +12,7 @@ import pytest
 from inferserver.api.envelope import ApiError
 from inferserver.api.tus import _checksum, _metadata
 from inferserver.config import SettingsError, load_settings
-from inferserver.runner.filewriter import WRITE_BLOCK, BlockWriter
+from inferserver.runner.filewriter import SYNC_FILE_RANGE, WRITE_BLOCK, BlockWriter
 from inferserver.sessions.errors import InvalidInput
 from inferserver.sessions.uploads import place_file
 
@@ -31,6 +31,18 @@ async def test_a_resumed_writer_keeps_the_prefix_cuts_the_rest_and_hashes_only_n
     assert out.size == len(new)
     assert chunk.digest() == hashlib.sha1(new).digest()
     assert running.hexdigest() == hashlib.sha256(b"acknowledged" + new).hexdigest()
+
+
+async def test_writeback_writes_the_same_bytes_from_any_start(tmp_path: Path) -> None:
+    assert SYNC_FILE_RANGE is not None  # Linux: the C library has sync_file_range
+    path = tmp_path / "partial"
+    path.write_bytes(b"kept" + b"cut" * 10)
+    data = bytes(range(256)) * (3 * WRITE_BLOCK // 256 + 7)
+    async with BlockWriter(path, start=4, writeback=True) as out:
+        for i in range(0, len(data), 100_000):
+            await out.write(data[i : i + 100_000])
+        await out.sync()
+    assert path.read_bytes() == b"kept" + data
 
 
 async def test_a_writer_without_start_still_truncates(tmp_path: Path) -> None:

@@ -497,15 +497,20 @@ class TusStore:
                 .values(heartbeat=time.time())
             )
 
-    async def advance(self, upload_id: str, owner: str, received: int, expires: float) -> bool:
-        """Acknowledge bytes up to `received` (already fsynced) while `owner` holds the upload."""
+    async def advance(self, upload_id: str, session_id: str, owner: str, received: int, expires: float) -> bool:
+        """Acknowledge bytes up to `received` (already fsynced) while `owner` holds the upload, and end its claim; the
+        session counts as active (idle clean-up spares it). One transaction: a PATCH costs two writes in all."""
+        now = time.time()
         async with self._store._write(visible=False) as db:
             result = await db.execute(
                 update(TusUpload)
                 .where(TusUpload.id == upload_id, TusUpload.owner == owner)
-                .values(received=received, expires=expires, heartbeat=time.time())
+                .values(received=received, expires=expires, owner=None, heartbeat=None)
             )
-            return _one_row(result)
+            if not _one_row(result):
+                return False
+            await db.execute(update(SessionRow).where(SessionRow.id == session_id).values(updated=now))
+            return True
 
     async def release(self, upload_id: str, owner: str) -> None:
         async with self._store._write(visible=False) as db:

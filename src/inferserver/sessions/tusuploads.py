@@ -164,10 +164,11 @@ class TusUploads:
         ):
             raise await self._not_claimed(upload_id, offset)
         beat = asyncio.create_task(self._heartbeat(upload_id, owner))
+        released = False
         try:
             received = await self._receive(row, offset, body, declared, checksum, owner)
-            await self.manager.store.touch(row.session_id)  # an upload in progress keeps its session from clean-up
             if received < row.length:
+                released = True  # recording the offset ended the claim
                 return PatchResult(received, time.time() + self.settings.TUS_EXPIRY)
             # Still claimed: no other PATCH may cut the file back while it is landed (it is hard-linked, not copied).
             return await self._complete(row)
@@ -175,7 +176,8 @@ class TusUploads:
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beat
-            await asyncio.shield(self.store.release(upload_id, owner))
+            if not released:
+                await asyncio.shield(self.store.release(upload_id, owner))
 
     async def _receive(
         self,
@@ -194,7 +196,7 @@ class TusUploads:
         running = self._running_hash(row.id, offset)
         hashers = [h for h in (chunk_hash, running) if h is not None]
         with out_of_space_is_507(label):
-            async with BlockWriter(path, start=offset, hashers=hashers) as out:
+            async with BlockWriter(path, start=offset, hashers=hashers, writeback=True) as out:
                 try:
                     broken = await self._write_body(
                         out, limited_upload(body, declared, self.limits, label), row, offset
@@ -216,12 +218,14 @@ class TusUploads:
                 f" it was discarded, send it again from offset {offset}"
             )
         received = offset + out.size
+        if received == row.length:
+            broken = None  # every byte is in: whatever came after the body does not stop the upload completing
         if offset < SNIFF_BYTES <= received or received == row.length:
             await self._check_type(row, path)
-        if received < row.length or broken is not None:
+        if received < row.length:
             # The last chunk is acknowledged by its landing (in the same transaction): never "complete" before it.
             expires = time.time() + self.settings.TUS_EXPIRY
-            if not await self.store.advance(row.id, owner, received, expires):
+            if not await self.store.advance(row.id, row.session_id, owner, received, expires):
                 raise NotFound(f"upload {row.id} was terminated while this chunk was written")
         if running is not None:
             self._keep_running(row.id, received, running)
