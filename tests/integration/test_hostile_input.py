@@ -248,6 +248,8 @@ def test_malformed_request_is_400_in_the_envelope(module_server: Server) -> None
         (b"PUT", b"/models/copy", "GET, POST"),
         (b"POST", b"/sessions/" + SID.encode(), "GET, DELETE"),
         (b"GET", b"/sessions/" + SID.encode() + b"/inputs/x", "POST, PUT"),
+        (b"GET", b"/uploads/" + b"0" * 32, "HEAD, PATCH, DELETE"),
+        (b"PUT", b"/uploads", "POST, OPTIONS"),
     ],
 )
 def test_wrong_method_is_405_in_the_envelope(module_server: Server, method: bytes, target: bytes, allowed: str) -> None:

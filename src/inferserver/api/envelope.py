@@ -17,7 +17,9 @@ from starlette.routing import Match
 from ..observability.logs import printable
 from ..sessions.errors import (
     AtCapacity,
+    ChecksumMismatch,
     Conflict,
+    Gone,
     InsufficientStorage,
     InvalidInput,
     NotFound,
@@ -61,6 +63,8 @@ STATUS_FOR: dict[type[SessionError], int] = {
     InsufficientStorage: 507,
     AtCapacity: 503,
     Stalled: 408,
+    Gone: 410,
+    ChecksumMismatch: 460,  # tus 1.0's checksum extension
 }
 
 
@@ -83,7 +87,7 @@ def _allowed_methods(request: Request) -> str:
     scope = request.scope
     return ", ".join(
         method
-        for method in ("GET", "POST", "PUT", "PATCH", "DELETE")
+        for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
         if any(route.matches({**scope, "method": method})[0] is Match.FULL for route in request.app.routes)
     )
 

@@ -10,16 +10,37 @@ written with writev as they came, never joined.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Self
+from typing import Protocol, Self
 
 # Gather pieces into blocks this big before handing them to the thread: fewer thread hops.
 WRITE_BLOCK = 1 << 20
 # writev takes at most this many buffers per call (a chunked body may come one byte per chunk).
 IOV_MAX = os.sysconf("SC_IOV_MAX")
+SYNC_FILE_RANGE_WRITE = 2  # <fcntl.h>: start writing the range back, do not wait
+
+
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """Linux's sync_file_range(2) from the C library (Python's os module lacks it); None elsewhere."""
+    function = getattr(ctypes.CDLL(None, use_errno=True), "sync_file_range", None)
+    if function is None:
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function  # type: ignore[no-any-return]  # a ctypes function, typed by the argtypes above
+
+
+SYNC_FILE_RANGE = _sync_file_range()
+
+
+class Hasher(Protocol):
+    """A hashlib object, as far as BlockWriter feeds it."""
+
+    def update(self, data: bytes, /) -> None: ...
 
 
 class BlockWriter:
@@ -27,11 +48,27 @@ class BlockWriter:
 
     At most one block is in flight while the next one fills, so memory stays at about two blocks.
     A write error surfaces at the next `write` or at the end of the `async with`.
+    With `start` the file is kept up to that offset (cut back to it if longer) and written from there, as a
+    resumed upload is; `hashers` are fed every piece too, in the same thread (a chunk's checksum, the running
+    hash of a resumed file). `writeback` starts writing each block to disk as soon as it is written (Linux
+    sync_file_range), so a `sync()` at the end waits for the last blocks only, not for the whole file.
     """
 
-    def __init__(self, path: Path, *, sha256: bool = False) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        sha256: bool = False,
+        start: int | None = None,
+        hashers: Sequence[Hasher] = (),
+        writeback: bool = False,
+    ) -> None:
         self._path = path
         self._digest = hashlib.sha256() if sha256 else None
+        self._start = start
+        self._position = start or 0  # where the next block goes (only the writing thread moves it)
+        self._writeback = writeback and SYNC_FILE_RANGE is not None
+        self._hashers = [*hashers, *([self._digest] if self._digest is not None else [])]
         self._fd = -1
         self._block: list[bytes] = []
         self._block_size = 0
@@ -39,7 +76,12 @@ class BlockWriter:
         self.size = 0
 
     async def __aenter__(self) -> Self:
-        self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        if self._start is None:
+            self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        else:
+            self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            os.ftruncate(self._fd, self._start)  # bytes past the acknowledged offset were never acknowledged
+            os.lseek(self._fd, self._start, os.SEEK_SET)
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
@@ -61,6 +103,12 @@ class BlockWriter:
         if self._block_size >= WRITE_BLOCK:
             await self._flush()
 
+    async def sync(self) -> None:
+        """Write what is gathered and fsync: every byte written so far is on disk when this returns."""
+        await self._flush()
+        await self._settle()
+        await asyncio.get_running_loop().run_in_executor(None, os.fsync, self._fd)
+
     @property
     def sha256(self) -> str:
         if self._digest is None:
@@ -81,11 +129,15 @@ class BlockWriter:
             self._pending = None
 
     def _hash_and_write(self, pieces: list[bytes]) -> None:
-        if self._digest is not None:
+        for hasher in self._hashers:
             for piece in pieces:
-                self._digest.update(piece)
+                hasher.update(piece)
         for start in range(0, len(pieces), IOV_MAX):
             _write_all(self._fd, [memoryview(piece) for piece in pieces[start : start + IOV_MAX]])
+        length = sum(len(piece) for piece in pieces)
+        if self._writeback and SYNC_FILE_RANGE is not None:
+            SYNC_FILE_RANGE(self._fd, self._position, length, SYNC_FILE_RANGE_WRITE)  # a hint: its result is not needed
+        self._position += length
 
 
 def _closer(fd: int) -> Callable[[asyncio.Future[None]], None]:
