@@ -158,7 +158,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     install_openapi(app)
     app.add_middleware(RequestLog)
-    for router in (root.router, models.router, sessions.router, tus.router, health.router, gpus.router, operator.router):
+    for router in (
+        root.router,
+        models.router,
+        sessions.router,
+        tus.router,
+        health.router,
+        gpus.router,
+        operator.router,
+    ):
         app.include_router(router)
     ui.install(app)
     return app
