@@ -13,10 +13,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from .connection import unreachable
 from .errors import ClientError, Exit
 from .progress import transfer_progress
 from .remote import RemoteRun, RunRequest, Server, session_body
@@ -142,7 +144,10 @@ class BatchRun:
             self.running.add(remote)
         started = time.monotonic()
         try:
-            remote.execute()
+            try:
+                remote.execute()
+            except httpx.TransportError as exc:  # one volume's failure, not the batch's
+                raise unreachable(str(self.server.client.base_url), exc) from exc
             outcome = Outcome(stem, "complete", time.monotonic() - started, remote.session_id or "")
         except ClientError as exc:
             outcome = Outcome(stem, "failed", time.monotonic() - started, remote.session_id or "", str(exc), exc.status)

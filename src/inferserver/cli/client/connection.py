@@ -88,10 +88,14 @@ def check(response: httpx.Response, doing: str) -> httpx.Response:
     raise ClientError(f"{doing}: {response.status_code} {reason(response)}", status)
 
 
+def unreachable(url: str, exc: httpx.TransportError) -> ClientError:
+    return ClientError(f"server {url} unreachable: {exc.__class__.__name__}: {exc}", Exit.UNREACHABLE)
+
+
 @contextmanager
 def reachable(url: str) -> Iterator[None]:
     """Transport failures (refused, reset, DNS, timeouts) become the 'unreachable' exit status."""
     try:
         yield
     except httpx.TransportError as exc:
-        raise ClientError(f"server {url} unreachable: {exc.__class__.__name__}: {exc}", Exit.UNREACHABLE) from exc
+        raise unreachable(url, exc) from exc

@@ -103,7 +103,7 @@ def session_body(spec: dict[str, Any], request: RunRequest) -> dict[str, Any]:
     }
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: the batch keeps the runs under way in a set
 class RemoteRun:
     server: Server
     request: RunRequest
