@@ -19,7 +19,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from . import __version__
-from .api import gpus, health, models, root, sessions
+from .api import gpus, health, models, root, sessions, tus
 from .api.auth import HASH_THREADS, AccessControl, AuthMiddleware
 from .api.envelope import install_error_handlers, install_openapi
 from .api.requestlog import RequestLog
@@ -35,7 +35,8 @@ from .serving.fdlimit import raise_open_file_limit
 from .sessions.changes import ChangeToken
 from .sessions.manager import SessionManager
 from .sessions.state import Signals
-from .sessions.store import Store, default_url
+from .sessions.store import Store, TusStore, default_url
+from .sessions.tusuploads import TusUploads
 from .specs.registry import ModelRegistry
 from .volumes import convert
 
@@ -85,6 +86,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     dispatcher.run_ended = metrics.run_finished
     app.state.models = directory
     app.state.sessions = manager
+    app.state.tus = TusUploads(settings, manager, TusStore(store))
     app.state.dispatcher = dispatcher
     app.state.metrics = metrics
     app.state.gpu_requests_on = lambda: bool(settings.gpu_pool) or runner.gpu_requests_on
@@ -136,7 +138,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     install_openapi(app)
     app.add_middleware(RequestLog)
-    for router in (root.router, models.router, sessions.router, health.router, gpus.router):
+    for router in (root.router, models.router, sessions.router, tus.router, health.router, gpus.router):
         app.include_router(router)
     return app
 

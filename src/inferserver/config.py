@@ -164,6 +164,13 @@ class Settings(BaseSettings):
         description="Seconds an upload may go without sending 16 KiB of its body; then it is ended with 408, its "
         "partial file dropped and the input free for a new upload.",
     )
+    TUS_EXPIRY: float = Field(
+        86400.0,
+        gt=0,
+        le=30 * 86400,
+        description="Seconds a resumable (tus) upload is kept after its last PATCH (or its creation); then it "
+        "answers 410 and the janitor removes it and its bytes.",
+    )
     AUTH_USERS_FILE: Path | None = Field(
         None, description="File of `user:hash` lines; when set, HTTP Basic is accepted (and required)."
     )

@@ -17,7 +17,9 @@ from starlette.routing import Match
 from ..observability.logs import printable
 from ..sessions.errors import (
     AtCapacity,
+    ChecksumMismatch,
     Conflict,
+    Gone,
     InsufficientStorage,
     InvalidInput,
     NotFound,
@@ -61,6 +63,8 @@ STATUS_FOR: dict[type[SessionError], int] = {
     InsufficientStorage: 507,
     AtCapacity: 503,
     Stalled: 408,
+    Gone: 410,
+    ChecksumMismatch: 460,  # tus 1.0's checksum extension
 }
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Self
+from typing import Protocol, Self
 
 # Gather pieces into blocks this big before handing them to the thread: fewer thread hops.
 WRITE_BLOCK = 1 << 20
@@ -22,16 +22,29 @@ WRITE_BLOCK = 1 << 20
 IOV_MAX = os.sysconf("SC_IOV_MAX")
 
 
+class Hasher(Protocol):
+    """A hashlib object, as far as BlockWriter feeds it."""
+
+    def update(self, data: bytes, /) -> None: ...
+
+
 class BlockWriter:
     """`async with BlockWriter(path) as out: await out.write(piece)`; `out.sha256` and `out.size` after.
 
     At most one block is in flight while the next one fills, so memory stays at about two blocks.
     A write error surfaces at the next `write` or at the end of the `async with`.
+    With `start` the file is kept up to that offset (cut back to it if longer) and written from there, as a
+    resumed upload is; `hashers` are fed every piece too, in the same thread (a chunk's checksum, the running
+    hash of a resumed file).
     """
 
-    def __init__(self, path: Path, *, sha256: bool = False) -> None:
+    def __init__(
+        self, path: Path, *, sha256: bool = False, start: int | None = None, hashers: Sequence[Hasher] = ()
+    ) -> None:
         self._path = path
         self._digest = hashlib.sha256() if sha256 else None
+        self._start = start
+        self._hashers = [*hashers, *([self._digest] if self._digest is not None else [])]
         self._fd = -1
         self._block: list[bytes] = []
         self._block_size = 0
@@ -39,7 +52,12 @@ class BlockWriter:
         self.size = 0
 
     async def __aenter__(self) -> Self:
-        self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        if self._start is None:
+            self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        else:
+            self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            os.ftruncate(self._fd, self._start)  # bytes past the acknowledged offset were never acknowledged
+            os.lseek(self._fd, self._start, os.SEEK_SET)
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
@@ -61,6 +79,12 @@ class BlockWriter:
         if self._block_size >= WRITE_BLOCK:
             await self._flush()
 
+    async def sync(self) -> None:
+        """Write what is gathered and fsync: every byte written so far is on disk when this returns."""
+        await self._flush()
+        await self._settle()
+        await asyncio.get_running_loop().run_in_executor(None, os.fsync, self._fd)
+
     @property
     def sha256(self) -> str:
         if self._digest is None:
@@ -81,9 +105,9 @@ class BlockWriter:
             self._pending = None
 
     def _hash_and_write(self, pieces: list[bytes]) -> None:
-        if self._digest is not None:
+        for hasher in self._hashers:
             for piece in pieces:
-                self._digest.update(piece)
+                hasher.update(piece)
         for start in range(0, len(pieces), IOV_MAX):
             _write_all(self._fd, [memoryview(piece) for piece in pieces[start : start + IOV_MAX]])
 

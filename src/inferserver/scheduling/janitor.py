@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import shutil
-import socket
 import time
 from pathlib import Path
 
 from ..config import Settings
 from ..sessions.manager import UPLOAD_STALE, SessionManager
 from ..sessions.state import Status
-from ..sessions.store import Store
-from ..sessions.uploads import partial_owner_pid
+from ..sessions.store import Store, TusStore
+from ..sessions.tusuploads import TusUploads
+from ..sessions.uploads import dead_local_owner, partial_owner_pid, process_alive
 from ..volumes.convert import PARTIAL_MARK
 
 logger = logging.getLogger(__name__)
@@ -25,6 +24,7 @@ class Janitor:
         self.settings = settings
         self.store = store
         self.manager = manager
+        self.tus = TusUploads(settings, manager, TusStore(store))
 
     async def cleanup(self, now: float | None = None) -> list[str]:
         """Forget idle sessions the settings allow to go; never one a client is still using."""
@@ -44,6 +44,7 @@ class Janitor:
                 shutil.rmtree(self.settings.SESSION_PATH / row.id, ignore_errors=True)
             gone.append(row.id)
         self.remove_partial_uploads(now)
+        await self.remove_tus_uploads(now)
         if gone:
             logger.info("cleaned up %d idle sessions", len(gone))
         return gone
@@ -58,6 +59,19 @@ class Janitor:
             for partial in root.glob(pattern):
                 self._remove_if_dead(partial, mark, stale_before)
 
+    async def remove_tus_uploads(self, now: float) -> None:
+        """Resumable uploads past TUS_EXPIRY (row and bytes), and the bytes of uploads whose row is gone (their
+        session was cleaned up; removing a session removes its uploads' rows)."""
+        for row in await self.tus.store.expired(now, now - UPLOAD_STALE):
+            await self.tus.discard(row)
+            logger.info("session %s: resumable upload %s of input %s expired", row.session_id, row.id, row.input_name)
+        known = await self.tus.store.ids()
+        for path in self.settings.SESSION_PATH.glob("*/uploads/*"):
+            with contextlib.suppress(FileNotFoundError):
+                # Young files may be of an upload whose row is being inserted right now.
+                if path.name not in known and path.stat().st_mtime < now - UPLOAD_STALE:
+                    path.unlink()
+
     @staticmethod
     def _remove_if_dead(partial: Path, mark: str, stale_before: float) -> None:
         pid = partial_owner_pid(partial, mark)
@@ -68,19 +82,6 @@ class Janitor:
 
     async def release_dead_claims(self) -> None:
         """Upload claims of processes on this host that no longer exist: their inputs can be uploaded again."""
-        host = socket.gethostname()
         for session_id, name, owner in await self.store.upload_claims():
-            owner_host, _, rest = owner.partition(":")
-            pid = rest.partition(":")[0]
-            if owner_host == host and pid.isdigit() and not process_alive(int(pid)):
+            if dead_local_owner(owner):
                 await self.store.release_upload(session_id, name, owner)
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -35,3 +35,11 @@ class AtCapacity(SessionError):
 
 class Stalled(SessionError):
     """A client stopped sending a request body (or sends it too slowly to be told from one that stopped)."""
+
+
+class Gone(SessionError):
+    """A resumable upload that expired: it existed, and will not come back."""
+
+
+class ChecksumMismatch(SessionError):
+    """A resumable upload's chunk whose Upload-Checksum does not match its bytes (tus: 460)."""

@@ -15,8 +15,9 @@ import socket
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from ..config import Settings
 from ..specs.directory import ModelDirectory
@@ -30,7 +31,7 @@ from .logstream import follow_log
 from .quotas import UploadLimits, at_capacity, check_disk, check_room, out_of_space_is_507
 from .state import LIVE, SessionFiles, SessionPlan, Signal, Signals, Status
 from .store import SessionRow, SessionView, Store
-from .uploads import UploadResult, receive_file
+from .uploads import UploadResult, place_file, receive_file
 from .watch import StatusWatch
 
 logger = logging.getLogger(__name__)
@@ -138,11 +139,44 @@ class SessionManager:
     async def upload(self, session_id: str, name: str, chunks: AsyncIterator[bytes]) -> UploadResult:
         """Receive an input. Of concurrent uploads of one input at most one is taken (200): the others, and any
         that completes once the session was queued or cancelled, get Conflict (409) and leave no file."""
+
+        async def receive(staged: Path, extension: str) -> UploadResult:
+            return await receive_file(chunks, staged, label=f"input {name}", expected_ext=extension, **self._landing)
+
+        return await self._take_input(session_id, name, receive)
+
+    async def land_received(self, session_id: str, name: str, source: Path, sha256: str, tus_id: str) -> UploadResult:
+        """Make a finished resumable upload's file (`source`, left in place) the input, exactly as `upload` takes
+        a body: type check, conversion, the claim and the same landing; the tus upload `tus_id` is marked finished
+        in the landing's own transaction."""
+
+        async def place(staged: Path, extension: str) -> UploadResult:
+            return await place_file(
+                source, staged, sha256=sha256, label=f"input {name}", expected_ext=extension, **self._landing
+            )
+
+        return await self._take_input(session_id, name, place, tus_id=tus_id)
+
+    async def check_input(self, session_id: str, name: str) -> SessionPlan:
+        """The session's plan if it waits for input `name` (NotFound, WrongState otherwise)."""
         view = await self.view(session_id)
         plan = self.plan(view.row)
         _check_enabled(plan, "input", name)
         if view.status is not Status.WAITING:
             raise WrongState(f"session is {view.status.value}: it takes no more inputs")
+        return plan
+
+    async def _take_input(
+        self,
+        session_id: str,
+        name: str,
+        produce: Callable[[Path, str], Awaitable[UploadResult]],
+        *,
+        tus_id: str | None = None,
+    ) -> UploadResult:
+        """The one landing path of PUT and tus: claim the input, let `produce(staged, extension)` write the file
+        under a name of its own, then land it (409 when another upload or a state change came first)."""
+        plan = await self.check_input(session_id, name)
         owner = f"{self._owner_prefix}:{secrets.token_hex(4)}"
         if not await self.store.claim_upload(session_id, name, owner, time.time() - UPLOAD_STALE):
             raise await self._not_taken(session_id, name, "is already being uploaded")
@@ -155,17 +189,9 @@ class SessionManager:
         beat = asyncio.create_task(self._heartbeat(session_id, name, owner))
         try:
             with out_of_space_is_507(f"input {name}"):  # the reserve is checked as bytes come; others share the disk
-                result = await receive_file(
-                    chunks,
-                    staged,
-                    label=f"input {name}",
-                    expected_ext=extension,
-                    check_types=self.settings.CHECK_INPUT_FILETYPES,
-                    convert=self.settings.CONVERT_INPUTS,
-                    converter=self.converter,
-                )
+                result = await produce(staged, extension)
             # Shielded: a request cancelled now must not split the store's decision from the rename.
-            landing = asyncio.create_task(self._land(session_id, name, owner, staged, dest))
+            landing = asyncio.create_task(self._land(session_id, name, owner, staged, dest, tus_id))
             await asyncio.shield(landing)
         finally:
             beat.cancel()
@@ -182,8 +208,17 @@ class SessionManager:
             self.dispatch_wakeup.notify()
         return result
 
-    async def _land(self, session_id: str, name: str, owner: str, staged: Path, dest: Path) -> None:
-        if not await self.store.land_upload(session_id, name, owner):
+    @property
+    def _landing(self) -> dict[str, Any]:
+        """How every input is taken: CHECK_INPUT_FILETYPES, CONVERT_INPUTS and this process's converter."""
+        return {
+            "check_types": self.settings.CHECK_INPUT_FILETYPES,
+            "convert": self.settings.CONVERT_INPUTS,
+            "converter": self.converter,
+        }
+
+    async def _land(self, session_id: str, name: str, owner: str, staged: Path, dest: Path, tus_id: str | None) -> None:
+        if not await self.store.land_upload(session_id, name, owner, finished_tus=tus_id):
             raise await self._not_taken(session_id, name, "was not stored: another upload of it took over")
         os.replace(staged, dest)
 

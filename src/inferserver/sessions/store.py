@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Float,
     ForeignKey,
@@ -100,6 +101,24 @@ class QueueSlot(Base):
     session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True)
     position: Mapped[int] = mapped_column(Integer)
     starts_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class TusUpload(Base):
+    """A resumable (tus) upload of one input: its declared length and the offset acknowledged so far (bytes fsynced
+    before it was written here). `owner` is the PATCH writing it now (at most one: a conditional UPDATE claims it)."""
+
+    __tablename__ = "tus_uploads"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), index=True)
+    input_name: Mapped[str] = mapped_column(String(200))
+    length: Mapped[int] = mapped_column(BigInteger)
+    received: Mapped[int] = mapped_column(BigInteger, default=0)
+    expires: Mapped[float] = mapped_column(Float, index=True)
+    filename: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    owner: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    heartbeat: Mapped[float | None] = mapped_column(Float, nullable=True)
+    finished: Mapped[bool] = mapped_column(Boolean, default=False)  # landed as the session's input
 
 
 @dataclass(frozen=True)
@@ -222,6 +241,7 @@ class Store:
             await db.execute(delete(QueueSlot).where(QueueSlot.session_id == session_id))
             await db.execute(delete(GpuHold).where(GpuHold.session_id == session_id))
             await db.execute(delete(InputRow).where(InputRow.session_id == session_id))
+            await db.execute(delete(TusUpload).where(TusUpload.session_id == session_id))
             await db.execute(delete(SessionRow).where(SessionRow.id == session_id))
 
     async def with_status(self, *statuses: Status) -> list[SessionRow]:
@@ -332,12 +352,13 @@ class Store:
             )
             return _one_row(result)
 
-    async def land_upload(self, session_id: str, name: str, owner: str) -> bool:
+    async def land_upload(self, session_id: str, name: str, owner: str, *, finished_tus: str | None = None) -> bool:
         """Mark the input landed if the claim is still `owner`'s and the session still waits for inputs.
 
         The one step that decides an upload is taken: it comes before its file is renamed into place and
         before the client is answered. The claim stays held (release_upload ends it), so the session cannot
-        be queued until the file is in place."""
+        be queued until the file is in place. `finished_tus`: the tus upload that brought the file, marked
+        finished (its whole length acknowledged) in the same transaction."""
         async with self._write() as db:  # visible: the input is no longer `needed`
             result = await db.execute(
                 update(InputRow)
@@ -349,7 +370,15 @@ class Store:
                 )
                 .values(landed=True, heartbeat=time.time())
             )
-            return _one_row(result)
+            if not _one_row(result):
+                return False
+            if finished_tus is not None:
+                await db.execute(
+                    update(TusUpload)
+                    .where(TusUpload.id == finished_tus)
+                    .values(finished=True, received=TusUpload.length, owner=None, heartbeat=None)
+                )
+            return True
 
     async def heartbeat(self, session_id: str, name: str, owner: str) -> None:
         async with self._write(visible=False) as db:
@@ -424,3 +453,93 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+class TusStore:
+    """The `tus_uploads` table (sessions/tusuploads.py is its one user). None of its changes is one a status
+    answer shows, so none replaces the change token."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def add(self, row: TusUpload) -> None:
+        async with self._store._write(visible=False) as db:
+            db.add(row)
+
+    async def get(self, upload_id: str) -> TusUpload | None:
+        async with self._store.sessionmaker() as db:
+            return await db.get(TusUpload, upload_id)
+
+    async def claim(self, upload_id: str, offset: int, owner: str, stale_before: float, dead_owner: str | None) -> bool:
+        """Take the upload for one PATCH at `offset`, unless the offset moved or a live PATCH holds it (a claim not
+        renewed since `stale_before`, or held by `dead_owner`, a process known to be gone, does not count)."""
+        held_by_nobody = [TusUpload.owner.is_(None), TusUpload.heartbeat < stale_before]
+        if dead_owner is not None:
+            held_by_nobody.append(TusUpload.owner == dead_owner)
+        async with self._store._write(visible=False) as db:
+            result = await db.execute(
+                update(TusUpload)
+                .where(
+                    TusUpload.id == upload_id,
+                    TusUpload.received == offset,
+                    TusUpload.finished.is_(False),
+                    or_(*held_by_nobody),
+                )
+                .values(owner=owner, heartbeat=time.time())
+            )
+            return _one_row(result)
+
+    async def heartbeat(self, upload_id: str, owner: str) -> None:
+        async with self._store._write(visible=False) as db:
+            await db.execute(
+                update(TusUpload)
+                .where(TusUpload.id == upload_id, TusUpload.owner == owner)
+                .values(heartbeat=time.time())
+            )
+
+    async def advance(self, upload_id: str, owner: str, received: int, expires: float) -> bool:
+        """Acknowledge bytes up to `received` (already fsynced) while `owner` holds the upload."""
+        async with self._store._write(visible=False) as db:
+            result = await db.execute(
+                update(TusUpload)
+                .where(TusUpload.id == upload_id, TusUpload.owner == owner)
+                .values(received=received, expires=expires, heartbeat=time.time())
+            )
+            return _one_row(result)
+
+    async def release(self, upload_id: str, owner: str) -> None:
+        async with self._store._write(visible=False) as db:
+            await db.execute(
+                update(TusUpload)
+                .where(TusUpload.id == upload_id, TusUpload.owner == owner)
+                .values(owner=None, heartbeat=None)
+            )
+
+    async def remove(self, upload_id: str) -> bool:
+        async with self._store._write(visible=False) as db:
+            return _one_row(await db.execute(delete(TusUpload).where(TusUpload.id == upload_id)))
+
+    async def expired(self, now: float, stale_before: float) -> list[TusUpload]:
+        """Unfinished uploads past their expiry that no live PATCH holds."""
+        async with self._store.sessionmaker() as db:
+            rows = await db.scalars(
+                select(TusUpload).where(
+                    TusUpload.expires < now,
+                    or_(TusUpload.owner.is_(None), TusUpload.heartbeat < stale_before),
+                )
+            )
+            return list(rows)
+
+    async def ids(self) -> set[str]:
+        async with self._store.sessionmaker() as db:
+            return set(await db.scalars(select(TusUpload.id)))
+
+    async def outstanding(self, now: float) -> int:
+        """Bytes unfinished, unexpired uploads have announced and not yet sent: the disk they will take."""
+        async with self._store.sessionmaker() as db:
+            total = await db.scalar(
+                select(func.sum(TusUpload.length - TusUpload.received)).where(
+                    TusUpload.finished.is_(False), TusUpload.expires >= now
+                )
+            )
+            return int(total or 0)
