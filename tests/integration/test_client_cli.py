@@ -20,7 +20,8 @@ import pytest
 from inferserver.api.credentials import hash_password, hash_token
 
 from ..conftest import real_volume
-from .conftest import Server, ServerFactory, create_and_upload, free_port
+from .conftest import Server, ServerFactory, create_and_upload, free_port, kill_server, write_nifti
+from .tcpproxy import CuttingProxy, cutting_proxy
 
 SESSION_ID = re.compile(r"session ([0-9a-f-]{36})")
 UUID_NAME = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -324,3 +325,76 @@ def test_batch_jobs_must_be_a_positive_number(make_server: ServerFactory, tmp_pa
         tmp_path / "home", "batch", "copy", str(tmp_path), str(tmp_path / "o"), "-j", jobs, "--url", server.url
     )
     assert done.returncode == 2, done.stderr
+
+
+def run_through(proxy: CuttingProxy, home: Path, source: Path, out: Path, *extra: str) -> list[str]:
+    return client_argv(
+        "run", "copy", "-i", f"input_vol={source}", "-o", f"output_vol={out}", "--url", proxy.url, *extra
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "most_resent"),
+    [
+        ((), 2 << 20),  # the server keeps what arrived: only bytes in flight go again
+        (("--checksum", "--chunk-mib", "4"), 5 << 20),  # a broken chunk with a checksum is discarded: one chunk again
+    ],
+)
+def test_upload_resumes_from_the_servers_offset_after_a_dropped_connection(
+    make_server: ServerFactory, tmp_path: Path, options: tuple[str, ...], most_resent: int
+) -> None:
+    """tus through a proxy that cuts every connection once 14 of 24 MiB have passed: the client asks HEAD for the
+    offset and sends the rest, not the whole file again (a PUT would send all 24 MiB again)."""
+    server = make_server()
+    source = write_nifti(tmp_path / "ct.nii.gz", 24)
+    size = source.stat().st_size
+    out = tmp_path / "out.nii.gz"
+    with cutting_proxy(int(server.url.rsplit(":", 1)[1]), cut_after=14 << 20) as proxy:
+        proxy.release.set()  # cut at once
+        done = subprocess.run(
+            run_through(proxy, tmp_path, source, out, *options),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=client_env(tmp_path / "home"),
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert proxy.cuts == 1
+        resent = proxy.sent - size
+    assert out.read_bytes() == source.read_bytes()
+    assert 0 < resent < most_resent, f"{resent} bytes more than the file went to the server"
+    log = server.output()
+    assert "POST /uploads" in log and "HEAD /uploads/" in log and "PUT /sessions" not in log
+
+
+def test_upload_resumes_after_the_server_is_killed_and_restarted(make_server: ServerFactory, tmp_path: Path) -> None:
+    """`kill -9` of the server mid-upload (4 MiB chunks, 14 of 24 MiB sent), a restart on the same session
+    directory: the client retries until the server is back and resumes from the last acknowledged chunk."""
+    server = make_server()
+    source = write_nifti(tmp_path / "ct.nii.gz", 24)
+    size = source.stat().st_size
+    out = tmp_path / "out.nii.gz"
+    with cutting_proxy(int(server.url.rsplit(":", 1)[1]), cut_after=14 << 20) as proxy:
+        process = subprocess.Popen(
+            run_through(proxy, tmp_path, source, out, "--chunk-mib", "4"),
+            env=client_env(tmp_path / "home"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert proxy.reached.wait(120), "the upload never reached 14 MiB"
+            kill_server(server)
+            restarted = make_server.restart(server)
+            proxy.target_port = int(restarted.url.rsplit(":", 1)[1])
+            proxy.release.set()  # the connections to the dead server drop now
+            stdout, stderr = process.communicate(timeout=300)
+        finally:
+            if process.poll() is None:
+                process.kill()
+        assert process.returncode == 0, stdout + stderr
+        resent = proxy.sent - size
+    assert out.read_bytes() == source.read_bytes()
+    # Acknowledged: 12 MiB (three chunks); the fourth was lost with the server: at most one chunk again.
+    assert resent < (4 << 20) + (1 << 20), f"{resent} bytes more than the file went to the server"
+    assert "HEAD /uploads/" in restarted.output()

@@ -78,6 +78,18 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--retries", type=int, default=8, help="tries after a dropped connection, per transfer (default: %(default)s)"
     )
+    parser.add_argument(
+        "--chunk-mib",
+        type=int,
+        default=64,
+        help="MiB per tus PATCH request; a server killed mid-upload loses at most this much (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--checksum",
+        action="store_true",
+        help="send each tus chunk's sha256 for the server to check; a dropped connection then sends the whole chunk "
+        "again (without it only the rest; the finished file's sha256 is compared either way)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -94,7 +106,9 @@ def main(args: argparse.Namespace) -> int:
     try:
         url = base_url(args.url)
         with reachable(url), connect(url) as client:
-            server = Server(client, lambda: Retries(attempts=max(0, args.retries)))
+            if args.chunk_mib < 1:
+                raise ClientError(f"--chunk-mib {args.chunk_mib}: must be at least 1", Exit.USAGE)
+            server = Server(client, lambda: Retries(attempts=max(0, args.retries)), args.chunk_mib << 20, args.checksum)
             if args.client_command == "run":
                 request = RunRequest(
                     args.model,

@@ -39,12 +39,14 @@ class Server:
 
     client: httpx.Client
     retries: Callable[[], Retries] = Retries
+    chunk: int = tus.CHUNK  # bytes per tus PATCH
+    checksum: bool = False  # Upload-Checksum on each PATCH
     _tus: tus.TusServer | None = field(default=None, init=False)
     _tus_known: bool = field(default=False, init=False)
 
     def tus(self) -> tus.TusServer | None:
         if not self._tus_known:
-            self._tus, self._tus_known = tus.offered(self.client), True
+            self._tus, self._tus_known = tus.offered(self.client, self.chunk, self.checksum), True
         return self._tus
 
     def spec(self, model: str) -> dict[str, Any]:

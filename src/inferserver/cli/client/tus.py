@@ -15,24 +15,31 @@ from pathlib import Path
 
 import httpx
 
-from .connection import check
-from .errors import ClientError
+from .connection import check, reason
+from .errors import ClientError, Exit
 from .files import pieces
 from .retry import Retries
 
 VERSION = "1.0.0"
 ENDPOINT = "uploads"
 Advance = Callable[[int], None]
+SHA256_HEADER = "Inferserver-Sha256"  # the finished input's sha256, as a PUT's answer holds it
 CHUNK = 64 << 20  # bytes per PATCH: what the server's README recommends; a drop re-sends at most this much
 
 
 @dataclass(frozen=True)
 class TusServer:
+    """What the server's tus offers, and the chunk size the client sends it in."""
+
     max_size: int | None
-    checksum: bool  # the server checks Upload-Checksum (sha256)
+    # Send Upload-Checksum (sha256) with each chunk: the server can check it. Off by default: a chunk with a
+    # checksum that breaks off is discarded whole (its checksum cannot be checked), so a dropped connection
+    # sends it all again; the finished file's sha256 is compared end to end either way.
+    checksum: bool
+    chunk: int = CHUNK
 
 
-def offered(client: httpx.Client) -> TusServer | None:
+def offered(client: httpx.Client, chunk: int = CHUNK, checksum: bool = False) -> TusServer | None:
     """The server's tus support (OPTIONS /uploads), or None when it has none: the caller then uses PUT."""
     response = client.options(ENDPOINT)
     if response.status_code in (401, 403):
@@ -45,20 +52,20 @@ def offered(client: httpx.Client) -> TusServer | None:
         return None
     algorithms = {a.strip() for a in response.headers.get("Tus-Checksum-Algorithm", "").split(",")}
     size = response.headers.get("Tus-Max-Size")
-    return TusServer(
-        int(size) if size and size.isdigit() else None, "checksum" in extensions and "sha256" in algorithms
-    )
+    if checksum and not ("checksum" in extensions and "sha256" in algorithms):
+        raise ClientError("--checksum: the server's tus does not check sha256 checksums", Exit.USAGE)
+    return TusServer(int(size) if size and size.isdigit() else None, checksum, chunk)
 
 
 def _metadata(values: dict[str, str]) -> str:
     return ",".join(f"{key} {base64.b64encode(value.encode()).decode()}" for key, value in values.items())
 
 
-def _sha256(path: Path, start: int, length: int) -> str:
+def sha256_of(path: Path, start: int, length: int) -> bytes:
     digest = hashlib.sha256()
     for data in pieces(path, start, length, lambda _: None):
         digest.update(data)
-    return base64.b64encode(digest.digest()).decode()
+    return digest.digest()
 
 
 @dataclass
@@ -70,13 +77,17 @@ class TusUpload:
     advance: Advance  # bytes sent
     restart_at: Advance  # the server's offset after a resume: progress goes back to it
     retries: Retries
+    sha256: str | None = None  # the finished input's, as the completing PATCH answers it
 
-    def send(self, session_id: str, name: str) -> None:
+    def send(self, session_id: str, name: str) -> str | None:
+        """Upload the file; the sha256 the server answered for the finished input (None from a server that
+        does not say)."""
         size = self.path.stat().st_size
         if self.server.max_size is not None and size > self.server.max_size:
             raise ClientError(f"{self.label}: {self.path} is {size} bytes, over the server's Tus-Max-Size")
         location = self._create(session_id, name, size)
         offset = 0  # an upload of 0 bytes is complete once created
+        self.sha256 = None
         while offset < size:
             try:
                 reached = self._patch(location, offset, size)
@@ -86,6 +97,7 @@ class TusUpload:
             if reached > offset:
                 self.retries.progressed()
             offset = reached
+        return self.sha256
 
     def _create(self, session_id: str, name: str, size: int) -> str:
         metadata = {"session_id": session_id, "input": name, "filename": self.path.name}
@@ -103,7 +115,7 @@ class TusUpload:
         return str(response.url.join(location))  # relative or absolute, behind a path prefix too
 
     def _patch(self, location: str, offset: int, size: int) -> int:
-        length = min(CHUNK, size - offset)
+        length = min(self.server.chunk, size - offset)
         headers = {
             "Tus-Resumable": VERSION,
             "Upload-Offset": str(offset),
@@ -111,16 +123,18 @@ class TusUpload:
             "Content-Length": str(length),
         }
         if self.server.checksum:
-            headers["Upload-Checksum"] = f"sha256 {_sha256(self.path, offset, length)}"
+            headers["Upload-Checksum"] = f"sha256 {base64.b64encode(sha256_of(self.path, offset, length)).decode()}"
         body = pieces(self.path, offset, length, self.advance)
         response = self.client.patch(location, headers=headers, content=body)
         if response.status_code == 460:  # the chunk arrived damaged and was discarded: send it again
             self.restart_at(offset)
             self.retries.failed(f"upload of {self.label}", ClientError("checksum mismatch (460)"))
             return offset
-        if response.status_code == 409:  # our offset is not the server's (an earlier PATCH landed after all)
+        if response.status_code == 409:  # not the server's offset, or the dropped PATCH is still being closed
+            self.retries.failed(f"upload of {self.label}", ClientError(f"409 {reason(response)}"))
             return self._resume_offset(location)
         check(response, f"upload of {self.label}")
+        self.sha256 = response.headers.get(SHA256_HEADER, self.sha256)
         return int(response.headers.get("Upload-Offset", offset + length))
 
     def _resume_offset(self, location: str) -> int:

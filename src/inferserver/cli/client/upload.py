@@ -9,6 +9,7 @@ from rich.progress import Progress
 
 from . import tus
 from .connection import check
+from .errors import ClientError
 from .files import pieces
 from .retry import Retries
 
@@ -33,10 +34,14 @@ def upload_input(
         progress.update(task, completed=offset)
 
     if server is not None:
-        tus.TusUpload(client, server, path, f"input {name}", advance, restart_at, retries).send(session_id, name)
+        upload = tus.TusUpload(client, server, path, f"input {name}", advance, restart_at, retries)
+        answered = upload.send(session_id, name)
     else:
-        _put(client, session_id, name, path, size, advance, restart_at, retries)
+        answered = _put(client, session_id, name, path, size, advance, restart_at, retries)
     progress.update(task, completed=size)
+    # End to end: what the server stored is what was read here, resumes included.
+    if answered is not None and answered != tus.sha256_of(path, 0, size).hex():
+        raise ClientError(f"upload of input {name}: the server stored sha256 {answered}, the file {path} differs")
 
 
 def _put(
@@ -48,7 +53,7 @@ def _put(
     advance: tus.Advance,
     restart_at: tus.Advance,
     retries: Retries,
-) -> None:
+) -> str | None:
     headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
     while True:
         try:
@@ -58,4 +63,5 @@ def _put(
         except httpx.TransportError as exc:  # the server drops a broken upload: the input is free to send again
             retries.failed(f"upload of input {name}", exc)
             restart_at(0)
-    check(response, f"upload of input {name}")
+    data = check(response, f"upload of input {name}").json().get("data") or {}
+    return str(data["sha256"]) if "sha256" in data else None
