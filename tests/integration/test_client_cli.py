@@ -22,6 +22,7 @@ from inferserver.api.credentials import hash_password, hash_token
 from ..conftest import real_volume
 from .conftest import Server, ServerFactory, create_and_upload, free_port, kill_server, write_nifti
 from .tcpproxy import CuttingProxy, cutting_proxy
+from .test_deploy_nginx import start_nginx, stop_nginx
 
 SESSION_ID = re.compile(r"session ([0-9a-f-]{36})")
 UUID_NAME = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -398,3 +399,61 @@ def test_upload_resumes_after_the_server_is_killed_and_restarted(make_server: Se
     # Acknowledged: 12 MiB (three chunks); the fourth was lost with the server: at most one chunk again.
     assert resent < (4 << 20) + (1 << 20), f"{resent} bytes more than the file went to the server"
     assert "HEAD /uploads/" in restarted.output()
+
+
+def test_run_through_the_shipped_nginx_under_its_prefix(make_server: ServerFactory, tmp_path: Path) -> None:
+    """Behind deploy/nginx/inferserver.conf at /inferserver/: tus PATCHes pass, the Location resolves under the
+    prefix, and the output NGINX sends from disk is the file."""
+    server = make_server()
+    nginx = start_nginx(tmp_path / "nginx", int(server.url.rsplit(":", 1)[1]), server.session_path)
+    try:
+        source = write_nifti(tmp_path / "ct.nii.gz", 12)
+        out = tmp_path / "out.nii.gz"
+        argv = ("run", "copy", "-i", f"input_vol={source}", "-o", f"output_vol={out}", "--chunk-mib", "4")
+        done = client(tmp_path / "home", *argv, INFERSERVER_URL=nginx.url)
+        assert done.returncode == 0, done.stdout + done.stderr + nginx.error_log()
+        access = nginx.access_log()
+    finally:
+        stop_nginx(nginx)
+    assert out.read_bytes() == source.read_bytes()
+    assert re.search(r'"POST /inferserver/uploads HTTP/1\.1" 201 ', access), access
+    assert len(re.findall(r'"PATCH /inferserver/uploads/[0-9a-f]+ HTTP/1\.1" 204 ', access)) == 3  # 12 MB in 4 MiB
+    assert re.search(r'"GET /inferserver/sessions/[^/ ]+/outputs/output_vol HTTP/1\.1" 200 ', access), access
+
+
+def test_ctrl_c_cancels_the_session(make_server: ServerFactory, tmp_path: Path) -> None:
+    server = make_server()
+    source = volume(tmp_path / "ct.nii.gz", 7)
+    out = tmp_path / "out.nii.gz"
+    argv = client_argv("run", "sleep", "-p", "seconds=60", "-i", f"input_vol={source}", "-o", f"output_vol={out}")
+    env = client_env(tmp_path / "home", INFERSERVER_URL=server.url)
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not any(
+            server.wait_status(sid, {"working"}, timeout=0)["status"] == "working" for sid in sessions_on(server)
+        ):
+            assert time.monotonic() < deadline and process.poll() is None, "the run never started"
+            time.sleep(0.1)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 1, stderr
+    assert "inferserver client: interrupted: the session was cancelled" in stderr
+    (session_id,) = sessions_on(server)
+    status = server.wait_status(session_id, {"failed"}, timeout=30)
+    assert (status["status"], status["info"]) == ("failed", "cancelled")
+    assert not out.exists()
+
+
+def test_help_of_the_client_commands(tmp_path: Path) -> None:
+    top = client(tmp_path, "--help")
+    assert top.returncode == 0 and "run" in top.stdout and "batch" in top.stdout
+    for action, words in (("run", ("NAME=FILE", "--retries", "--chunk-mib")), ("batch", ("INPUT_DIR", "-j JOBS"))):
+        helped = client(tmp_path, action, "--help")
+        assert helped.returncode == 0
+        text = " ".join(helped.stdout.split())
+        for word in (*words, "INFERSERVER_TOKEN", "~/.netrc", "3 server unreachable"):
+            assert word in text, (action, word, text)
