@@ -234,3 +234,36 @@ def test_retries_give_up_with_the_right_status() -> None:
         retries.failed("upload of input ct", httpx.ConnectError("refused"))
     assert caught.value.status == Exit.UNREACHABLE
     assert str(caught.value) == "upload of input ct: gave up after 1 retries: refused"
+
+
+def options_answer(status: int, **headers: str) -> httpx.Client:
+    def answer(request: httpx.Request) -> httpx.Response:
+        assert (request.method, request.url.path) == ("OPTIONS", "/prefix/uploads")
+        return httpx.Response(status, headers=headers)
+
+    return httpx.Client(base_url="http://s.test/prefix/", transport=httpx.MockTransport(answer))
+
+
+def test_tus_offer() -> None:
+    """A server without tus (404, 405, no 1.0.0, no creation) gets PUT; --checksum needs the server's sha256."""
+    full = {"Tus-Version": "1.0.0", "Tus-Extension": "creation,checksum", "Tus-Checksum-Algorithm": "sha1,sha256"}
+    assert tus.offered(options_answer(404)) is None
+    assert tus.offered(options_answer(405)) is None
+    assert tus.offered(options_answer(204, **{**full, "Tus-Version": "0.2.2"})) is None
+    assert tus.offered(options_answer(204, **{**full, "Tus-Extension": "checksum"})) is None
+    assert tus.offered(options_answer(204, **full, **{"Tus-Max-Size": "1024"}), 4096, True) == tus.TusServer(
+        1024, True, 4096
+    )
+    no_sha256 = {**full, "Tus-Checksum-Algorithm": "sha1"}
+    assert tus.offered(options_answer(204, **no_sha256)) == tus.TusServer(None, False, tus.CHUNK)
+    message = usage(tus.offered, options_answer(204, **no_sha256), tus.CHUNK, True)
+    assert message == "--checksum: the server's tus does not check sha256 checksums"
+
+
+def test_batch_input_and_outputs() -> None:
+    assert batch._input_name(SPEC, "mask") == "mask"
+    assert usage(batch._input_name, SPEC, None) == "model m has inputs ct, mask: say which the volumes feed with -i"
+    assert usage(batch._input_name, SPEC, "t1") == "-i t1: model m has no input of that name"
+    assert batch._input_name({**SPEC, "inputs": {"ct": {}}}, None) == "ct"
+    assert batch._output_names(SPEC, []) == ["seg", "extra"]
+    assert batch._output_names(SPEC, ["seg"]) == ["seg"]

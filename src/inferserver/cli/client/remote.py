@@ -23,6 +23,9 @@ from .upload import upload_input
 FINAL = ("complete", "failed")
 POLL_SECONDS = 0.5
 KEEPALIVE = "\0"  # the log stream's keep-alive line
+# The server sends a keep-alive line after 5 s of silence: a minute without one is a dead connection (then the
+# status poll takes over), not a quiet model.
+LOG_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 
 
 @dataclass(frozen=True)
@@ -150,7 +153,8 @@ class RemoteRun:
         """Print the queue position and the model's output as they come; a dropped stream is not an error (the
         status poll then says how the run ended)."""
         try:
-            with self.server.client.stream("GET", f"sessions/{self.session_id}/logs", timeout=None) as response:
+            url = f"sessions/{self.session_id}/logs"
+            with self.server.client.stream("GET", url, timeout=LOG_TIMEOUT) as response:
                 check(response, "log stream")
                 for line in response.iter_lines():
                     if line.strip(KEEPALIVE):
