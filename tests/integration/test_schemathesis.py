@@ -16,6 +16,7 @@ from pathlib import Path
 from .conftest import Server, start_server, stop_and_check
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")
+HOOKS = Path(__file__).with_name("schemathesis_hooks.py")  # a serializer for tus PATCH bodies
 CHECKS = ",".join(
     [
         "not_a_server_error",
@@ -58,7 +59,7 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(tmp_path: Path, fixtu
             capture_output=True,
             text=True,
             timeout=300,
-            env={**os.environ, "NO_COLOR": "1"},
+            env={**os.environ, "NO_COLOR": "1", "SCHEMATHESIS_HOOKS": str(HOOKS)},
         )
     finally:
         stop_and_check([server])

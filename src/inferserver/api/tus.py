@@ -176,7 +176,10 @@ async def create_upload(request: Request, tus: Tus) -> Response:
     name = metadata.get("input", "")
     if not plain(name):
         raise ApiError(404, "unknown input: Upload-Metadata's input must name an input of the session")
-    row = await tus.create(session_id, name, length, metadata.get("filename"))
+    filename = metadata.get("filename")
+    if filename is not None and not plain(filename):
+        raise ApiError(400, "Upload-Metadata: filename must be a plain file name of at most 255 printable characters")
+    row = await tus.create(session_id, name, length, filename)
     return Response(
         status_code=201,
         headers={"Tus-Resumable": VERSION, "Location": f"uploads/{row.id}", "Upload-Expires": _http_date(row.expires)},

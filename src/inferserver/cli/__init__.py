@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
         "must arrive within INFERSERVER_HEADER_TIMEOUT seconds (default 30; else 408) and be at most "
         "INFERSERVER_MAX_HEADER_BYTES (default 65536; else 431), and an upload must send 16 KiB per "
         "INFERSERVER_UPLOAD_IDLE_TIMEOUT seconds (default 60; else 408). The soft open-file limit is raised to "
-        "the hard one (each log stream holds two file descriptors).",
+        "the hard one (each log stream holds two file descriptors). Resumable (tus) uploads at /uploads are kept "
+        "INFERSERVER_TUS_EXPIRY seconds after their last PATCH (default 86400; then 410).",
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")

@@ -65,12 +65,13 @@ class Janitor:
         for row in await self.tus.store.expired(now, now - UPLOAD_STALE):
             await self.tus.discard(row)
             logger.info("session %s: resumable upload %s of input %s expired", row.session_id, row.id, row.input_name)
+        # Listed before the rows are read: an upload's row is inserted before its file is made, so a file listed
+        # here without a row had its row removed.
+        files = list(self.settings.SESSION_PATH.glob("*/uploads/*"))
         known = await self.tus.store.ids()
-        for path in self.settings.SESSION_PATH.glob("*/uploads/*"):
-            with contextlib.suppress(FileNotFoundError):
-                # Young files may be of an upload whose row is being inserted right now.
-                if path.name not in known and path.stat().st_mtime < now - UPLOAD_STALE:
-                    path.unlink()
+        for path in files:
+            if path.name not in known:
+                path.unlink(missing_ok=True)
 
     @staticmethod
     def _remove_if_dead(partial: Path, mark: str, stale_before: float) -> None:

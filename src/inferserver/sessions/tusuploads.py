@@ -48,6 +48,7 @@ from .errors import (
 )
 from .manager import UPLOAD_HEARTBEAT, UPLOAD_STALE, SessionManager
 from .quotas import UploadLimits, limited_upload, out_of_space_is_507
+from .state import Status
 from .store import TusStore, TusUpload
 from .uploads import check_head, dead_local_owner, read_head
 
@@ -111,9 +112,9 @@ class TusUploads:
         )
         path = self.path(row)
         with out_of_space_is_507(label):
+            await self.store.add(row)  # the row first: the janitor removes files without one
             path.parent.mkdir(exist_ok=True)
             path.touch()
-            await self.store.add(row)
         logger.info("session %s: resumable upload %s of input %s (%d bytes) created", session_id, row.id, name, length)
         return row
 
@@ -252,12 +253,17 @@ class TusUploads:
         sha256 = await self._sha256(row.id, row.length, path)
         try:
             result = await self.manager.land_received(row.session_id, row.input_name, path, sha256, row.id)
-        except (InvalidInput, Conflict, TooLarge):
-            await self.discard(row)  # it can never become the input: a wrong file, or the session moved on
+        except (InvalidInput, TooLarge):
+            await self.discard(row)  # it can never become the input: a wrong file, or one too big to convert
+            raise
+        except Conflict:
+            # The session moved on: the upload is of no use. Else a PUT of the same input holds it right now: the
+            # bytes stay, and a retry of this last chunk lands them once the PUT is done.
+            if await self.manager.store.status_of(row.session_id) is not Status.WAITING:
+                await self.discard(row)
             raise
         self._running.pop(row.id, None)
         path.unlink(missing_ok=True)
-        self.manager.status_changed(row.session_id)
         return PatchResult(row.length, row.expires, result.sha256)
 
     # -- the running sha256 --------------------------------------------------------------------
