@@ -20,7 +20,16 @@ import pytest
 from inferserver.api.credentials import hash_password, hash_token
 
 from ..conftest import real_volume
-from .conftest import Server, ServerFactory, create_and_upload, free_port, kill_server, write_nifti
+from .conftest import (
+    Server,
+    ServerFactory,
+    containers_removed,
+    create_and_upload,
+    free_port,
+    kill_server,
+    leftover_containers,
+    write_nifti,
+)
 from .tcpproxy import CuttingProxy, cutting_proxy
 from .test_deploy_nginx import start_nginx, stop_nginx
 
@@ -446,6 +455,8 @@ def test_ctrl_c_cancels_the_session(make_server: ServerFactory, tmp_path: Path) 
     status = server.wait_status(session_id, {"failed"}, timeout=30)
     assert (status["status"], status["info"]) == ("failed", "cancelled")
     assert not out.exists()
+    # The cancel stops and removes the model's container (docker stop may take its grace period).
+    assert containers_removed(lambda: leftover_containers(server), timeout=60) == []
 
 
 def test_help_of_the_client_commands(tmp_path: Path) -> None:
