@@ -267,3 +267,13 @@ def test_batch_input_and_outputs() -> None:
     assert batch._input_name({**SPEC, "inputs": {"ct": {}}}, None) == "ct"
     assert batch._output_names(SPEC, []) == ["seg", "extra"]
     assert batch._output_names(SPEC, ["seg"]) == ["seg"]
+
+
+def test_output_file_names_from_the_server_stay_in_their_folder() -> None:
+    assert batch.output_file(SPEC, "seg") == "seg.nii.gz"
+    for name, extension in (("seg", "/../../../etc/x"), ("..", ""), ("a\\b", ".nii"), ("seg", "\0.nii")):
+        spec = {"outputs": {name: {"extension": extension}}}
+        with pytest.raises(ClientError) as caught:
+            batch.output_file(spec, name)
+        assert caught.value.status == Exit.FAILED
+        assert "not a plain name" in str(caught.value)

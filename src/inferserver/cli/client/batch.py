@@ -88,6 +88,15 @@ def _output_names(spec: dict[str, Any], given: list[str]) -> list[str]:
     return [name for name, io in outputs.items() if io.get("status") in ("required", "suggested")]
 
 
+def output_file(spec: dict[str, Any], name: str) -> str:
+    """`<output name><extension>`, from the server's spec: refused unless it is one plain file name, so a hostile
+    server cannot make the batch write outside OUTPUT_DIR/<volume>."""
+    file_name = f"{name}{spec['outputs'][name].get('extension', '')}"
+    if "/" in file_name or "\\" in file_name or "\0" in file_name or file_name.strip(".") == "":
+        raise ClientError(f"output {name!r}: the server's spec makes the file name {file_name!r}, not a plain name")
+    return file_name
+
+
 class BatchRun:
     def __init__(self, server: Server, batch: Batch, console: Console) -> None:
         self.server = server
@@ -105,11 +114,7 @@ class BatchRun:
             raise ClientError(f"INPUT_DIR {self.batch.input_dir}: no .nii, .nii.gz or .nrrd files", Exit.USAGE)
         requests = []
         for stem, path in found:
-            targets = {
-                o: self.batch.output_dir / stem / f"{o}{spec['outputs'][o]['extension']}"
-                for o in outputs
-                if o in spec["outputs"]
-            }
+            targets = {o: self.batch.output_dir / stem / output_file(spec, o) for o in outputs if o in spec["outputs"]}
             requests.append((stem, RunRequest(self.batch.model, {name: path}, self.batch.params, targets)))
         for _, request in requests[:1]:  # a bad -p or -o stops the batch before any session starts
             session_body(spec, RunRequest(request.model, request.inputs, request.params, {o: Path(o) for o in outputs}))
