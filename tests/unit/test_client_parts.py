@@ -10,8 +10,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from rich.progress import Progress
 
 from inferserver.cli.client import batch, connection, remote, runcmd, tus
+from inferserver.cli.client.download import download_output
 from inferserver.cli.client.errors import ClientError, Exit
 from inferserver.cli.client.retry import Retries
 
@@ -277,3 +279,58 @@ def test_output_file_names_from_the_server_stay_in_their_folder() -> None:
             batch.output_file(spec, name)
         assert caught.value.status == Exit.FAILED
         assert "not a plain name" in str(caught.value)
+
+
+class ProxyDuringRestart(FakeTus):
+    """The PATCH breaks off, then the proxy answers 502 twice (its server is restarting) before HEAD works."""
+
+    def __init__(self) -> None:
+        super().__init__(0, break_after=5000)
+        self.bad_gateways = 2
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "HEAD" and self.bad_gateways:
+            self.bad_gateways -= 1
+            return httpx.Response(502, text="<html>502 Bad Gateway</html>")
+        return super().__call__(request)
+
+
+def test_tus_waits_through_a_proxys_502(tmp_path: Path) -> None:
+    fake = ProxyDuringRestart()
+    payload, restarts = send(tmp_path, fake, checksum=False, chunk=1 << 20)
+    assert bytes(fake.data) == payload and fake.bad_gateways == 0
+    assert restarts == [5000]
+
+
+def test_download_resumes_with_range_after_a_break_and_a_502(tmp_path: Path) -> None:
+    content = bytes(range(256)) * 100
+    calls: list[str | None] = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        calls.append(request.headers.get("Range"))
+        if len(calls) == 1:  # the connection breaks after 1000 bytes
+            return httpx.Response(200, headers={"Content-Length": str(len(content))}, content=content[:1000])
+        if len(calls) == 2:
+            return httpx.Response(502, text="bad gateway")
+        start = int(request.headers["Range"].removeprefix("bytes=").rstrip("-"))
+        headers = {"Content-Range": f"bytes {start}-{len(content) - 1}/{len(content)}"}
+        return httpx.Response(206, headers=headers, content=content[start:])
+
+    client = httpx.Client(base_url="http://s.test/", transport=httpx.MockTransport(server))
+    target = tmp_path / "out" / "seg.nii.gz"
+    with Progress(disable=True) as progress:
+        download_output(client, "sid", "seg", target, progress, Retries(attempts=3, pause=0.0))
+    assert target.read_bytes() == content
+    assert calls == [None, "bytes=1000-", "bytes=1000-"]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["seg.nii.gz"]
+
+
+def test_a_failed_download_leaves_no_partial_file(tmp_path: Path) -> None:
+    def server(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(404, json={"errors": [{"detail": "output seg is not there"}]})
+
+    client = httpx.Client(base_url="http://s.test/", transport=httpx.MockTransport(server))
+    with Progress(disable=True) as progress, pytest.raises(ClientError) as caught:
+        download_output(client, "sid", "seg", tmp_path / "seg.nii.gz", progress, Retries(attempts=3, pause=0.0))
+    assert str(caught.value) == "download of output seg: 404 output seg is not there"
+    assert list(tmp_path.iterdir()) == []

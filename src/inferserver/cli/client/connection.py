@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from .errors import ClientError, Exit
+from .errors import ClientError, Exit, TransientError
 from .names import DEFAULT_URL, NETRC_ENV, PASSWORD_ENV, TOKEN_ENV, URL_ENV, USER_ENV
 
 # Connecting fails fast; reads wait long (a conversion on upload, a slow disk), but not forever.
@@ -77,6 +77,20 @@ def reason(response: httpx.Response) -> str:
         text = response.text.strip()[:300]
         details = [text] if text else []
     return "; ".join(details) or f"HTTP {response.status_code} {response.reason_phrase}"
+
+
+# A proxy's answers while the server behind it restarts or is overloaded: worth another try, like a dropped
+# connection (NGINX answers 502 while the upstream is down).
+TRANSIENT = frozenset({502, 503, 504})
+
+
+def transient(response: httpx.Response) -> bool:
+    return response.status_code in TRANSIENT
+
+
+def transient_error(response: httpx.Response, doing: str) -> TransientError:
+    response.read()
+    return TransientError(f"{doing}: {response.status_code} {reason(response)}")
 
 
 def check(response: httpx.Response, doing: str) -> httpx.Response:

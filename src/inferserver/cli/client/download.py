@@ -8,7 +8,8 @@ from pathlib import Path
 import httpx
 from rich.progress import Progress, TaskID
 
-from .connection import check
+from .connection import check, transient, transient_error
+from .errors import TransientError
 from .files import finish, partial_name
 from .retry import Retries
 
@@ -44,6 +45,8 @@ def _fetch(
             headers = {"Range": f"bytes={written}-"} if written else {}
             try:
                 with client.stream("GET", url, headers=headers) as response:
+                    if transient(response):
+                        raise transient_error(response, "GET")
                     check(response, f"download of output {name}")
                     if written and response.status_code != 206:  # the server sent it all again
                         out.seek(0)
@@ -58,7 +61,7 @@ def _fetch(
                     if size is not None and written < size:
                         raise httpx.RemoteProtocolError(f"{written} of {size} bytes arrived")
                 return written
-            except httpx.TransportError as exc:
+            except (httpx.TransportError, TransientError) as exc:
                 retries.failed(f"download of output {name}", exc)
 
 

@@ -21,3 +21,7 @@ class ClientError(Exception):
     def __init__(self, message: str, status: Exit = Exit.FAILED) -> None:
         super().__init__(message)
         self.status = status
+
+
+class TransientError(ClientError):
+    """A proxy's 502-504 while its server restarts: retried like a dropped connection."""

@@ -14,7 +14,7 @@ import httpx
 from rich.progress import Progress
 
 from . import tus
-from .connection import check, reason
+from .connection import check, reason, transient, transient_error
 from .download import download_output
 from .errors import ClientError, Exit
 from .retry import Retries
@@ -155,6 +155,8 @@ class RemoteRun:
         try:
             url = f"sessions/{self.session_id}/logs"
             with self.server.client.stream("GET", url, timeout=LOG_TIMEOUT) as response:
+                if transient(response):
+                    return  # a proxy whose server restarts: the status poll waits for it
                 check(response, "log stream")
                 for line in response.iter_lines():
                     if line.strip(KEEPALIVE):
@@ -169,6 +171,9 @@ class RemoteRun:
                 response = self.server.client.get(f"sessions/{self.session_id}")
             except httpx.TransportError as exc:
                 retries.failed(f"status of session {self.session_id}", exc)
+                continue
+            if transient(response):
+                retries.failed(f"status of session {self.session_id}", transient_error(response, "GET"))
                 continue
             data = check(response, f"status of session {self.session_id}").json()["data"]
             if data["status"] in FINAL:

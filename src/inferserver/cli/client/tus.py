@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from .connection import check, reason
+from .connection import check, transient, transient_error
 from .errors import ClientError, Exit
 from .files import pieces
 from .retry import Retries
@@ -130,8 +130,10 @@ class TusUpload:
             self.restart_at(offset)
             self.retries.failed(f"upload of {self.label}", ClientError("checksum mismatch (460)"))
             return offset
-        if response.status_code == 409:  # not the server's offset, or the dropped PATCH is still being closed
-            self.retries.failed(f"upload of {self.label}", ClientError(f"409 {reason(response)}"))
+        if response.status_code == 409 or transient(response):
+            # 409: not the server's offset, or the dropped PATCH is still being closed; 502-504: a proxy whose
+            # server restarts. Either way the server's offset says where to go on.
+            self.retries.failed(f"upload of {self.label}", transient_error(response, "PATCH"))
             return self._resume_offset(location)
         check(response, f"upload of {self.label}")
         self.sha256 = response.headers.get(SHA256_HEADER, self.sha256)
@@ -145,7 +147,13 @@ class TusUpload:
             except httpx.TransportError as exc:
                 self.retries.failed(f"resuming the upload of {self.label}", exc)
                 continue
+            if transient(response):
+                self.retries.failed(f"resuming the upload of {self.label}", transient_error(response, "HEAD"))
+                continue
             check(response, f"resuming the upload of {self.label}")
-            offset = int(response.headers["Upload-Offset"])
+            answered = response.headers.get("Upload-Offset", "")
+            if not answered.isdigit():
+                raise ClientError(f"resuming the upload of {self.label}: the server answered no Upload-Offset")
+            offset = int(answered)
             self.restart_at(offset)
             return offset
