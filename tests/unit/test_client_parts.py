@@ -16,6 +16,7 @@ from inferserver.cli.client import batch, connection, remote, runcmd, tus
 from inferserver.cli.client.download import download_output
 from inferserver.cli.client.errors import ClientError, Exit
 from inferserver.cli.client.retry import Retries
+from inferserver.cli.client.upload import upload_input
 
 SPEC = {
     "id": "m",
@@ -334,3 +335,31 @@ def test_a_failed_download_leaves_no_partial_file(tmp_path: Path) -> None:
         download_output(client, "sid", "seg", tmp_path / "seg.nii.gz", progress, Retries(attempts=3, pause=0.0))
     assert str(caught.value) == "download of output seg: 404 output seg is not there"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_put_when_the_server_has_no_tus_retried_whole_and_its_sha256_checked(tmp_path: Path) -> None:
+    source = tmp_path / "ct.nii.gz"
+    source.write_bytes(b"volume bytes" * 1000)
+    bodies: list[int] = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        assert (request.method, request.url.path) == ("PUT", "/sessions/sid/inputs/ct")
+        body = request.read()
+        bodies.append(len(body))
+        if len(bodies) == 1:
+            raise httpx.ReadError("connection reset by peer")
+        return httpx.Response(200, json={"data": {"sha256": hashlib.sha256(body).hexdigest()}})
+
+    client = httpx.Client(base_url="http://s.test/", transport=httpx.MockTransport(server))
+    with Progress(disable=True) as progress:
+        upload_input(client, "sid", "ct", source, progress, None, Retries(attempts=2, pause=0.0))
+    assert bodies == [12000, 12000]  # a PUT cannot resume: the whole file again
+
+    def liar(request: httpx.Request) -> httpx.Response:
+        request.read()
+        return httpx.Response(200, json={"data": {"sha256": "0" * 64}})
+
+    client = httpx.Client(base_url="http://s.test/", transport=httpx.MockTransport(liar))
+    with Progress(disable=True) as progress, pytest.raises(ClientError) as caught:
+        upload_input(client, "sid", "ct", source, progress, None, Retries(attempts=2, pause=0.0))
+    assert str(caught.value) == f"upload of input ct: the server stored sha256 {'0' * 64}, the file {source} differs"
