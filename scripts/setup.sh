@@ -113,6 +113,8 @@ extras=()
 wants serve && extras+=(convert)
 wants test && extras+=(convert test lint)  # `make test` runs the lint checks first
 wants lint && extras+=(lint)
+wants test && extras+=(client)  # tests/integration/test_client_cli.py runs `inferserver client`
+wants lint && extras+=(client)  # mypy checks src/inferserver/cli/client against httpx's and rich's annotations
 # Each extra once, in a stable order.
 mapfile -t extras < <(printf '%s\n' ${extras[@]+"${extras[@]}"} | sort -u)
 

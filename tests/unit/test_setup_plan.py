@@ -49,13 +49,13 @@ def test_test_sets_up_the_rest() -> None:
         "iptables",
     ]
     # lint too: `make test` runs the lint checks before the tests.
-    assert "venv: /nonexistent/venv with inferserver and the extras convert lint test" in plan("test")
+    assert "venv: /nonexistent/venv with inferserver and the extras client convert lint test" in plan("test")
 
 
 def test_no_purpose_is_serve_and_test_and_lint_only_the_lint_extra() -> None:
     assert plan() == plan("serve", "test") == plan("test")
-    assert plan("lint") == ["venv: /nonexistent/venv with inferserver and the extras lint"]
-    assert "venv: /nonexistent/venv with inferserver and the extras convert lint" in plan("serve", "lint")
+    assert plan("lint") == ["venv: /nonexistent/venv with inferserver and the extras client lint"]
+    assert "venv: /nonexistent/venv with inferserver and the extras client convert lint" in plan("serve", "lint")
 
 
 def test_every_model_make_serve_serves_has_its_image_built_by_the_serve_steps() -> None:

@@ -1,4 +1,4 @@
-"""The command line: `inferserver serve | models check | models pull | run | hash-password | hash-token`."""
+"""The command line: `inferserver serve | models check | models pull | run | client | hash-password | hash-token`."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 from .. import __version__
 from ..config import Settings, SettingsError, load_settings
 from ..observability.logs import configure_logging
+from . import client
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and its line for AUTH_TOKENS_FILE (second line).",
     )
     token.add_argument("--comment", default="", help="a note to put after the hash, e.g. who holds the token")
+    client.add_parser(commands)
     return parser
 
 
@@ -194,7 +196,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    standalone = {"serve": serve, "hash-password": hash_password_line, "hash-token": hash_token_line}
+    standalone = {
+        "serve": serve,
+        "hash-password": hash_password_line,
+        "hash-token": hash_token_line,
+        "client": client.main,
+    }
     if args.command in standalone:
         return standalone[args.command](args)
     try:
