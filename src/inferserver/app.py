@@ -27,9 +27,8 @@ from .config import Settings, load_settings
 from .observability.logs import configure_logging
 from .observability.metrics import Metrics
 from .observability.readiness import Readiness
-from .runner.docker import DockerBackend
-from .runner.execute import Runner
 from .scheduling.dispatch import Dispatcher
+from .scheduling.engines import EnginePool
 from .scheduling.runlimits import limits_for
 from .serving.fdlimit import raise_open_file_limit
 from .sessions.changes import ChangeToken
@@ -69,8 +68,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     changes = ChangeToken(settings.SESSION_PATH / ".changes")
     store = Store(settings.DATABASE_URL or default_url(str(settings.SESSION_PATH)), changes)
     await create_schema(store, settings.SESSION_PATH)
-    backend = DockerBackend()
-    runner = Runner(backend, settings.runner_gpu_mode, settings.CONTAINER_NETWORK)
+    engines = EnginePool(settings)  # a wrong TLS file stops start-up here, naming the engine
     manager = SessionManager(settings, directory, store, Signals())
     manager.prepare_root()
     if settings.gpu_pool and settings.WORKER_THREADS * settings.gpus_per_run < len(settings.gpu_pool):
@@ -80,16 +78,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             settings.gpus_per_run,
             ",".join(settings.gpu_pool),
         )
-    dispatcher = Dispatcher(settings, store, manager, runner, backend)
+    dispatcher = Dispatcher(settings, store, manager, engines)
     metrics = Metrics()
     dispatcher.run_ended = metrics.run_finished
     app.state.models = directory
     app.state.sessions = manager
     app.state.dispatcher = dispatcher
     app.state.metrics = metrics
-    app.state.gpu_requests_on = lambda: bool(settings.gpu_pool) or runner.gpu_requests_on
+    app.state.engines = engines
+    app.state.gpu_requests_on = lambda: any(e.gpus.size or e.runner.gpu_requests_on for e in engines)
     app.state.readiness = Readiness(
-        backend, directory, settings.MODEL_PATH, settings.SESSION_PATH, settings.DISK_RESERVE_BYTES
+        engines, directory, settings.MODEL_PATH, settings.SESSION_PATH, settings.DISK_RESERVE_BYTES
     )
 
     # Every worker process runs a dispatcher; the dispatch lock lets exactly one of them start runs.
@@ -105,7 +104,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await manager.close()
-        await backend.close()
+        await engines.close()
         await store.close()
         app.state.hasher.shutdown(wait=False, cancel_futures=True)
 

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from ..observability.metrics import CONTENT_TYPE
+from ..scheduling.poolview import engine_views
 from .envelope import Envelope, error_response, error_responses
 
 router = APIRouter(tags=["operations"])
@@ -18,6 +19,12 @@ class Health(BaseModel):
     status: Literal["ok"] = Field("ok", examples=["ok"])
 
 
+class Readiness(Health):
+    engines_down: list[str] | None = Field(
+        None, description="Engines of ENGINES that do not answer while others do (runs go to the others)."
+    )
+
+
 @router.get("/healthz", response_model=Envelope[Health], summary="The process is up (always 200 when it answers)")
 async def healthz() -> Envelope[Health]:
     return Envelope(data=Health())
@@ -25,7 +32,8 @@ async def healthz() -> Envelope[Health]:
 
 @router.get(
     "/readyz",
-    response_model=Envelope[Health],
+    response_model=Envelope[Readiness],
+    response_model_exclude_none=True,
     responses={
         503: {
             **error_responses(503)[503],
@@ -33,13 +41,14 @@ async def healthz() -> Envelope[Health]:
             "writable and with DISK_RESERVE_BYTES free).",
         }
     },
-    summary="Ready to run models: Docker engine reachable, models loaded, SESSION_PATH writable with space",
+    summary="Ready to run models: a Docker engine reachable, models loaded, SESSION_PATH writable with space",
 )
 async def readyz(request: Request) -> Response:
-    problems = await request.app.state.readiness.problems()
-    if problems:
-        return error_response(503, *problems)
-    return JSONResponse(Envelope(data=Health()).model_dump())
+    report = await request.app.state.readiness.report()
+    if report.problems:
+        return error_response(503, *report.problems)
+    ready = Readiness(engines_down=report.engines_down or None)
+    return JSONResponse(Envelope(data=ready).model_dump(exclude_none=True))
 
 
 @router.get(
@@ -55,5 +64,6 @@ async def readyz(request: Request) -> Response:
 )
 async def metrics(request: Request) -> Response:
     counts = await request.app.state.sessions.count_by_status()
-    body = request.app.state.metrics.exposition(counts, request.app.state.gpu_requests_on())
+    engines = await engine_views(request.app.state.engines, request.app.state.sessions.store)
+    body = request.app.state.metrics.exposition(counts, request.app.state.gpu_requests_on(), engines)
     return Response(body, media_type=CONTENT_TYPE)

@@ -163,7 +163,7 @@ def models(args: argparse.Namespace, settings: Settings) -> int:
     directory = args.dir or settings.MODEL_PATH
     if args.models_command == "check":
         return modeltools.check(directory)
-    return asyncio.run(modeltools.pull(directory))
+    return asyncio.run(modeltools.pull(directory, engines=settings.ENGINES))
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:

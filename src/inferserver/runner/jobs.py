@@ -77,4 +77,13 @@ class RunFailed(Exception):
     """A run cannot go on; the message is what the user reads in the session's `info`."""
 
 
+class EngineLost(Exception):
+    """The engine stopped answering during the run. Not a failure yet: the container is left as it is, to be
+    re-attached if the engine comes back in time (or removed as stale once it does, too late)."""
+
+    def __init__(self, reason: str, container_id: str | None) -> None:
+        super().__init__(reason)
+        self.container_id = container_id
+
+
 StartedCallback = Callable[[str], Awaitable[None]]
