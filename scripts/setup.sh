@@ -135,6 +135,14 @@ step_nginx() {
         "command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]]"
 }
 step_systemd() { need_package systemd "systemd-analyze checks the shipped unit" "command -v systemd-analyze >/dev/null"; }
+# The engine test bed (tests/integration/engine_bed.py) carries each private engine's TLS port to the host's
+# loopback with socat, makes its CA and certificates with the openssl CLI, and reaches one engine over SSH through
+# an sshd of its own (only the binary is needed: the bed starts it, nothing is enabled on the machine).
+step_engine_bed() {
+    need_package socat "the engine test bed forwards its TLS engines" "command -v socat >/dev/null"
+    need_package openssl "the engine test bed makes its certificates" "command -v openssl >/dev/null"
+    need_package openssh-server "the engine test bed's SSH engine" "[[ -x /usr/sbin/sshd ]]"
+}
 
 describe() {
     case $1 in
@@ -146,6 +154,7 @@ describe() {
         example_images) echo "the example images inferserver-example/*:1 and their Debian base (examples/build.sh)" ;;
         nginx) echo "Debian's nginx" ;;
         systemd) echo "Debian's systemd (systemd-analyze)" ;;
+        engine_bed) echo "Debian's socat, openssl and openssh-server (the engine test bed)" ;;
     esac
 }
 
@@ -156,6 +165,7 @@ steps+=(venv)
 if wants test; then steps+=(fixture_images); elif wants serve; then steps+=(copy_image); fi
 { wants serve || wants test; } && steps+=(example_images)
 wants test && steps+=(nginx systemd)
+wants test && steps+=(engine_bed)
 
 if [[ $plan -eq 1 ]]; then
     for step in "${steps[@]}"; do echo "$step: $(describe "$step")"; done

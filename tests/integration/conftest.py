@@ -22,6 +22,7 @@ from ablinfer.remote import DispatchRemote
 from ..conftest import REPO, TEST_MODELS
 
 if TYPE_CHECKING:
+    from .engine_bed import EngineBed
     from .postgres import Postgres
 
 SESSION_LABEL = "org.inferserver.session"
@@ -410,3 +411,21 @@ def run_remote(server: Server, model_id: str, config: dict) -> list[str]:
     model = dispatch.get_model(model_id)
     dispatch.run(model, config, progress=lambda stage, f1, f2, text: lines.append(text))
     return lines
+
+
+# The engine test bed (tests/integration/engine_bed.py), here so that every module shares the one session-scoped
+# bed. Imported when used: engine_bed.py builds on this module.
+@pytest.fixture(scope="session")
+def engine_bed(fixture_images: None) -> Iterator[EngineBed]:
+    """Three private TLS engines with two fake GPUs each; its teardown proves nothing was left behind."""
+    from .engine_bed import whole_bed
+
+    yield from whole_bed()
+
+
+@pytest.fixture
+def bed(engine_bed: EngineBed) -> Iterator[EngineBed]:
+    """The bed with every engine up; after the test, no container may be left on any engine."""
+    from .engine_bed import bed_for_a_test
+
+    yield from bed_for_a_test(engine_bed)

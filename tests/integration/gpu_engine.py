@@ -11,12 +11,18 @@ containerd), pid file and socket, all under one short temporary directory (unix 
 to ~107 bytes). It runs in its own network namespace (`unshare --net`): with `--bridge=none` dockerd
 deletes the host's `docker0` interface at start-up (`removeDefaultBridgeInterface` in 20.10), which would
 break every container the system engine starts on its default bridge. It also runs in its own mount
-namespace, so its overlay mounts never appear on the host and vanish with it.
+namespace, so its overlay mounts never appear on the host and vanish with it. Both namespaces are held by a
+`sleep` of their own (the engine's holder), so a daemon started again — after a stop or a `kill -9` that left its
+containerd and containers running — enters the same ones and finds its mounts where it left them.
+
+tests/integration/engine_bed.py builds its pool of TLS engines from these functions.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -47,6 +53,10 @@ class EngineError(Exception):
 class Engine:
     root: Path
     process: subprocess.Popen[bytes]
+    # Holds the network and mount namespaces every start of the daemon enters.
+    holder: subprocess.Popen[bytes]
+    # Given to every start of dockerd after the ones all private engines share.
+    daemon_args: tuple[str, ...] = ()
 
     @property
     def socket(self) -> Path:
@@ -89,22 +99,38 @@ class Engine:
         return "\n".join(text.splitlines()[-lines:])
 
 
-def start_engine(images: list[str]) -> Engine:
+def start_engine(images: list[str], daemon_args: tuple[str, ...] = ()) -> Engine:
     """Start the private dockerd with the fake hook first on PATH and load `images` from the system engine."""
+    engine = launch_engine(daemon_args)
+    try:
+        wait_until_up(engine)
+        load_images(engine, images)
+    except BaseException:
+        stop_engine(engine)
+        raise
+    return engine
+
+
+def launch_engine(daemon_args: tuple[str, ...] = ()) -> Engine:
+    """Start the namespaces and the daemon in them without waiting for it: several can then start at once."""
     root = Path(tempfile.mkdtemp(prefix="gpud-", dir="/tmp"))
     bin_dir = root / "bin"
     bin_dir.mkdir()
     shutil.copy(FAKE_HOOK, bin_dir / HOOK_NAME)
     (bin_dir / HOOK_NAME).chmod(0o755)
-    engine = Engine(root, _launch(root))
     try:
-        _wait_until_up(engine)
-        for image in images:
-            _load_image(engine, image)
+        holder = _hold_namespaces(root)
     except BaseException:
-        stop_engine(engine)
+        shutil.rmtree(root, ignore_errors=True)
         raise
-    return engine
+    try:
+        process = _launch(root, holder.pid, daemon_args)
+    except BaseException:
+        holder.kill()
+        holder.wait()
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+    return Engine(root, process, holder, daemon_args)
 
 
 def start_engine_or_fail(images: list[str], what: str) -> Engine:
@@ -116,23 +142,57 @@ def start_engine_or_fail(images: list[str], what: str) -> Engine:
 
 
 def restart_engine(engine: Engine) -> None:
-    """Start the daemon again on the same data root and socket, after `stop_daemon`: an engine coming back."""
-    engine.process = _launch(engine.root)
-    _wait_until_up(engine)
+    """Start the daemon again on the same data root and socket, after `stop_daemon` or a `kill -9`: an engine
+    coming back."""
+    if containerd_pid(engine) is None:
+        # dockerd gives the containerd it starts a parent-death signal, so a killed daemon's containerd died too;
+        # this machine's pid 1 does not reap it, and a daemon that finds its pid file on a zombie waits for it
+        # forever. Without the file it starts a new containerd, which takes over the running containers' shims.
+        _containerd_pid_file(engine).unlink(missing_ok=True)
+    engine.process = _launch(engine.root, engine.holder.pid, engine.daemon_args)
+    wait_until_up(engine)
 
 
-def _launch(root: Path) -> subprocess.Popen[bytes]:
+def _hold_namespaces(root: Path) -> subprocess.Popen[bytes]:
+    """A `sleep` in a new network and mount namespace, with its loopback up (a daemon may listen there) and an
+    empty /etc/docker of its own (dockerd reads daemon.json there and keeps its identity in key.json: not the
+    system engine's); returns once the namespaces exist, so entering them cannot race their creation."""
+    (root / "etc-docker").mkdir()
+    script = (
+        "ip link set lo up && { [ ! -d /etc/docker ] || mount --bind etc-docker /etc/docker; }"
+        " && echo ready && exec sleep infinity"
+    )
+    with open(root / "holder.log", "ab") as log:
+        holder = subprocess.Popen(
+            ["unshare", "--net", "--mount", "--propagation", "private", "--", "sh", "-c", script],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            cwd=root,
+            start_new_session=True,
+        )
+    assert holder.stdout is not None
+    line = holder.stdout.readline()
+    holder.stdout.close()
+    if line.strip() != b"ready":
+        holder.kill()
+        holder.wait()
+        log = (root / "holder.log").read_text(errors="replace")
+        raise EngineError(f"could not make the engine's namespaces (unshare --net --mount): {log}")
+    return holder
+
+
+def _launch(root: Path, holder_pid: int, daemon_args: tuple[str, ...]) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "PATH": f"{root / 'bin'}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}",
         "FAKE_NVIDIA_HOOK_LOG": str(root / "hook.log"),  # dockerd passes its environment to the hook
     }
     command = [
-        "unshare",
+        "nsenter",
+        f"--target={holder_pid}",
         "--net",
         "--mount",
-        "--propagation",
-        "private",
         "--",
         "dockerd",
         "--data-root",
@@ -148,9 +208,10 @@ def _launch(root: Path) -> subprocess.Popen[bytes]:
         "--ip-masq=false",
         "--ip-forward=false",
         "--userland-proxy=false",
+        *daemon_args,
     ]
     with open(root / "dockerd.log", "ab") as log:
-        # unshare execs dockerd (no --fork), so this pid is dockerd's.
+        # nsenter execs dockerd (it forks only to enter a pid namespace), so this pid is dockerd's.
         return subprocess.Popen(
             command,
             env=env,
@@ -182,30 +243,49 @@ def engine_fixture(images: list[str]) -> Callable[..., Iterator[Engine]]:
     return gpu_engine
 
 
-def _wait_until_up(engine: Engine) -> None:
+def wait_until_up(engine: Engine) -> None:
     deadline = time.monotonic() + START_SECONDS
     while True:
         if engine.process.poll() is not None:
             raise EngineError(f"dockerd exited with {engine.process.returncode}:\n{engine.log_tail()}")
-        if (
-            engine.socket.exists()
-            and engine.docker("info", "--format", "{{.ServerVersion}}", timeout=10).returncode == 0
-        ):
-            return
+        with contextlib.suppress(subprocess.TimeoutExpired):  # a daemon still starting may hold the request
+            if (
+                engine.socket.exists()
+                and engine.docker("info", "--format", "{{.ServerVersion}}", timeout=10).returncode == 0
+            ):
+                return
         if time.monotonic() > deadline:
             raise EngineError(f"dockerd did not answer within {START_SECONDS} s:\n{engine.log_tail()}")
         time.sleep(0.1)
 
 
-def _load_image(engine: Engine, image: str) -> None:
+def load_images(engine: Engine, images: list[str]) -> None:
+    """Copy `images` from the system engine, each `docker save` done once per test session."""
+    for image in images:
+        loaded = engine.docker("load", "--input", str(saved_image(image)), timeout=120)
+        if loaded.returncode != 0:
+            reason = loaded.stderr.decode(errors="replace")
+            raise EngineError(f"docker load of {image} failed: {reason}\n{engine.log_tail()}")
+
+
+@functools.cache
+def saved_image(image: str) -> Path:
+    """`image` saved from the system engine into a file that lives as long as the test session."""
     system_env = {k: v for k, v in os.environ.items() if k not in ("DOCKER_HOST", "DOCKER_CONTEXT")}
-    saved = subprocess.run(["docker", "save", image], env=system_env, capture_output=True, timeout=120)
+    target = Path(_saved_dir()) / (image.replace("/", "_").replace(":", "_") + ".tar")
+    saved = subprocess.run(
+        ["docker", "save", "--output", str(target), image], env=system_env, capture_output=True, timeout=120
+    )
     if saved.returncode != 0:
         raise EngineError(f"docker save {image} on the system engine failed: {saved.stderr.decode(errors='replace')}")
-    loaded = engine.docker("load", input=saved.stdout, timeout=120)
-    if loaded.returncode != 0:
-        reason = loaded.stderr.decode(errors="replace")
-        raise EngineError(f"docker load of {image} failed: {reason}\n{engine.log_tail()}")
+    return target
+
+
+@functools.cache
+def _saved_dir() -> str:
+    directory = tempfile.mkdtemp(prefix="engine-images-", dir="/tmp")
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    return directory
 
 
 def leftover_containers(engine: Engine) -> list[str]:
@@ -214,12 +294,21 @@ def leftover_containers(engine: Engine) -> list[str]:
 
 
 def stop_engine(engine: Engine) -> None:
-    """Remove its containers, stop the daemon, remove its directory."""
+    """Remove its containers, stop the daemon, its containerd and namespaces, remove its directory."""
     if engine.process.poll() is None:
         left = leftover_containers(engine) if engine.socket.exists() else []
         if left:
             engine.docker("rm", "-f", *left)
     stop_daemon(engine)
+    # A daemon that was killed (or runs with --live-restore) leaves its containerd behind.
+    containerd = containerd_pid(engine)
+    if containerd is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(containerd, signal.SIGKILL)
+    if engine.holder.poll() is None:
+        engine.holder.kill()
+        engine.holder.wait()
+    _unmount_under(engine.root)
     shutil.rmtree(engine.root, ignore_errors=True)
 
 
@@ -235,8 +324,27 @@ def stop_daemon(engine: Engine) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(engine.process.pid, signal.SIGKILL)
             engine.process.wait()
-    # The mounts lived in the daemon's own mount namespace; anything still visible on the host is a leak.
-    for mount in reversed(mounts_under(engine.root)):
+    _unmount_under(engine.root)
+
+
+def containerd_pid(engine: Engine) -> int | None:
+    """The pid of the containerd this engine's daemon started, while it runs: the one whose command line names
+    the engine's exec root (a recycled pid names something else) and that is not a zombie."""
+    try:
+        pid = int(_containerd_pid_file(engine).read_text().strip())
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()  # empty for a zombie
+    except (OSError, ValueError):
+        return None
+    return pid if str(engine.root).encode() in command else None
+
+
+def _containerd_pid_file(engine: Engine) -> Path:
+    return engine.root / "exec" / "containerd" / "containerd.pid"
+
+
+def _unmount_under(root: Path) -> None:
+    # The mounts live in the engine's own mount namespace; anything visible on the host is a leak to undo.
+    for mount in reversed(mounts_under(root)):
         subprocess.run(["umount", "-l", mount], capture_output=True)
 
 
