@@ -219,6 +219,8 @@ class Runner:
                 log_copy.cancel()  # the outcome is final: nothing may write into the log after it
                 with contextlib.suppress(BaseException):
                     await log_copy
+            elif not log_copy.cancelled():
+                log_copy.exception()  # taken: an engine gone mid-stream is what wait() already reported
 
     async def _start(self, job: RunJob, log: LogSink, gpus: bool) -> str:
         """Create, stage the inputs, start; in `auto` mode, an engine without a GPU driver gets a CPU run."""

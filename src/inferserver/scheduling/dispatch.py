@@ -535,13 +535,10 @@ class Dispatcher:
             for container in await engine.backend.containers_labelled(LABEL_INSTANCE, self.instance):
                 labels = container.get("Labels", {})
                 session_id = labels.get(LABEL_SESSION, "?")
-                ours = self.placed.get(session_id)
+                ours = self.placed.get(session_id)  # None while a finished run's task removes its container
                 attempt = labels.get(LABEL_ATTEMPT)
-                if (
-                    ours is not None
-                    and ours[0] == engine.name
-                    and (session_id in self.running or session_id in self.lost)
-                    and (attempt is None or attempt == str(ours[1]))
+                if (session_id in self.running or session_id in self.lost) and (
+                    ours is None or (ours[0] == engine.name and attempt in (None, str(ours[1])))
                 ):
                     continue
                 logger.info(

@@ -13,8 +13,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import aiohttp
-
 from ..config import EngineEntry, GpuMode, Settings, SettingsError
 from ..runner.docker import DockerBackend
 from ..runner.execute import Runner
@@ -37,12 +35,19 @@ def split_hold(key: str) -> tuple[str, str]:
     return engine, device
 
 
+# A connection cut mid-handshake (an engine gone behind a TCP forwarder) is no refusal of our certificate.
+_CUT = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
+
+
 def _tls_error(exc: BaseException) -> BaseException | None:
-    """The TLS failure behind an engine error, if that is what it was."""
+    """The TLS refusal behind an engine error (a certificate or alert), if that is what it was."""
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, (ssl.SSLError, aiohttp.ClientSSLError)):
+        if isinstance(seen, ssl.SSLError) and not isinstance(seen, _CUT):
             return seen
+        inner = getattr(seen, "os_error", None)  # aiohttp's connector errors keep the ssl error here
+        if isinstance(inner, ssl.SSLError) and not isinstance(inner, _CUT):
+            return inner
         seen = seen.__cause__ or seen.__context__
     return None
 
