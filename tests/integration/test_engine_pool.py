@@ -259,3 +259,17 @@ def test_a_server_restart_recovers_runs_on_every_engine(
         assert output_of(again, sid) == inputs[sid]
         assert len(placements(again, sid)) == 1  # re-attached, not run again
     assert "re-attaching to container" in again.output()
+
+
+def test_models_pull_pulls_on_every_engine_naming_the_one_that_fails(bed: EngineBed, tmp_path: Path) -> None:
+    from ..conftest import TEST_MODELS
+    from .test_cli import inferserver
+
+    for name in ("absent", "copy"):
+        (tmp_path / f"{name}.json").write_text((TEST_MODELS / f"{name}.json").read_text())
+    result = inferserver("models", "pull", str(tmp_path), INFERSERVER_ENGINES=json.dumps(bed.entries()))
+    assert result.returncode == 1
+    for name in ("gpu1", "gpu2", "gpu3"):
+        assert f"inferserver-test/copy:1 on engine {name}: present" in result.stderr, result.stderr
+    failed = ", ".join(f"inferserver-test/absent:1 on engine {name}" for name in ("gpu1", "gpu2", "gpu3"))
+    assert f"could not pull 3 of 6 images: {failed}" in result.stderr, result.stderr

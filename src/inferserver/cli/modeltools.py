@@ -9,6 +9,7 @@ from typing import Any, TextIO
 from ..config import EngineEntry
 from ..runner.docker import DockerBackend
 from ..runner.jobs import RunFailed
+from ..scheduling.engines import engine_ssl
 from ..specs.directory import load_model_directory
 
 BAR_WIDTH = 30
@@ -73,7 +74,7 @@ async def pull(directory: Path, out: TextIO = sys.stderr, engines: list[EngineEn
 
 async def _pull_on(entry: EngineEntry | None, images: list[str], out: TextIO) -> list[str]:
     """The images that failed on this engine (named after the image when there are engines)."""
-    backend = DockerBackend(entry.docker_url, entry.ssl_context()) if entry else DockerBackend()
+    backend = DockerBackend(entry.docker_url, engine_ssl(entry)) if entry else DockerBackend()
     where = f" on engine {entry.name}" if entry else ""
     failed: list[str] = []
     try:

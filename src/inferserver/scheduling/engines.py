@@ -112,14 +112,19 @@ class Engine:
         return problem
 
 
-def build_engine(entry: EngineEntry, settings: Settings, hold_on_loss: bool) -> Engine:
+def engine_ssl(entry: EngineEntry) -> ssl.SSLContext | None:
+    """The engine's TLS context; SettingsError naming the engine and its files (paths only) when they do not load."""
     try:
-        context = entry.ssl_context()
+        return entry.ssl_context()
     except (OSError, ssl.SSLError) as exc:  # a file that opens but is no certificate or key
         raise SettingsError(
             f"setting ENGINES is invalid: engine {entry.name!r}: cannot load its TLS files (tls_ca {entry.tls_ca}, "
             f"tls_cert {entry.tls_cert}, tls_key {entry.tls_key}): {exc}"
         ) from None
+
+
+def build_engine(entry: EngineEntry, settings: Settings, hold_on_loss: bool) -> Engine:
+    context = engine_ssl(entry)
     backend = DockerBackend(entry.docker_url or None, context)
     mode = entry.gpus if isinstance(entry.gpus, GpuMode) else GpuMode.NONE
     runner = Runner(backend, mode, settings.CONTAINER_NETWORK, hold_on_loss=hold_on_loss)
