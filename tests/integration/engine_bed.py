@@ -5,9 +5,13 @@ Each engine is a private dockerd (tests/integration/gpu_engine.py: its own data 
 `--tlsverify` on 127.0.0.1:2376 inside its network namespace, with a server certificate from the bed's CA. Two
 socat processes carry the bytes to the host's loopback: one in the engine's namespace from a unix socket to that
 port, one on the host from 127.0.0.1:PORT to the unix socket. They only copy bytes: the TLS handshake, client
-certificate check included, is dockerd's own. The daemon runs with `--live-restore`, so a `kill9()` leaves its
-containerd and containers running and a `restart()` finds them again, as on a real GPU host whose dockerd
-crashed; socat stays, so the engine's URL never changes.
+certificate check included, is dockerd's own. The daemon's TLS settings and `live-restore` are in its own
+daemon.json, as docs/scale-out.md sets up a GPU host.
+
+Faults: `kill9()` kills the daemon alone (its containers keep running in their shims) and closes its port;
+`restart()` starts it again on the same data root and port and it takes its running containers back, as a GPU
+host's dockerd that crashed and came back. `disconnect()` / `reconnect()` cut the port off and restore it while
+the daemon runs on, as a host that drops off the network for a while.
 
 Each engine's unix socket stays plain, for the bed's own control (`containers()`, loading images); the server
 under test is given only `entry()`: the `ENGINES` entry of issue 13 (`name`, `url`, `tls_ca`, `tls_cert`,
@@ -20,6 +24,8 @@ and the fixture images are saved from the system engine once and loaded into eac
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 import shutil
 import signal
 import socket
@@ -28,7 +34,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +67,18 @@ BED_IMAGES = [
 ]
 FORWARD_SECONDS = 10
 
+# How aiodocker reports an engine refusing the client certificate. Under TLS 1.3 the server checks it after the
+# client has finished its handshake and sent its request: the engine's alert may arrive, or the connection may be
+# reset first (a reset drops the unread alert), as it would be across a network. Under TLS 1.2 (`tls12`) the
+# check is part of the handshake and the alert always arrives.
+TLS13_REFUSAL = re.compile(r"SSLV3_ALERT_BAD_CERTIFICATE|Server disconnected|Connection reset by peer")
+
+
+def tls12(context: ssl.SSLContext) -> ssl.SSLContext:
+    """`context` limited to TLS 1.2, where a refused client certificate is always a handshake error."""
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
 
 @dataclass
 class BedEngine:
@@ -70,7 +88,10 @@ class BedEngine:
     ca: Path
     client: KeyPair
     gpus: tuple[str, ...] = GPUS
-    forwarders: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    # socat in the engine's network namespace, from a unix socket to dockerd's TLS port: `inner`; socat on the
+    # host's loopback port to that unix socket: `outer`, None while the engine is cut off from the network.
+    inner: subprocess.Popen[bytes] | None = None
+    outer: subprocess.Popen[bytes] | None = None
     # The bed's first engine is also reachable over SSH (tests/integration/ssh_access.py).
     ssh: SshAccess | None = None
 
@@ -122,16 +143,33 @@ class BedEngine:
         return self.engine.process.poll() is None
 
     def kill9(self) -> None:
-        """`kill -9` the daemon alone: its containerd and containers keep running (a crashed dockerd)."""
+        """`kill -9` the daemon alone: its containerd and containers keep running (a crashed dockerd). Its port
+        refuses connections until `restart()`, as a host whose dockerd is gone does."""
         with contextlib.suppress(ProcessLookupError):
             self.engine.process.send_signal(signal.SIGKILL)
         self.engine.process.wait()
+        self.disconnect()
 
     def restart(self) -> None:
-        """Start the daemon again on the same data root; it takes back the containers still running."""
+        """Start the daemon again on the same data root and URL; it takes back the containers still running."""
         if self.is_up():
             raise EngineError(f"engine {self.name} is still running; kill9() it first")
         restart_engine(self.engine)
+        self.reconnect()
+
+    def disconnect(self) -> None:
+        """Cut the engine off: its port refuses new connections and the open ones are closed, while the daemon
+        and its containers go on (a host that dropped off the network)."""
+        if self.outer is not None:
+            _stop(self.outer)
+            self.outer = None
+
+    def reconnect(self) -> None:
+        """Make the engine reachable again on the same URL after `disconnect()`."""
+        if self.outer is None:
+            self.outer = _listen(self, self.port)
+            if self.outer is None:
+                raise EngineError(f"socat could not listen on {self.url} again for engine {self.name}")
 
     def containers(self, *, running_only: bool = False) -> list[str]:
         """Ids of the containers on this engine (running and exited unless `running_only`), over its control
@@ -194,16 +232,10 @@ def start_bed(images: list[str], count: int = ENGINE_COUNT) -> EngineBed:
         for index in range(1, count + 1):
             name = f"gpu{index}"
             server = authority.issue_server(root / name, name)
-            daemon_args = (
-                "-H", f"tcp://127.0.0.1:{TLS_PORT}", "--tlsverify", "--tlscacert", str(authority.cert),
-                "--tlscert", str(server.cert), "--tlskey", str(server.key), "--live-restore",
-            )  # fmt: skip
             # Launched one after the other, waited for together: the daemons start side by side.
-            bed.engines.append(BedEngine(name, launch_engine(daemon_args), 0, authority.cert, client))
+            bed.engines.append(launch_tls_engine(name, daemon_json(authority.cert, server), client))
         for engine in bed.engines:
-            wait_until_up(engine.engine)
-            load_images(engine.engine, images)
-            _forward(engine)
+            ready_tls_engine(engine, images)
         first = bed.engines[0]
         first.ssh = start_ssh_access(root / "ssh", first.engine.socket)
     except BaseException:
@@ -212,24 +244,56 @@ def start_bed(images: list[str], count: int = ENGINE_COUNT) -> EngineBed:
     return bed
 
 
+def launch_tls_engine(name: str, config: dict[str, Any], client: KeyPair) -> BedEngine:
+    """Launch a private engine whose daemon.json is `config` (TLS settings, see `daemon_json`) with its TLS
+    listener on the command line: what docs/scale-out.md has an operator do (Debian's unit already gives dockerd
+    -H, which a "hosts" in daemon.json would clash with). `client` is what its users present."""
+    launched = launch_engine(("-H", f"tcp://127.0.0.1:{TLS_PORT}"), config)
+    return BedEngine(name, launched, 0, Path(config["tlscacert"]), client)
+
+
+def ready_tls_engine(engine: BedEngine, images: list[str]) -> None:
+    """Wait for a launched engine, load `images` into it and carry its TLS port to the host's loopback."""
+    wait_until_up(engine.engine)
+    load_images(engine.engine, images)
+    _forward(engine)
+
+
+def daemon_json(ca: Path, server: KeyPair) -> dict[str, object]:
+    """A TLS engine's daemon.json, as docs/scale-out.md gives it."""
+    return {
+        "tlsverify": True,
+        "tlscacert": str(ca),
+        "tlscert": str(server.cert),
+        "tlskey": str(server.key),
+        "live-restore": True,
+    }
+
+
 def _forward(engine: BedEngine) -> None:
     """Carry 127.0.0.1:PORT on the host to dockerd's TLS port in the engine's network namespace."""
     inside = engine.engine.root / "tls.sock"
     holder = engine.engine.holder.pid
     inner = ["nsenter", f"--target={holder}", "--net", "--", "socat"]
     inner += [f"UNIX-LISTEN:{inside},fork,unlink-early,mode=600", f"TCP:127.0.0.1:{TLS_PORT}"]
-    engine.forwarders.append(_socat(engine, "inner", *inner))
+    engine.inner = _socat(engine, "inner", *inner)
     for _ in range(5):  # a port picked free may be taken before socat binds it
         engine.port = free_port()
-        outer = _socat(
-            engine, "outer", "socat", f"TCP-LISTEN:{engine.port},bind=127.0.0.1,reuseaddr,fork",
-            f"UNIX-CONNECT:{inside}",
-        )  # fmt: skip
-        if _listening(engine.port, outer, inside):
-            engine.forwarders.append(outer)
+        engine.outer = _listen(engine, engine.port)
+        if engine.outer is not None:
             return
-        _stop(outer)
     raise EngineError(f"socat could not listen on 127.0.0.1 for engine {engine.name}: {_socat_log(engine)}")
+
+
+def _listen(engine: BedEngine, port: int) -> subprocess.Popen[bytes] | None:
+    """socat from 127.0.0.1:`port` to the engine's inner unix socket, once it accepts; None if it cannot."""
+    inside = engine.engine.root / "tls.sock"
+    listen = f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork"
+    outer = _socat(engine, "outer", "socat", listen, f"UNIX-CONNECT:{inside}")
+    if _listening(port, outer, inside):
+        return outer
+    _stop(outer)
+    return None
 
 
 def _socat(engine: BedEngine, which: str, *command: str) -> subprocess.Popen[bytes]:
@@ -257,28 +321,36 @@ def _socat_log(engine: BedEngine) -> str:
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    """Stop a socat and the children it forked for open connections (its own process group)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(5)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def stop_tls_engine(engine: BedEngine) -> None:
+    """Stop its SSH access, forwarders and daemon (removing its containers and directory)."""
+    if engine.ssh is not None:
+        stop_ssh_access(engine.ssh)
+    for forwarder in (engine.inner, engine.outer):
+        if forwarder is not None:
+            _stop(forwarder)
+    if not engine.is_up():
+        # Started again so that it removes what it still holds (live-restore kept its containers).
+        with contextlib.suppress(EngineError):
+            engine.restart()
+    stop_engine(engine.engine)
 
 
 def stop_bed(bed: EngineBed) -> None:
     """Stop every forwarder and engine (removing their containers) and remove the bed's directory."""
     try:
         for engine in bed.engines:
-            if engine.ssh is not None:
-                stop_ssh_access(engine.ssh)
-            for forwarder in engine.forwarders:
-                _stop(forwarder)
-            if not engine.is_up():
-                # Started again so that it removes what it still holds (live-restore kept its containers).
-                with contextlib.suppress(EngineError):
-                    engine.restart()
-            stop_engine(engine.engine)
+            stop_tls_engine(engine)
     finally:
         shutil.rmtree(bed.root, ignore_errors=True)
 

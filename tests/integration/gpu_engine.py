@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -74,7 +75,7 @@ class Engine:
     def data_root(self) -> Path:
         return self.root / "data"
 
-    def hook_calls(self) -> list[tuple[str, dict]]:
+    def hook_calls(self) -> list[tuple[str, dict[str, Any]]]:
         """(argv[1], OCI state) for each time the daemon's NVIDIA driver ran the fake hook, oldest first."""
         try:
             lines = (self.root / "hook.log").read_text().splitlines()
@@ -111,11 +112,15 @@ def start_engine(images: list[str], daemon_args: tuple[str, ...] = ()) -> Engine
     return engine
 
 
-def launch_engine(daemon_args: tuple[str, ...] = ()) -> Engine:
-    """Start the namespaces and the daemon in them without waiting for it: several can then start at once."""
+def launch_engine(daemon_args: tuple[str, ...] = (), daemon_json: dict[str, object] | None = None) -> Engine:
+    """Start the namespaces and the daemon in them without waiting for it: several can then start at once.
+    `daemon_json` is the daemon's /etc/docker/daemon.json (its own: see `_hold_namespaces`)."""
     root = Path(tempfile.mkdtemp(prefix="gpud-", dir="/tmp"))
     bin_dir = root / "bin"
     bin_dir.mkdir()
+    (root / "etc-docker").mkdir()
+    if daemon_json is not None:
+        (root / "etc-docker" / "daemon.json").write_text(json.dumps(daemon_json, indent=2) + "\n")
     shutil.copy(FAKE_HOOK, bin_dir / HOOK_NAME)
     (bin_dir / HOOK_NAME).chmod(0o755)
     try:
@@ -157,7 +162,6 @@ def _hold_namespaces(root: Path) -> subprocess.Popen[bytes]:
     """A `sleep` in a new network and mount namespace, with its loopback up (a daemon may listen there) and an
     empty /etc/docker of its own (dockerd reads daemon.json there and keeps its identity in key.json: not the
     system engine's); returns once the namespaces exist, so entering them cannot race their creation."""
-    (root / "etc-docker").mkdir()
     script = (
         "ip link set lo up && { [ ! -d /etc/docker ] || mount --bind etc-docker /etc/docker; }"
         " && echo ready && exec sleep infinity"
@@ -177,8 +181,8 @@ def _hold_namespaces(root: Path) -> subprocess.Popen[bytes]:
     if line.strip() != b"ready":
         holder.kill()
         holder.wait()
-        log = (root / "holder.log").read_text(errors="replace")
-        raise EngineError(f"could not make the engine's namespaces (unshare --net --mount): {log}")
+        reason = (root / "holder.log").read_text(errors="replace")
+        raise EngineError(f"could not make the engine's namespaces (unshare --net --mount): {reason}")
     return holder
 
 

@@ -5,17 +5,21 @@ with its `--live-restore` containers still running, and none disturbing the syst
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import ssl
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import aiodocker
+import aiohttp
 import asyncssh
 import pytest
 from aiodocker.ssh import SSHConnector
 
-from .engine_bed import BedEngine, EngineBed
+from .engine_bed import TLS13_REFUSAL, BedEngine, EngineBed, tls12
 from .gpu_engine import environ
 
 BUSYBOX_IMAGE = "inferserver-test/sleep:1"  # any fixture image: busybox with /bin/sh
@@ -30,7 +34,7 @@ def tls_docker(engine: BedEngine, context: ssl.SSLContext | None = None) -> aiod
     return aiodocker.Docker(url=https(engine), ssl_context=context or engine.ssl_context())
 
 
-async def run_to_end(docker: aiodocker.Docker, config: dict[str, object]) -> str:
+async def run_to_end(docker: aiodocker.Docker, config: dict[str, Any]) -> str:
     """Run a container to its end over `docker` and return its output; the container is removed."""
     container = await docker.containers.run(config)
     try:
@@ -48,6 +52,7 @@ async def test_each_engine_is_its_own_daemon_reached_over_tls_with_the_bed_certi
         async with tls_docker(engine) as docker:
             info = await docker.system.info()
         assert info["DockerRootDir"] == str(engine.engine.data_root), engine.name
+        assert info["LiveRestoreEnabled"] is True, engine.name  # from its daemon.json, as the docs set it
         identities.add(info["ID"])
         assert engine.entry() == {
             "name": engine.name,
@@ -75,25 +80,29 @@ def test_the_docker_cli_check_from_the_docs_answers(bed: EngineBed) -> None:
     assert (result.returncode, result.stdout.strip()) == (0, "linux"), result.stderr
 
 
-async def test_a_client_certificate_from_another_ca_is_refused(bed: EngineBed) -> None:
-    engine = bed.engines[1]
-    async with tls_docker(engine, engine.ssl_context(bed.wrong_client)) as docker:
+async def refusal(engine: BedEngine, context: ssl.SSLContext) -> str:
+    """What aiodocker says when `engine` refuses the client `context` presents."""
+    async with tls_docker(engine, context) as docker:
         with pytest.raises(aiodocker.DockerError) as refused:
             await docker.system.info()
     assert refused.value.status == 900  # aiodocker's "cannot connect"
-    assert "SSLV3_ALERT_BAD_CERTIFICATE" in refused.value.message, refused.value.message
+    return refused.value.message
+
+
+@pytest.mark.parametrize("client", ["from another CA", "none"])
+async def test_a_client_certificate_the_engine_does_not_accept_is_refused(bed: EngineBed, client: str) -> None:
+    engine = bed.engines[1]
+
+    def context() -> ssl.SSLContext:
+        if client == "none":
+            return engine.ssl_context(with_client=False)
+        return engine.ssl_context(bed.wrong_client)
+
+    assert TLS13_REFUSAL.search(await refusal(engine, context()))
+    assert "SSLV3_ALERT_BAD_CERTIFICATE" in await refusal(engine, tls12(context()))
     # The same engine still serves the right certificate.
     async with tls_docker(engine) as docker:
         assert (await docker.system.info())["DockerRootDir"] == str(engine.engine.data_root)
-
-
-async def test_no_client_certificate_is_refused(bed: EngineBed) -> None:
-    engine = bed.engines[2]
-    async with tls_docker(engine, engine.ssl_context(with_client=False)) as docker:
-        with pytest.raises(aiodocker.DockerError) as refused:
-            await docker.system.info()
-    assert refused.value.status == 900
-    assert "SSLV3_ALERT_BAD_CERTIFICATE" in refused.value.message, refused.value.message
 
 
 async def test_an_engine_is_not_trusted_without_the_bed_ca(bed: EngineBed) -> None:
@@ -147,8 +156,9 @@ async def test_a_killed_engine_restarted_keeps_its_live_restore_container_runnin
         os.kill(before["Pid"], 0)  # the container's process outlives its daemon
         async with tls_docker(engine) as docker:
             with pytest.raises(aiodocker.DockerError) as down:
-                await docker.system.info()  # while the daemon is down, the engine's URL does not answer
+                await docker.system.info()  # while the daemon is down, its port refuses connections
         assert down.value.status == 900, down.value
+        assert f"Connect call failed ('127.0.0.1', {engine.port})" in down.value.message, down.value.message
         engine.restart()
         async with tls_docker(engine) as docker:
             after = (await (await docker.containers.get(container.id)).show())["State"]
@@ -158,6 +168,35 @@ async def test_a_killed_engine_restarted_keeps_its_live_restore_container_runnin
         engine.engine.docker("rm", "-f", container.id)
     assert engine.containers() == []
     assert host_has_docker0()
+
+
+async def test_a_disconnected_engine_refuses_connections_and_keeps_its_container_running(bed: EngineBed) -> None:
+    engine = bed.engines[2]
+    async with tls_docker(engine) as docker:
+        ticking = "while true; do echo tick; sleep 0.2; done"
+        container = await docker.containers.run(
+            {"Image": BUSYBOX_IMAGE, "Entrypoint": ["/bin/sh", "-c", ticking], "HostConfig": {"NetworkMode": "none"}}
+        )
+        logs = container.log(stdout=True, follow=True)
+        assert await anext(logs) == "tick\n"
+        engine.disconnect()
+        with pytest.raises(aiodocker.DockerError) as cut:
+            await docker.system.info()
+        assert f"Connect call failed ('127.0.0.1', {engine.port})" in cut.value.message, cut.value.message
+        # A stream open when the network went ends too (here at once, with the connection), not left hanging.
+        async with asyncio.timeout(10):
+            with contextlib.suppress(aiodocker.DockerError, aiohttp.ClientError):
+                async for _ in logs:
+                    pass
+    try:
+        assert engine.is_up()
+        assert engine.containers(running_only=True) == [container.id]
+        engine.reconnect()
+        async with tls_docker(engine) as docker:
+            state = (await (await docker.containers.get(container.id)).show())["State"]
+        assert state["Running"] is True
+    finally:
+        engine.engine.docker("rm", "-f", container.id)
 
 
 def test_the_host_docker0_survives_the_bed(bed: EngineBed) -> None:
