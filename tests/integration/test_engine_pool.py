@@ -273,3 +273,25 @@ def test_models_pull_pulls_on_every_engine_naming_the_one_that_fails(bed: Engine
         assert f"inferserver-test/copy:1 on engine {name}: present" in result.stderr, result.stderr
     failed = ", ".join(f"inferserver-test/absent:1 on engine {name}" for name in ("gpu1", "gpu2", "gpu3"))
     assert f"could not pull 3 of 6 images: {failed}" in result.stderr, result.stderr
+
+
+def test_a_run_lost_with_its_engine_three_times_fails_naming_the_engine(
+    bed: EngineBed, make_server: ServerFactory, tmp_path: Path
+) -> None:
+    gpu2 = bed.engine("gpu2")
+    server = pool_server(make_server, [gpu2.entry()], ENGINE_GRACE="2")
+    source = write_nifti(tmp_path / "in.nii.gz", 0.05)
+    with server.client() as client:
+        sid = create_and_upload(client, "sleep", source, seconds=60)
+    for attempt in range(1, 4):
+        wait_for(lambda attempt=attempt: len(placements(server, sid)) == attempt, f"attempt {attempt} placed")
+        wait_for(lambda: status(server, sid)["info"] == "running", f"attempt {attempt} running")
+        gpu2.kill9()
+        wait_for(lambda: status(server, sid)["status"] != "working", "the grace ran out", timeout=30)
+        gpu2.restart()
+    final = server.wait_status(sid, {"complete", "failed"}, timeout=30)
+    assert final["status"] == "failed", final
+    assert final["info"].startswith("engine gpu2 was lost during the run (engine gpu2 ("), final
+    assert final["info"].endswith("; the run was interrupted 3 times, giving up"), final
+    assert f"inferserver: run failed: {final['info']}" in log_of(server, sid)
+    assert containers_removed(gpu2.containers, timeout=30) == []  # the three stale containers went

@@ -225,7 +225,7 @@ class Runner:
     async def _start(self, job: RunJob, log: LogSink, gpus: bool) -> str:
         """Create, stage the inputs, start; in `auto` mode, an engine without a GPU driver gets a CPU run."""
         try:
-            container_id = await self.backend.create(self.container_config(job, gpus), name=f"inferserver-{job.job_id}")
+            container_id = await self.backend.create(self.container_config(job, gpus), name=job.container_name)
         except RunFailed as exc:
             if job.mount_note and NO_BIND_SOURCE in str(exc):
                 raise RunFailed(f"{exc} ({job.mount_note})") from exc

@@ -47,9 +47,16 @@ class RunJob:
     gpu_ids: list[str] | None = None
     # Added to the reason when the engine refuses an input's bind mount: which setting to look at.
     mount_note: str = ""
+    # The session's attempt: a later attempt's container is named apart from a stale one of an earlier attempt
+    # still on the same engine (its engine was lost and came back).
+    attempt: int = 0
     # How reasons name the disk outputs are written to, e.g. "SESSION_PATH (/var/inferserver)";
     # empty: the output's own directory.
     disk_note: str = ""
+
+    @property
+    def container_name(self) -> str:
+        return f"inferserver-{self.job_id}" + (f"-{self.attempt}" if self.attempt else "")
 
     @property
     def mounted_inputs(self) -> list[FileTransfer]:

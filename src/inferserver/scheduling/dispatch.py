@@ -95,6 +95,7 @@ def job_for(
         gpu_ids=gpu_ids,
         mount_note=mount_note(settings),
         disk_note=f"SESSION_PATH ({settings.SESSION_PATH})",
+        attempt=attempt,
     )
 
 
@@ -147,11 +148,11 @@ class Dispatcher:
         await self.refresh_engines(PING_EVERY)
         await self.stop_cancelled()
         await self.follow_lost()
-        await self.start_queued()
-        if self.orphans_possible:
+        if self.orphans_possible:  # first: a stale container still holds the GPUs a new run would be given
             with contextlib.suppress(RunFailed):  # an engine is still away: next tick
                 await self.remove_orphans()
                 self.orphans_possible = False
+        await self.start_queued()
         if self.settings.CLEANUP_TIMER != -1 and time.monotonic() >= self._next_cleanup:
             self._next_cleanup = time.monotonic() + self.settings.CLEANUP_TIMER
             await self.janitor.cleanup()
