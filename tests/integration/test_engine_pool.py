@@ -295,3 +295,17 @@ def test_a_run_lost_with_its_engine_three_times_fails_naming_the_engine(
     assert final["info"].endswith("; the run was interrupted 3 times, giving up"), final
     assert f"inferserver: run failed: {final['info']}" in log_of(server, sid)
     assert containers_removed(gpu2.containers, timeout=30) == []  # the three stale containers went
+
+
+def test_an_engine_over_ssh_takes_runs_beside_a_tls_one(bed: EngineBed, make_server: ServerFactory) -> None:
+    from .gpu_engine import environ
+
+    gpu1, gpu3 = bed.engine("gpu1"), bed.engine("gpu3")
+    assert gpu1.ssh is not None
+    with environ(HOME=str(gpu1.ssh.home)):  # the server's key and known_hosts, as aiodocker's SSH transport reads
+        server = pool_server(make_server, [gpu1.ssh_entry(), gpu3.entry()])
+    with server.client() as client:
+        ids = [create(client, "gpuwork", seconds=2) for _ in range(4)]
+    records = {sid: record_of(server, sid) for sid in ids}
+    assert {placements(server, sid)[0][0] for sid in ids} == {"gpu1", "gpu3"}
+    assert all(r.devices in (("0",), ("1",)) for r in records.values()), records
