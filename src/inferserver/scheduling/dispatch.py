@@ -382,6 +382,7 @@ class Dispatcher:
             self.orphans_possible = True
         await self.store.update(session_id, status=status, info=info, finished=time.time(), container_id=None)
         await self.release_gpus(session_id)
+        self.manager.dispatch_wakeup.notify()  # its slot and GPUs are free now, before its container is removed
         self.manager.status_changed(session_id)
         logger.info("session %s %s: %s", session_id, status.value, info)
         queued_at = view.row.queued_at if view else None
