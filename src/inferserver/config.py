@@ -465,9 +465,11 @@ class Settings(BaseSettings):
         # Built without validation: its url is aiodocker's default (empty), not an address to check.
         return [EngineEntry.model_construct(name="local", url="", gpus=self.GPUS, max_runs=self.WORKER_THREADS)]
 
-    def engine_gpus_per_run(self, engine: EngineEntry) -> int:
-        """GPUs a run takes on `engine` unless its spec asks otherwise: GPUS_PER_RUN, else all of that engine's."""
-        return self.GPUS_PER_RUN or len(engine.pool)
+    @property
+    def run_gpus(self) -> int:
+        """GPUs a run takes from one engine's pool unless its spec asks otherwise: GPUS_PER_RUN; unset, all of the
+        one engine's GPUS, or 1 with ENGINES (engines' pools differ in size)."""
+        return (self.GPUS_PER_RUN or 1) if self.ENGINES is not None else self.gpus_per_run
 
     @classmethod
     def settings_customise_sources(

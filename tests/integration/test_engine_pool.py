@@ -97,7 +97,9 @@ def test_no_device_of_an_engine_is_used_by_two_runs_at_once_seen_from_inside(
     with server.client() as client:
         ids = [create(client, "gpuwork", seconds=3) for _ in range(12)]
         views = []
+        deadline = time.monotonic() + 120
         while any(status(server, sid)["status"] not in ("complete", "failed") for sid in ids):
+            assert time.monotonic() < deadline, server.output()
             views.append(client.get("/gpus").json()["data"])
             time.sleep(0.3)
     records = {sid: record_of(server, sid) for sid in ids}
@@ -151,6 +153,11 @@ def test_an_engine_killed_past_the_grace_loses_nothing_its_runs_finish_elsewhere
     lost, others, inputs = start_two_on_gpu2(server, tmp_path, long=8)
     stale = set(gpu2.session_containers())
     assert {gpu2.session_containers()[c] for c in stale} == set(lost)
+    for container in stale:  # labelled with its engine, session and attempt
+        shown = gpu2.engine.docker("inspect", "--format", "{{json .Config.Labels}}", container).stdout
+        labels = json.loads(shown)
+        assert labels["org.inferserver.engine"] == "gpu2" and labels["org.inferserver.attempt"] == "0", labels
+        assert labels["org.inferserver.session"] in lost
     gpu2.kill9()
     died = time.monotonic()
     for sid in lost:

@@ -78,9 +78,7 @@ async def gpu_pool(
     return Envelope(
         data=GpuPoolStatus(
             gpus=setting,
-            per_run=(settings.GPUS_PER_RUN or 1 if settings.ENGINES else settings.gpus_per_run)
-            if any(e.devices for e in engines)
-            else None,
+            per_run=settings.run_gpus if any(e.devices for e in engines) else None,
             devices=devices,
             engines=engines,
         )

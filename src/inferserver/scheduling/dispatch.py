@@ -115,8 +115,6 @@ class Dispatcher:
         self.orphans_possible = False
         self.placed: dict[str, tuple[str, int]] = {}  # running or lost session -> (engine, attempt)
         self.lost: dict[str, LostRun] = {}
-        # A run needs GPUS_PER_RUN of one engine's pool; unset, all of the one engine's GPUs (or 1 of a named pool).
-        self.per_run = settings.GPUS_PER_RUN or (1 if engines.named else len(settings.gpu_pool))
         self.overtaken: dict[str, int] = {}  # queued session -> later runs that took GPUs before it
         self.run_times = RunTimes()
         self._running_since: dict[str, tuple[str, float]] = {}  # session -> (model id, start time)
@@ -199,7 +197,7 @@ class Dispatcher:
         asked = self.manager.plan(row).spec.gpus
         if not self.has_pool:
             return 0
-        return self.per_run if asked is None else asked
+        return self.settings.run_gpus if asked is None else asked
 
     def need_of(self, row: SessionRow) -> Demand:
         return Demand(row.id, self.gpus_needed(row), self.manager.plan(row).spec.engine_labels)
@@ -264,11 +262,13 @@ class Dispatcher:
         return [] if self.manager.plan(row).spec.gpus == 0 else None
 
     async def release_gpus(self, session_id: str) -> None:
+        # The store first: a device must not look free here while its hold row is still there, or a start
+        # placed meanwhile (the awaits let the dispatcher step run) would write a second hold on it.
+        await self.store.release_gpus(session_id)
+        await self.store.unplace_run(session_id)
         for engine in self.engines:
             engine.gpus.release(session_id)
         self.placed.pop(session_id, None)
-        await self.store.release_gpus(session_id)
-        await self.store.unplace_run(session_id)
 
     async def publish_forecast(self, queue: list[SessionRow]) -> None:
         """Write each queued session's place and estimated start for every worker's log streams."""
