@@ -143,7 +143,7 @@ class BedEngine:
         return self.engine.process.poll() is None
 
     def kill9(self) -> None:
-        """`kill -9` the daemon alone: its containerd and containers keep running (a crashed dockerd). Its port
+        """`kill -9` the daemon alone: its containers keep running in their shims (a crashed dockerd). Its port
         refuses connections until `restart()`, as a host whose dockerd is gone does."""
         with contextlib.suppress(ProcessLookupError):
             self.engine.process.send_signal(signal.SIGKILL)
@@ -211,10 +211,12 @@ class EngineBed:
         raise KeyError(name)
 
     def revive(self) -> None:
-        """Restart any engine a test left killed, so the next test finds the whole bed up."""
+        """Restart any engine a test left killed and reconnect any it left cut off: the next test finds the whole
+        bed up."""
         for engine in self.engines:
             if not engine.is_up():
                 engine.restart()
+            engine.reconnect()
 
     def leftovers(self) -> dict[str, list[str]]:
         """{engine name: container ids} for every engine that holds any container."""
@@ -339,10 +341,11 @@ def stop_tls_engine(engine: BedEngine) -> None:
     for forwarder in (engine.inner, engine.outer):
         if forwarder is not None:
             _stop(forwarder)
+    engine.inner = engine.outer = None
     if not engine.is_up():
         # Started again so that it removes what it still holds (live-restore kept its containers).
         with contextlib.suppress(EngineError):
-            engine.restart()
+            restart_engine(engine.engine)
     stop_engine(engine.engine)
 
 
@@ -379,6 +382,7 @@ def bed_for_a_test(bed: EngineBed) -> Iterator[EngineBed]:
     bed.revive()
     yield bed
     bed.revive()
-    for engine in bed.engines:
-        left = containers_removed(engine.containers)
-        assert not left, f"containers left behind on engine {engine.name}: {left}"
+    left = {engine.name: ids for engine in bed.engines if (ids := containers_removed(engine.containers))}
+    for name, ids in left.items():
+        bed.engine(name).engine.docker("rm", "-f", *ids)  # so that the next test starts clean
+    assert not left, f"containers left behind on the engine bed: {left}"

@@ -19,7 +19,7 @@ import asyncssh
 import pytest
 from aiodocker.ssh import SSHConnector
 
-from .engine_bed import TLS13_REFUSAL, BedEngine, EngineBed, tls12
+from .engine_bed import TLS13_REFUSAL, BedEngine, EngineBed, bed_for_a_test, tls12
 from .gpu_engine import environ
 
 BUSYBOX_IMAGE = "inferserver-test/sleep:1"  # any fixture image: busybox with /bin/sh
@@ -233,3 +233,16 @@ async def test_ssh_with_a_key_the_engine_host_does_not_know_is_refused(bed: Engi
             await docker.system.info()
     assert refused.value.status == 900
     assert "Permission denied" in refused.value.message, refused.value.message
+
+
+async def test_the_per_test_fixture_brings_a_killed_or_cut_off_engine_back(engine_bed: EngineBed) -> None:
+    killed, cut = engine_bed.engines[0], engine_bed.engines[1]
+    killed.kill9()
+    cut.disconnect()
+    steps = bed_for_a_test(engine_bed)
+    next(steps)
+    for engine in engine_bed.engines:
+        async with tls_docker(engine) as docker:
+            assert (await docker.system.info())["DockerRootDir"] == str(engine.engine.data_root), engine.name
+    with pytest.raises(StopIteration):
+        next(steps)
