@@ -28,9 +28,8 @@ from .observability.logs import configure_logging
 from .observability.metrics import Metrics
 from .observability.readiness import Readiness
 from .pgconn import is_postgres
-from .runner.docker import DockerBackend
-from .runner.execute import Runner
 from .scheduling.dispatch import Dispatcher
+from .scheduling.engines import EnginePool
 from .scheduling.runlimits import limits_for
 from .serving.fdlimit import raise_open_file_limit
 from .sessions.changefeed import ChangeFeed, process_name
@@ -78,8 +77,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.DATABASE_URL or default_url(str(settings.SESSION_PATH)), changes, me if shared_database else None
     )
     await create_schema(store, settings.SESSION_PATH)
-    backend = DockerBackend()
-    runner = Runner(backend, settings.runner_gpu_mode, settings.CONTAINER_NETWORK)
+    engines = EnginePool(settings)  # a wrong TLS file stops start-up here, naming the engine
     manager = SessionManager(settings, directory, store, Signals())
     manager.prepare_root()
     if settings.gpu_pool and settings.WORKER_THREADS * settings.gpus_per_run < len(settings.gpu_pool):
@@ -89,7 +87,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             settings.gpus_per_run,
             ",".join(settings.gpu_pool),
         )
-    dispatcher = Dispatcher(settings, store, manager, runner, backend)
+    dispatcher = Dispatcher(settings, store, manager, engines)
     metrics = Metrics()
     dispatcher.run_ended = metrics.run_finished
     app.state.models = directory
@@ -97,9 +95,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.tus = TusUploads(settings, manager, TusStore(store))
     app.state.dispatcher = dispatcher
     app.state.metrics = metrics
-    app.state.gpu_requests_on = lambda: bool(settings.gpu_pool) or runner.gpu_requests_on
+    app.state.engines = engines
+    app.state.gpu_requests_on = lambda: any(e.gpus.size or e.runner.gpu_requests_on for e in engines)
     app.state.readiness = Readiness(
-        backend,
+        engines,
         directory,
         settings.MODEL_PATH,
         settings.SESSION_PATH,
@@ -124,7 +123,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await manager.close()
-        await backend.close()
+        await engines.close()
         await store.close()
         app.state.hasher.shutdown(wait=False, cancel_futures=True)
 

@@ -6,13 +6,15 @@ named by `INFERSERVER_SETTINGS` (existing Flask-era deployments keep their file)
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import ssl
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -77,6 +79,141 @@ def _parse_gpus(value: Any) -> Any:
 GpuSetting = Annotated[GpuMode | tuple[str, ...], NoDecode, BeforeValidator(_parse_gpus)]
 
 
+# The schemes a Docker engine is reached by; tcp/https speak TLS unless `insecure` (http: plain, insecure only).
+ENGINE_SCHEMES = ("unix", "tcp", "https", "http", "ssh")
+_ENGINE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+TLS_FILES = ("tls_ca", "tls_cert", "tls_key")
+
+
+def _readable(path: Path) -> Path:
+    """The file must exist and be readable by the server's user; opened, never read (a key's bytes stay out)."""
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"file {str(path)!r} cannot be opened: {exc.strerror or exc}") from None
+    return path
+
+
+class EngineEntry(BaseModel):
+    """One Docker engine of ENGINES: where it is, how it is trusted, what it offers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Short name in logs, labels and metrics, e.g. gpu2.")
+    url: str = Field(description="unix:///path, tcp://host:2376 or https://host:2376 (TLS), ssh://user@host.")
+    tls_ca: Path | None = Field(None, description="CA certificate that signed the engine's server certificate.")
+    tls_cert: Path | None = Field(None, description="This server's client certificate.")
+    tls_key: Path | None = Field(None, description="This server's client key (only its path is ever logged).")
+    insecure: bool = Field(False, description="Allow plain tcp:// (no TLS): anyone on the network owns the engine.")
+    gpus: GpuSetting = Field(GpuMode.NONE, description="auto, none, all, or this engine's device ids: its pool.")
+    max_runs: int | None = Field(None, ge=1, description="Runs at once on this engine; default its GPU count or 1.")
+    labels: dict[str, str] = Field(default_factory=dict, description="What a model's engine_labels may require.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _ENGINE_NAME.match(value):
+            raise ValueError("must be 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        scheme, sep, rest = value.partition("://")
+        if not sep or scheme not in ENGINE_SCHEMES or not rest:
+            raise ValueError(f"must start with one of {', '.join(s + '://' for s in ENGINE_SCHEMES)} and name a host")
+        return value
+
+    @field_validator(*TLS_FILES)
+    @classmethod
+    def _tls_file(cls, value: Path | None) -> Path | None:
+        return None if value is None else _readable(value)
+
+    @model_validator(mode="after")
+    def _transport(self) -> EngineEntry:
+        tls = [f for f in TLS_FILES if getattr(self, f) is not None]
+        if self.scheme in ("tcp", "https") and not self.insecure:
+            missing = [f for f in TLS_FILES if f not in tls]
+            if missing:
+                raise ValueError(
+                    f"{self.url} needs {', '.join(missing)} (TLS with client certificates; verification is always on),"
+                    " or insecure: true for plain TCP"
+                )
+        elif tls:
+            raise ValueError(f"{', '.join(tls)} only apply to tcp:// or https:// engines without insecure: true")
+        if self.insecure and self.scheme not in ("tcp", "http"):
+            raise ValueError("insecure: true only applies to tcp:// or http:// engines")
+        if self.scheme == "http" and not self.insecure:
+            raise ValueError("http:// is plain TCP: use https:// with TLS files, or set insecure: true")
+        return self
+
+    @property
+    def scheme(self) -> str:
+        return self.url.partition("://")[0]
+
+    @property
+    def pool(self) -> tuple[str, ...]:
+        return self.gpus if isinstance(self.gpus, tuple) else ()
+
+    @property
+    def runs_at_once(self) -> int:
+        return self.max_runs or max(len(self.pool), 1)
+
+    @property
+    def docker_url(self) -> str:
+        """The URL as aiodocker takes it: a TLS engine as https:// (aiodocker keeps tcp:// plain)."""
+        rest = self.url.partition("://")[2]
+        if self.scheme in ("tcp", "https"):
+            return f"{'http' if self.insecure else 'https'}://{rest}"
+        return self.url
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """Verification on (CA and host name), our client certificate offered; None without TLS."""
+        if self.tls_ca is None or self.tls_cert is None or self.tls_key is None:
+            return None
+        context = ssl.create_default_context(cafile=str(self.tls_ca))
+        context.load_cert_chain(str(self.tls_cert), str(self.tls_key))
+        return context
+
+
+def _parse_engines(value: Any) -> Any:
+    """JSON text (a list of engines), a path to a JSON file of it, or the list itself (settings file)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, Path) or (isinstance(value, str) and not value.lstrip().startswith("[")):
+        path = Path(value)
+        try:
+            value = path.read_text()
+        except OSError as exc:
+            raise ValueError(f"the engines file {str(path)!r} cannot be read: {exc.strerror or exc}") from None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"is not valid JSON: {exc}") from None
+    if not isinstance(value, list) or not value:
+        raise ValueError("must be a non-empty list of engines, each an object with name and url")
+    entries = []
+    for index, item in enumerate(value):
+        label = f"entry {index}" + (f" ({item['name']!r})" if isinstance(item, dict) and "name" in item else "")
+        try:
+            entries.append(EngineEntry.model_validate(item))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"]) or "the entry"
+            raise ValueError(f"{label}, field {field}: {first['msg'].removeprefix('Value error, ')}") from None
+    names = [e.name for e in entries]
+    if len(set(names)) != len(names):
+        raise ValueError(
+            f"names an engine more than once: {', '.join(sorted({n for n in names if names.count(n) > 1}))}"
+        )
+    return entries
+
+
+EngineSetting = Annotated[list[EngineEntry] | None, NoDecode, BeforeValidator(_parse_engines)]
+
+
 class PythonFileSource(PydanticBaseSettingsSource):
     """Reads UPPERCASE names from a Python file, as Flask's `config.from_envvar` did."""
 
@@ -137,6 +274,17 @@ class Settings(BaseSettings):
         None,
         ge=1,
         description="GPUs each run gets from the GPUS pool (default: all of them); a spec may ask otherwise.",
+    )
+    ENGINES: EngineSetting = Field(
+        None,
+        description="Docker engines runs are placed on: a JSON list (or the path of a JSON file) of objects with "
+        "name, url, tls_ca/tls_cert/tls_key, gpus, max_runs, labels; unset: the one engine of DOCKER_HOST.",
+    )
+    ENGINE_GRACE: float = Field(
+        120.0,
+        gt=0,
+        description="Seconds a run on an engine that stopped answering waits for it before it is re-queued "
+        "elsewhere (with ENGINES).",
     )
     CONTAINER_NETWORK: str = Field(
         "none", min_length=1, description="Docker network for model containers; none = no network."
@@ -283,6 +431,14 @@ class Settings(BaseSettings):
     def _gpus_per_run(self) -> Settings:
         if self.GPUS_PER_RUN is None:
             return self
+        if self.ENGINES is not None:  # each engine's `gpus` is its pool; a run's GPUs come from one engine
+            largest = max(len(e.pool) for e in self.ENGINES)
+            if largest < self.GPUS_PER_RUN:
+                raise ValueError(
+                    f"setting GPUS_PER_RUN={self.GPUS_PER_RUN!r} is more than the {largest} GPUs the largest "
+                    "engine of ENGINES lists"
+                )
+            return self
         if not isinstance(self.GPUS, tuple):
             raise ValueError(
                 f"setting GPUS_PER_RUN={self.GPUS_PER_RUN!r} needs GPUS to list the device ids (e.g. 0,1,2,3), "
@@ -308,6 +464,20 @@ class Settings(BaseSettings):
     def gpus_per_run(self) -> int:
         return self.GPUS_PER_RUN or len(self.gpu_pool)
 
+    @property
+    def engines(self) -> list[EngineEntry]:
+        """ENGINES, or the one engine of today: DOCKER_HOST (or the local socket) with GPUS and WORKER_THREADS."""
+        if self.ENGINES is not None:
+            return self.ENGINES
+        # Built without validation: its url is aiodocker's default (empty), not an address to check.
+        return [EngineEntry.model_construct(name="local", url="", gpus=self.GPUS, max_runs=self.WORKER_THREADS)]
+
+    @property
+    def run_gpus(self) -> int:
+        """GPUs a run takes from one engine's pool unless its spec asks otherwise: GPUS_PER_RUN; unset, all of the
+        one engine's GPUS, or 1 with ENGINES (engines' pools differ in size)."""
+        return (self.GPUS_PER_RUN or 1) if self.ENGINES is not None else self.gpus_per_run
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -331,5 +501,8 @@ def load_settings(**overrides: Any) -> Settings:
                 problems.append(err["msg"].removeprefix("Value error, "))
                 continue
             name = ".".join(str(p) for p in err["loc"])
+            if name == "ENGINES":  # the message names the entry and field; the input may be a whole file
+                problems.append(f"setting ENGINES is invalid: {err['msg'].removeprefix('Value error, ')}")
+                continue
             problems.append(f"setting {name}={err.get('input')!r} is invalid: {err['msg']}")
         raise SettingsError("; ".join(problems)) from exc

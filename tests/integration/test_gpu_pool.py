@@ -122,7 +122,25 @@ def test_one_gpu_each_four_at_once_never_two_on_a_device(
     assert any(sum(d["session_id"] is not None for d in v["devices"]) == 4 for v in views), views
     with server.client() as client:
         after = client.get("/gpus").json()["data"]
-    assert after == {"gpus": "0,1,2,3", "per_run": 1, "devices": [{"id": d, "session_id": None} for d in POOL]}
+    free = [{"id": d, "session_id": None} for d in POOL]
+    assert after == {
+        "gpus": "0,1,2,3",
+        "per_run": 1,
+        "devices": free,
+        "engines": [
+            {
+                "name": "local",
+                "up": True,
+                "problem": None,
+                "devices": free,
+                "gpus_busy": 0,
+                "gpus_free": 4,
+                "runs": 0,
+                "max_runs": 8,
+                "labels": {},
+            }
+        ],
+    }
     assert containers_removed(lambda: leftover_containers(gpu_engine)) == []
 
 

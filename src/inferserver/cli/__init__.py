@@ -55,9 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("dir", nargs="?", type=Path, help="model directory (default: the MODEL_PATH setting)")
     pull = model_commands.add_parser(
         "pull",
-        help="pull every model's image that is absent",
-        description="Pull every served model's image that the Docker engine does not have, with a progress bar; "
-        "exit 1 naming the images that failed.",
+        help="pull every model's image that is absent (on every engine of ENGINES)",
+        description="Pull every served model's image that the Docker engine (with ENGINES: each engine) does not "
+        "have, with a progress bar; exit 1 naming the images (and engines) that failed.",
     )
     pull.add_argument("dir", nargs="?", type=Path, help="model directory (default: the MODEL_PATH setting)")
 
@@ -140,11 +140,14 @@ def serve(args: argparse.Namespace) -> int:
     from ..api.auth import AccessControl
     from ..api.credentials import CredentialsError
     from ..app import create_app
+    from ..scheduling.engines import engine_ssl
     from ..serving.protocol import PROTOCOL
 
     try:
         settings = load_settings()
         AccessControl.from_settings(settings)  # a bad credentials file: say so before uvicorn starts
+        for entry in settings.engines:  # so is a TLS file that is no certificate or key
+            engine_ssl(entry)
     except (SettingsError, CredentialsError) as exc:
         print(f"inferserver: cannot start: {exc}", file=sys.stderr)
         return 2
@@ -172,7 +175,7 @@ def models(args: argparse.Namespace, settings: Settings) -> int:
     directory = args.dir or settings.MODEL_PATH
     if args.models_command == "check":
         return modeltools.check(directory)
-    return asyncio.run(modeltools.pull(directory))
+    return asyncio.run(modeltools.pull(directory, engines=settings.ENGINES))
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:

@@ -6,8 +6,10 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..config import EngineEntry
 from ..runner.docker import DockerBackend
 from ..runner.jobs import RunFailed
+from ..scheduling.engines import engine_ssl
 from ..specs.directory import load_model_directory
 
 BAR_WIDTH = 30
@@ -52,17 +54,32 @@ class ProgressBar:
         self.out.flush()
 
 
-async def pull(directory: Path, out: TextIO = sys.stderr) -> int:
-    """Pull every served model's image that is absent; 1 naming each image that failed."""
+async def pull(directory: Path, out: TextIO = sys.stderr, engines: list[EngineEntry] | None = None) -> int:
+    """Pull every served model's image that is absent, on every engine (ENGINES; None: the one of DOCKER_HOST);
+    1 naming each image (and engine) that failed."""
     loaded = load_model_directory(directory)
     for error in loaded.errors:
         print(f"skipped {error}", file=out)
     images = sorted({model.spec.image for model in loaded.models.values()})
-    backend = DockerBackend()
+    failed: list[str] = []
+    targets: list[EngineEntry | None] = list(engines) if engines else [None]
+    for entry in targets:
+        failed += await _pull_on(entry, images, out)
+    if failed:
+        print(f"could not pull {len(failed)} of {len(images) * len(targets)} images: {', '.join(failed)}", file=out)
+        return 1
+    print(f"all {len(images)} images are present" + (f" on all {len(engines)} engines" if engines else ""), file=out)
+    return 0
+
+
+async def _pull_on(entry: EngineEntry | None, images: list[str], out: TextIO) -> list[str]:
+    """The images that failed on this engine (named after the image when there are engines)."""
+    backend = DockerBackend(entry.docker_url, engine_ssl(entry)) if entry else DockerBackend()
+    where = f" on engine {entry.name}" if entry else ""
     failed: list[str] = []
     try:
         for image in images:
-            bar = ProgressBar(image, out)
+            bar = ProgressBar(f"{image}{where}", out)
             try:
                 if await backend.has_image(image):
                     bar.end("present")
@@ -71,11 +88,7 @@ async def pull(directory: Path, out: TextIO = sys.stderr) -> int:
                 bar.end("pulled")
             except RunFailed as exc:
                 bar.end(f"FAILED: {exc}")
-                failed.append(image)
+                failed.append(f"{image}{where}")
     finally:
         await backend.close()
-    if failed:
-        print(f"could not pull {len(failed)} of {len(images)} images: {', '.join(failed)}", file=out)
-        return 1
-    print(f"all {len(images)} images are present", file=out)
-    return 0
+    return failed

@@ -8,11 +8,13 @@ dispatching one counts runs.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from ..scheduling.poolview import EngineView
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 STATUSES = ("waiting", "ready", "working", "complete", "failed")
@@ -27,6 +29,7 @@ class _StateCollector(Collector):
     def __init__(self) -> None:
         self.counts: Mapping[str, int] = {}
         self.gpu_requests = False
+        self.engines: Sequence[EngineView] = ()
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         sessions = GaugeMetricFamily(
@@ -44,12 +47,29 @@ class _StateCollector(Collector):
             "1 when runs request GPUs from the Docker engine.",
             value=int(self.gpu_requests),
         )
+        up = GaugeMetricFamily("inferserver_engine_up", "1 when the Docker engine answers a ping.", labels=["engine"])
+        runs = GaugeMetricFamily("inferserver_engine_runs", "Runs placed on the engine now.", labels=["engine"])
+        busy = GaugeMetricFamily(
+            "inferserver_gpu_busy", "1 when a run holds the GPU of the engine's pool.", labels=["engine", "gpu"]
+        )
+        for engine in self.engines:
+            up.add_metric([engine.name], int(engine.up))
+            runs.add_metric([engine.name], engine.runs)
+            for device, holder in engine.devices:
+                busy.add_metric([engine.name, device], int(holder is not None))
+        yield from (up, runs, busy)
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.runs = Counter("inferserver_runs", "Finished runs, by outcome.", ["outcome"], registry=self.registry)
+        self.engine_runs = Counter(
+            "inferserver_engine_finished_runs",
+            "Finished runs, by engine and outcome.",
+            ["engine", "outcome"],
+            registry=self.registry,
+        )
         self.run_seconds = Histogram(
             "inferserver_run_duration_seconds",
             "Time from a run's start to its end.",
@@ -68,14 +88,16 @@ class Metrics:
         self.state = _StateCollector()
         self.registry.register(self.state)
 
-    def run_finished(self, outcome: str, queued_for: float | None, ran_for: float | None) -> None:
+    def run_finished(self, outcome: str, queued_for: float | None, ran_for: float | None, engine: str = "") -> None:
         self.runs.labels(outcome=outcome).inc()
+        if engine:
+            self.engine_runs.labels(engine=engine, outcome=outcome).inc()
         if queued_for is not None:
             self.queue_wait.observe(queued_for)
         if ran_for is not None:
             self.run_seconds.observe(ran_for)
 
-    def exposition(self, counts: Mapping[str, int], gpu_requests: bool) -> bytes:
+    def exposition(self, counts: Mapping[str, int], gpu_requests: bool, engines: Sequence[EngineView] = ()) -> bytes:
         """The text format, with the state gauges set from `counts` (no await in between: one consistent scrape)."""
-        self.state.counts, self.state.gpu_requests = counts, gpu_requests
+        self.state.counts, self.state.gpu_requests, self.state.engines = counts, gpu_requests, engines
         return generate_latest(self.registry)

@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
-import asyncio
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..runner.docker import DockerBackend
-from ..runner.jobs import RunFailed
+from ..scheduling.engines import EnginePool
 from ..sessions.quotas import free_bytes
 from ..sizes import human_size, rough_size
 from ..specs.directory import ModelDirectory
 
-PING_SECONDS = 2.0
+
+@dataclass(frozen=True)
+class Report:
+    problems: list[str]  # empty: ready
+    engines_down: list[str]  # engines that do not answer while others do (ready, with fewer engines)
 
 
 @dataclass
 class Readiness:
-    backend: DockerBackend
+    engines: EnginePool
     models: ModelDirectory
     model_path: Path
     session_path: Path
@@ -32,14 +34,14 @@ class Readiness:
 
     async def problems(self) -> list[str]:
         """Empty when ready; otherwise one reason per failed check."""
+        return (await self.report()).problems
+
+    async def report(self) -> Report:
+        """Ready while at least one engine answers; the ones that do not are named either way."""
         found: list[str] = []
-        try:
-            async with asyncio.timeout(PING_SECONDS):
-                await self.backend.ping()
-        except RunFailed as exc:
-            found.append(str(exc))
-        except TimeoutError:
-            found.append(f"Docker engine unreachable: no answer to a ping within {PING_SECONDS:g} s")
+        down = await self.engines.problems()
+        if len(down) == len(self.engines.engines):
+            found.extend(down.values())
         if not self.model_path.is_dir():
             found.append(f"model directory {self.model_path} does not exist")
         elif not self.models.models:
@@ -51,7 +53,7 @@ class Readiness:
                 f"disk space: SESSION_PATH {self.session_path} has {rough_size(free)} free, less than "
                 f"DISK_RESERVE_BYTES ({human_size(self.disk_reserve)}); new sessions and uploads are refused with 507"
             )
-        return found
+        return Report(found, [] if found else list(down.values()))
 
 
 def _writable(path: Path) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ logger = logging.getLogger(__name__)
 LABEL_SESSION = "org.inferserver.session"
 LABEL_MODEL = "org.inferserver.model"
 LABEL_INSTANCE = "org.inferserver.instance"  # which server (SESSION_PATH) a container belongs to
+LABEL_ENGINE = "org.inferserver.engine"  # the engine (ENGINES name) the run was placed on
+LABEL_ATTEMPT = "org.inferserver.attempt"  # the session's attempt: a stale container of an earlier one is known
 ARCHIVE_CHUNK = 1 << 20
 # aiohttp offers gzip by default and dockerd then gzips the archive on the fly: 8x slower for a volume
 # that is usually compressed already. Ask for the bytes as they are.
@@ -64,9 +67,13 @@ def split_image(image: str) -> tuple[str, str]:
 
 
 class DockerBackend:
-    """One aiodocker client for the application, created on first use so the API starts without an engine."""
+    """One aiodocker client for one engine, created on first use so the API starts without an engine.
 
-    def __init__(self) -> None:
+    `url` None: DOCKER_HOST or the local socket; `ssl_context`: TLS with verification and our client certificate."""
+
+    def __init__(self, url: str | None = None, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.url = url
+        self.ssl_context = ssl_context
         self._client: aiodocker.Docker | None = None
         self._info: dict[str, Any] | None = None
         # How long remove() waits for the engine before it gives up (an attribute, not a parameter: remove() is a
@@ -76,7 +83,7 @@ class DockerBackend:
     def client(self) -> aiodocker.Docker:
         if self._client is None:
             try:
-                self._client = aiodocker.Docker()
+                self._client = aiodocker.Docker(url=self.url, ssl_context=self.ssl_context)
             except Exception as exc:  # no DOCKER_HOST and no local socket
                 raise EngineUnavailable(f"Docker engine unreachable: {exc}") from exc
         return self._client

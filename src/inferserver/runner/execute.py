@@ -12,8 +12,8 @@ from typing import Any
 
 from ..config import GpuMode
 from ..sizes import human_size
-from .docker import LABEL_SESSION, DockerBackend
-from .jobs import LogSink, RunFailed, RunJob, RunLimits, RunOutcome, StartedCallback
+from .docker import LABEL_SESSION, DockerBackend, EngineUnavailable
+from .jobs import EngineLost, LogSink, RunFailed, RunJob, RunLimits, RunOutcome, StartedCallback
 from .logcap import CappedLog
 from .outputs import OutputGuard, write_failure
 from .tarstream import WriteFailed
@@ -89,10 +89,16 @@ def limits_config(limits: RunLimits) -> dict[str, Any]:
 
 
 class Runner:
-    def __init__(self, backend: DockerBackend, gpus: GpuMode, network: str = "none") -> None:
+    """One engine's calls for runs. With `hold_on_loss`, an engine that stops answering raises EngineLost
+    (container left alone) instead of failing the run: another engine may take it over."""
+
+    def __init__(
+        self, backend: DockerBackend, gpus: GpuMode, network: str = "none", *, hold_on_loss: bool = False
+    ) -> None:
         self.backend = backend
         self.gpus = gpus
         self.network = network
+        self.hold_on_loss = hold_on_loss
         self._engine_gpus: bool | None = None  # learned in `auto` mode
 
     @property
@@ -143,6 +149,8 @@ class Runner:
             await on_started(container_id)
         except BaseException as exc:
             detaching = isinstance(exc, asyncio.CancelledError) and exc.args == (DETACH,)
+            if self.hold_on_loss and isinstance(exc, EngineUnavailable):
+                raise EngineLost(str(exc), container_id) from exc
             if container_id is not None and not detaching:
                 await self.backend.remove(container_id)
             if isinstance(exc, RunFailed):
@@ -163,6 +171,8 @@ class Runner:
     ) -> RunOutcome:
         try:
             outcome = await self._outcome(job, container_id, log, skip)
+        except EngineLost:
+            raise  # the container stays: it is re-attached, or removed as stale once its engine answers
         except asyncio.CancelledError as exc:
             if exc.args != (DETACH,):  # DETACH: the container keeps running for the next start to re-attach
                 await _uncancelled(self.backend.remove(container_id))
@@ -201,17 +211,21 @@ class Runner:
             await self.collect(container_id, job)
             return RunOutcome(True, "", exit_code)
         except RunFailed as exc:
+            if self.hold_on_loss and isinstance(exc, EngineUnavailable):
+                raise EngineLost(str(exc), container_id) from exc
             return RunOutcome(False, str(exc))
         finally:
             if not log_copy.done():
                 log_copy.cancel()  # the outcome is final: nothing may write into the log after it
                 with contextlib.suppress(BaseException):
                     await log_copy
+            elif not log_copy.cancelled():
+                log_copy.exception()  # taken: an engine gone mid-stream is what wait() already reported
 
     async def _start(self, job: RunJob, log: LogSink, gpus: bool) -> str:
         """Create, stage the inputs, start; in `auto` mode, an engine without a GPU driver gets a CPU run."""
         try:
-            container_id = await self.backend.create(self.container_config(job, gpus), name=f"inferserver-{job.job_id}")
+            container_id = await self.backend.create(self.container_config(job, gpus), name=job.container_name)
         except RunFailed as exc:
             if job.mount_note and NO_BIND_SOURCE in str(exc):
                 raise RunFailed(f"{exc} ({job.mount_note})") from exc

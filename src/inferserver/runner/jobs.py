@@ -47,9 +47,16 @@ class RunJob:
     gpu_ids: list[str] | None = None
     # Added to the reason when the engine refuses an input's bind mount: which setting to look at.
     mount_note: str = ""
+    # The session's attempt: a later attempt's container is named apart from a stale one of an earlier attempt
+    # still on the same engine (its engine was lost and came back).
+    attempt: int = 0
     # How reasons name the disk outputs are written to, e.g. "SESSION_PATH (/var/inferserver)";
     # empty: the output's own directory.
     disk_note: str = ""
+
+    @property
+    def container_name(self) -> str:
+        return f"inferserver-{self.job_id}" + (f"-{self.attempt}" if self.attempt else "")
 
     @property
     def mounted_inputs(self) -> list[FileTransfer]:
@@ -75,6 +82,15 @@ class LogSink(Protocol):
 
 class RunFailed(Exception):
     """A run cannot go on; the message is what the user reads in the session's `info`."""
+
+
+class EngineLost(Exception):
+    """The engine stopped answering during the run. Not a failure yet: the container is left as it is, to be
+    re-attached if the engine comes back in time (or removed as stale once it does, too late)."""
+
+    def __init__(self, reason: str, container_id: str | None) -> None:
+        super().__init__(reason)
+        self.container_id = container_id
 
 
 StartedCallback = Callable[[str], Awaitable[None]]

@@ -11,21 +11,24 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Settings
-from ..runner.docker import LABEL_INSTANCE, LABEL_MODEL, LABEL_SESSION, DockerBackend
-from ..runner.execute import DETACH, Runner
-from ..runner.jobs import FileTransfer, RunFailed, RunJob, RunOutcome
+from ..runner.docker import LABEL_ATTEMPT, LABEL_ENGINE, LABEL_INSTANCE, LABEL_MODEL, LABEL_SESSION
+from ..runner.execute import DETACH
+from ..runner.jobs import EngineLost, FileTransfer, RunFailed, RunJob, RunOutcome
 from ..sessions.manager import SessionManager
 from ..sessions.state import QueuePlace, SessionPlan, Signals, Status
 from ..sessions.store import SessionRow, Store
 from ..specs.command import build_argv, container_path
-from .forecast import Going, Queued, RunTimes, forecast
-from .gpupool import Demand, GpuPool, pick
+from .engines import PING_EVERY, Engine, EnginePool, hold_key, split_hold
+from .forecast import Going, Queued, RunTimes, Shape, forecast_pool
+from .gpupool import Demand, GpuPool
 from .instance import instance_id
 from .janitor import Janitor
 from .leadership import Leadership, leadership_for
+from .placement import Room, place
 from .runlimits import limits_for
 from .staging import input_transfers, let_models_read, mount_note
 
@@ -63,7 +66,23 @@ class SessionLog:
         self.signals.notify(self.session_id)
 
 
-def job_for(plan: SessionPlan, instance: str, settings: Settings, gpu_ids: list[str] | None = None) -> RunJob:
+@dataclass(frozen=True)
+class LostRun:
+    """A run whose engine stopped answering: its container, and since when (monotonic) it waits for the engine."""
+
+    engine: str
+    container_id: str | None
+    since: float
+
+
+def job_for(
+    plan: SessionPlan,
+    instance: str,
+    settings: Settings,
+    gpu_ids: list[str] | None = None,
+    engine: str = "",
+    attempt: int = 0,
+) -> RunJob:
     spec, config = plan.spec, plan.config
     return RunJob(
         job_id=plan.id,
@@ -72,22 +91,20 @@ def job_for(plan: SessionPlan, instance: str, settings: Settings, gpu_ids: list[
         inputs=input_transfers(plan, settings),
         outputs=[FileTransfer(n, plan.output_path(n), container_path(spec, n)) for n in config.enabled_outputs()],
         limits=limits_for(settings, spec),
-        labels={LABEL_MODEL: spec.id, LABEL_INSTANCE: instance},
+        labels={LABEL_MODEL: spec.id, LABEL_INSTANCE: instance, LABEL_ENGINE: engine, LABEL_ATTEMPT: str(attempt)},
         gpu_ids=gpu_ids,
         mount_note=mount_note(settings),
         disk_note=f"SESSION_PATH ({settings.SESSION_PATH})",
+        attempt=attempt,
     )
 
 
 class Dispatcher:
-    def __init__(
-        self, settings: Settings, store: Store, manager: SessionManager, runner: Runner, backend: DockerBackend
-    ) -> None:
+    def __init__(self, settings: Settings, store: Store, manager: SessionManager, engines: EnginePool) -> None:
         self.settings = settings
         self.store = store
         self.manager = manager
-        self.runner = runner
-        self.backend = backend
+        self.engines = engines
         self.signals = manager.signals
         # An flock in SESSION_PATH with SQLite, PostgreSQL's advisory lock with PostgreSQL (scheduling/leadership.py).
         self.leadership: Leadership = leadership_for(settings.DATABASE_URL, settings.SESSION_PATH)
@@ -97,14 +114,15 @@ class Dispatcher:
         self.engine_problem: str | None = None
         # A run failed, perhaps with its engine away so that its container could not be removed: look again.
         self.orphans_possible = False
-        self.pool = GpuPool(settings.gpu_pool)
+        self.placed: dict[str, tuple[str, int]] = {}  # running or lost session -> (engine, attempt)
+        self.lost: dict[str, LostRun] = {}
         self.overtaken: dict[str, int] = {}  # queued session -> later runs that took GPUs before it
         self.run_times = RunTimes()
         self._running_since: dict[str, tuple[str, float]] = {}  # session -> (model id, start time)
         self._published: dict[str, QueuePlace] | None = None
         self._next_cleanup = time.monotonic() + max(settings.CLEANUP_TIMER, 0)
-        # Observer (metrics): outcome, seconds queued, seconds run.
-        self.run_ended: Callable[[str, float | None, float | None], None] = lambda outcome, queued, ran: None
+        # Observer (metrics): outcome, seconds queued, seconds run, engine.
+        self.run_ended: Callable[[str, float | None, float | None, str], None] = lambda outcome, q, ran, engine: None
 
     async def run_forever(self) -> None:
         """Wait to lead; lead until leadership is lost (then wait again) or the process stops."""
@@ -147,88 +165,146 @@ class Dispatcher:
 
     def _forget_leading(self) -> None:
         """What only a leader knows: a later lead starts from the store, as a restarted server does."""
-        self.pool = GpuPool(self.settings.gpu_pool)
+        for engine in self.engines:  # the runs detached keep their holds in the store, for the next recovery
+            engine.gpus = GpuPool(engine.entry.pool)
+        self.placed = {}
+        self.lost = {}
         self.overtaken = {}
         self._published = None
         self.orphans_possible = False
 
+    async def refresh_engines(self, every: float) -> None:
+        for engine in await self.engines.refresh(every):
+            if engine.up:  # back: its stale containers (runs moved elsewhere meanwhile) go
+                self.orphans_possible = True
+
     async def step(self) -> None:
+        await self.refresh_engines(PING_EVERY)
         await self.stop_cancelled()
-        await self.start_queued()
-        if self.orphans_possible:
-            with contextlib.suppress(RunFailed):  # the engine is still away: next tick
+        await self.follow_lost()
+        if self.orphans_possible:  # first: a stale container still holds the GPUs a new run would be given
+            with contextlib.suppress(RunFailed):  # an engine is still away: next tick
                 await self.remove_orphans()
                 self.orphans_possible = False
+        await self.start_queued()
         if self.settings.CLEANUP_TIMER != -1 and time.monotonic() >= self._next_cleanup:
             self._next_cleanup = time.monotonic() + self.settings.CLEANUP_TIMER
             await self.janitor.cleanup()
 
     # -- starting runs --------------------------------------------------------------------
 
+    def going_on(self, engine: Engine) -> int:
+        return sum(1 for name, _ in self.placed.values() if name == engine.name)
+
+    def rooms(self) -> list[Room]:
+        """What each engine that answers can take now."""
+        return [
+            Room(
+                e.name, tuple(e.gpus.free()), e.entry.runs_at_once - self.going_on(e), self.going_on(e), e.entry.labels
+            )
+            for e in self.engines
+            if e.up
+        ]
+
     async def start_queued(self) -> None:
-        free = self.settings.WORKER_THREADS - len(self.running)
         queue = await self.store.queue()
-        # Runs wait for the engine; they are not failed for its absence.
-        if queue and free > 0 and await self.engine_ready(queue):
+        if queue:  # asked just before placing: a run is not sent to an engine gone since the last tick
+            await self.refresh_engines(0)
+        rooms = self.rooms()
+        # Runs wait for an engine; they are not failed for its absence.
+        if queue and await self.engine_ready(queue) and any(r.slots > 0 for r in rooms):
             rows = {row.id: row for row in queue}
             demands = await self.demands(queue)
-            for start in pick(demands, self.pool.free(), free, self.overtaken):
-                await self._start(rows[start.session_id], start.devices)
+            for start in place(demands, rooms, self.overtaken):
+                engine = self.engines.get(start.engine)
+                assert engine is not None  # placed on one of the rooms, made from the pool
+                await self._start(rows[start.session_id], engine, start.devices)
             queue = [rows[d.session_id] for d in demands if d.session_id not in self.running]
             self.signals.notify_all()  # queue positions moved
         # Only what this step looked at: a session queued since keeps its FIFO place until the next step.
         await self.publish_forecast(queue)
 
+    @property
+    def has_pool(self) -> bool:
+        return any(e.gpus.size for e in self.engines)
+
     def gpus_needed(self, row: SessionRow) -> int:
-        """GPUs of the pool the run needs: its spec's `inferserver.gpus`, else GPUS_PER_RUN; 0 without a pool."""
+        """GPUs of an engine's pool the run needs: its spec's `inferserver.gpus`, else GPUS_PER_RUN; 0 without pools."""
         asked = self.manager.plan(row).spec.gpus
-        if not self.pool.size:
+        if not self.has_pool:
             return 0
-        return self.settings.gpus_per_run if asked is None else asked
+        return self.settings.run_gpus if asked is None else asked
+
+    def need_of(self, row: SessionRow) -> Demand:
+        return Demand(row.id, self.gpus_needed(row), self.manager.plan(row).spec.engine_labels)
+
+    def never_fits(self, need: Demand, model_id: str) -> str | None:
+        """Why no engine of the pool could ever run this, or None."""
+        suiting = [e for e in self.engines if Room(e.name, (), 1, labels=e.entry.labels).suits(need)]
+        if not suiting:
+            wanted = ", ".join(f"{k}={v}" for k, v in sorted(need.labels.items()))
+            return f"model {model_id} requires engine labels {wanted}; no engine of ENGINES has them"
+        largest = max(e.gpus.size for e in suiting)
+        if need.gpus <= largest:
+            return None
+        only = self.engines.only()
+        if not self.engines.named and only is not None:
+            devices = only.gpus.devices
+            return f"model {model_id} asks for {need.gpus} GPUs; this server has {largest} (GPUS={','.join(devices)})"
+        return f"model {model_id} asks for {need.gpus} GPUs; the largest engine of ENGINES it may run on has {largest}"
 
     async def demands(self, queue: list[SessionRow]) -> list[Demand]:
-        """The queue as the pool sees it; a run needing more GPUs than the pool has fails: it could never start."""
+        """The queue as the pool sees it; a run no engine could ever take fails: it could never start."""
         demands = []
         for row in queue:
-            need = self.gpus_needed(row)
-            if need > self.pool.size:
-                reason = (
-                    f"model {row.model_id} asks for {need} GPUs; this server has {self.pool.size} "
-                    f"(GPUS={','.join(self.pool.devices)})"
-                )
+            need = self.need_of(row)
+            reason = self.never_fits(need, row.model_id)
+            if reason is not None:
                 if await self.store.update(
                     row.id, when={Status.READY}, status=Status.FAILED, info=reason, finished=time.time()
                 ):
                     self.manager.status_changed(row.id)
                     logger.info("session %s failed: %s", row.id, reason)
                 continue
-            demands.append(Demand(row.id, need))
+            demands.append(need)
         return demands
 
-    async def _start(self, row: SessionRow, devices: tuple[str, ...]) -> None:
+    async def _start(self, row: SessionRow, engine: Engine, devices: tuple[str, ...]) -> None:
         # Held (and recorded) before the run is `working`: a recovery never sees a run without its GPUs.
-        self.pool.hold(row.id, devices)
-        await self.store.hold_gpus(row.id, devices)
+        engine.gpus.hold(row.id, devices)
+        await self.store.hold_gpus(row.id, tuple(hold_key(engine.name, d) for d in devices))
+        await self.store.place_run(row.id, engine.name, row.attempts)
+        self.placed[row.id] = (engine.name, row.attempts)
         self.overtaken.pop(row.id, None)
         if await self.store.update(
             row.id, when={Status.READY}, status=Status.WORKING, info="starting", started=time.time()
         ):
             self.manager.status_changed(row.id)
-            logger.info("session %s working%s", row.id, f" on GPU {','.join(devices)}" if devices else "")
-            self._spawn(row, gpu_ids=self.job_gpus(row, devices))
+            logger.info(
+                "session %s working on engine %s%s",
+                row.id,
+                engine.name,
+                f", GPU {','.join(devices)}" if devices else "",
+            )
+            self._spawn(row, engine, gpu_ids=self.job_gpus(row, devices))
         else:  # cancelled meanwhile
             await self.release_gpus(row.id)
 
     def job_gpus(self, row: SessionRow, devices: tuple[str, ...]) -> list[str] | None:
-        """The run's device request: its own devices from the pool; without one, none for a CPU-only model
-        and otherwise whatever the GPUS mode gives (None)."""
-        if self.pool.size:
+        """The run's device request: its own devices from its engine's pool; without pools, none for a CPU-only
+        model and otherwise whatever the engine's GPUS mode gives (None)."""
+        if self.has_pool:
             return list(devices)
         return [] if self.manager.plan(row).spec.gpus == 0 else None
 
     async def release_gpus(self, session_id: str) -> None:
-        self.pool.release(session_id)
+        # The store first: a device must not look free here while its hold row is still there, or a start
+        # placed meanwhile (the awaits let the dispatcher step run) would write a second hold on it.
         await self.store.release_gpus(session_id)
+        await self.store.unplace_run(session_id)
+        for engine in self.engines:
+            engine.gpus.release(session_id)
+        self.placed.pop(session_id, None)
 
     async def publish_forecast(self, queue: list[SessionRow]) -> None:
         """Write each queued session's place and estimated start for every worker's log streams."""
@@ -236,40 +312,44 @@ class Dispatcher:
         going = []
         for session_id, (model_id, since) in self._running_since.items():
             takes = self.run_times.estimate(model_id)
-            going.append(Going(self.pool.held_by(session_id), None if takes is None else max(takes - (now - since), 0)))
-        queued = [
-            Queued(Demand(row.id, min(self.gpus_needed(row), self.pool.size)), self.run_times.estimate(row.model_id))
-            for row in queue
-        ]
+            name = self.placed.get(session_id, ("", 0))[0]
+            engine = self.engines.get(name)
+            held = engine.gpus.held_by(session_id) if engine else ()
+            going.append(Going(held, None if takes is None else max(takes - (now - since), 0), name))
+        queued = [Queued(self.need_of(row), self.run_times.estimate(row.model_id)) for row in queue]
         self.overtaken = {k: v for k, v in self.overtaken.items() if k in {row.id for row in queue}}
-        places = forecast(going, queued, self.pool.devices, self.settings.WORKER_THREADS, self.overtaken, now)
+        shapes = [Shape(e.name, e.gpus.devices, e.entry.runs_at_once, e.entry.labels) for e in self.engines if e.up]
+        places = forecast_pool(going, queued, shapes, self.overtaken, now)
         if self._published is not None and same_forecast(self._published, places):
             return
         await self.store.set_forecast(places)
         self._published = places
 
     async def engine_ready(self, queue: list[SessionRow]) -> bool:
-        try:
-            await self.backend.ping()
-        except RunFailed as exc:
-            if self.engine_problem != str(exc):
-                logger.warning("runs are waiting: %s", exc)
-                self.engine_problem = str(exc)
-            # Every queued session says why it waits, also one queued after the engine went away.
-            reason = f"waiting for the Docker engine ({exc})"
-            for row in queue:
-                if row.info != reason:
-                    await self.store.update(row.id, when={Status.READY}, info=reason)
-            return False
-        if self.engine_problem is not None:
-            logger.info("the Docker engine answers again")
-            self.engine_problem = None
-            for row in await self.store.queue():
-                await self.store.update(row.id, when={Status.READY}, info="")
-        return True
+        """Whether an engine answers; if none does, every queued session says why it waits."""
+        down = [e for e in self.engines if not e.up]
+        if len(down) < len(self.engines.engines):
+            if self.engine_problem is not None:
+                logger.info("a Docker engine answers again")
+                self.engine_problem = None
+                for row in await self.store.queue():
+                    await self.store.update(row.id, when={Status.READY}, info="")
+            return True
+        problem = "; ".join(e.problem or "" for e in down)
+        if self.engine_problem != problem:
+            logger.warning("runs are waiting: %s", problem)
+            self.engine_problem = problem
+        # Every queued session says why it waits, also one queued after the engine went away.
+        reason = f"waiting for the Docker engine ({problem})"
+        for row in queue:
+            if row.info != reason:
+                await self.store.update(row.id, when={Status.READY}, info=reason)
+        return False
 
-    def _spawn(self, row: SessionRow, container_id: str | None = None, gpu_ids: list[str] | None = None) -> None:
-        task = asyncio.create_task(self.execute(row, container_id, gpu_ids), name=f"inferserver-run-{row.id}")
+    def _spawn(
+        self, row: SessionRow, engine: Engine, container_id: str | None = None, gpu_ids: list[str] | None = None
+    ) -> None:
+        task = asyncio.create_task(self.execute(row, engine, container_id, gpu_ids), name=f"inferserver-run-{row.id}")
         self.running[row.id] = task
         self._running_since[row.id] = (row.model_id, row.started if container_id and row.started else time.time())
 
@@ -280,20 +360,18 @@ class Dispatcher:
 
         task.add_done_callback(done)
 
-    async def execute(self, row: SessionRow, attach_to: str | None, gpu_ids: list[str] | None = None) -> None:
-        """Run (or follow a recovered container to its end) and record the outcome."""
+    async def execute(
+        self, row: SessionRow, engine: Engine, attach_to: str | None, gpu_ids: list[str] | None = None
+    ) -> None:
+        """Run (or follow a recovered container to its end) on `engine` and record the outcome."""
         plan = self.manager.plan(row)
-        job = job_for(plan, self.instance, self.settings, gpu_ids)
+        job = job_for(plan, self.instance, self.settings, gpu_ids, engine.name, row.attempts)
         log = SessionLog(plan.files.log, self.signals, row.id)
 
         async def started(container_id: str) -> None:
             # Shielded: a leader that stops now (DETACH) still records its container, so the next leader
             # re-attaches it rather than re-queueing the run and removing the container as an orphan.
-            await asyncio.shield(
-                self.store.update(
-                    row.id, container_id=container_id, info="running", log_offset=plan.files.log.stat().st_size
-                )
-            )
+            await asyncio.shield(self._record_container(row.id, container_id, plan.files.log.stat().st_size))
             self.signals.notify(row.id)
 
         recorded = False
@@ -307,10 +385,15 @@ class Dispatcher:
         try:
             if attach_to is None:
                 let_models_read(job)
-                await self.runner.run(job, log, started, ended)
+                if self.engines.named:
+                    gpus = f", GPUs {','.join(gpu_ids)}" if gpu_ids else ""
+                    await log.write(f"inferserver: running on engine {engine.name}{gpus}\n".encode())
+                await engine.runner.run(job, log, started, ended)
             else:
                 skip = plan.files.log.stat().st_size - (row.log_offset or 0)
-                await self.runner.attach(job, attach_to, log, ended, skip=max(skip, 0))
+                await engine.runner.attach(job, attach_to, log, ended, skip=max(skip, 0))
+        except EngineLost as exc:
+            await self._lose(row.id, engine, exc)
         except asyncio.CancelledError as exc:
             if exc.args != (DETACH,) and not recorded:
                 await asyncio.shield(self._finish(row.id, log, RunOutcome(False, "cancelled")))
@@ -320,7 +403,12 @@ class Dispatcher:
             if not recorded:
                 await self._finish(row.id, log, RunOutcome(False, f"internal error: {exc!r}"))
 
+    async def _record_container(self, session_id: str, container_id: str, log_offset: int) -> None:
+        await self.store.run_container(session_id, container_id)
+        await self.store.update(session_id, container_id=container_id, info="running", log_offset=log_offset)
+
     async def _finish(self, session_id: str, log: SessionLog, outcome: RunOutcome) -> None:
+        engine = self.placed.get(session_id, ("", 0))[0]
         view = await self.store.get(session_id)
         started = view.row.started if view and view.row.started else time.time()
         if outcome.ok:
@@ -333,10 +421,66 @@ class Dispatcher:
             self.orphans_possible = True
         await self.store.update(session_id, status=status, info=info, finished=time.time(), container_id=None)
         await self.release_gpus(session_id)
+        self.manager.dispatch_wakeup.notify()  # its slot and GPUs are free now, before its container is removed
         self.manager.status_changed(session_id)
         logger.info("session %s %s: %s", session_id, status.value, info)
         queued_at = view.row.queued_at if view else None
-        self.run_ended(status.value, started - queued_at if queued_at else None, time.time() - started)
+        self.run_ended(status.value, started - queued_at if queued_at else None, time.time() - started, engine)
+
+    # -- engine loss ----------------------------------------------------------------------
+
+    async def _lose(self, session_id: str, engine: Engine, exc: EngineLost) -> None:
+        """The run's engine stopped answering: keep the session `working` and its container, and wait for it."""
+        await engine.ping()
+        self.lost[session_id] = LostRun(engine.name, exc.container_id, time.monotonic())
+        grace = self.engines.grace or 0
+        info = f"engine {engine.name} stopped answering; waiting up to {grace:g} s (ENGINE_GRACE) for it"
+        logger.warning("session %s: %s (%s)", session_id, info, exc)
+        if await self.store.update(session_id, when={Status.WORKING}, info=info):
+            self.manager.status_changed(session_id)
+
+    async def follow_lost(self) -> None:
+        """Re-attach lost runs whose engine answers again; re-queue those whose engine stayed away past the grace."""
+        for session_id, lost in list(self.lost.items()):
+            engine = self.engines.get(lost.engine)
+            view = await self.store.get(session_id)
+            if view is None or view.status is not Status.WORKING:  # cancelled or cleaned up meanwhile
+                self.lost.pop(session_id)
+                await self.release_gpus(session_id)
+                continue
+            if engine is not None and engine.up and lost.container_id:
+                self.lost.pop(session_id)
+                logger.info("session %s: engine %s answers again, re-attaching", session_id, engine.name)
+                await self.store.update(session_id, when={Status.WORKING}, info="running")
+                self.manager.status_changed(session_id)
+                self._spawn(view.row, engine, lost.container_id)
+            elif engine is None or engine.up or time.monotonic() - lost.since >= (self.engines.grace or 0):
+                self.lost.pop(session_id)
+                self.orphans_possible = True  # its container goes when its engine answers
+                why = (engine.problem if engine is not None else None) or "no container to follow"
+                await self.requeue(
+                    view.row,
+                    f"re-queued: engine {lost.engine} did not answer within ENGINE_GRACE "
+                    f"({self.engines.grace or 0:g} s)",
+                    f"engine {lost.engine} was lost during the run ({why})",
+                )
+
+    async def requeue(self, row: SessionRow, info: str, failure: str) -> None:
+        """Back into the queue at its old place (queued_at kept), an attempt counted; after MAX_ATTEMPTS, failed."""
+        await self.release_gpus(row.id)  # a new start gets devices (and an engine) anew
+        attempts = row.attempts + 1
+        log = SessionLog(self.manager.plan(row).files.log, self.signals, row.id)
+        if attempts >= MAX_ATTEMPTS:
+            reason = f"{failure}; the run was interrupted {attempts} times, giving up"
+            await self.store.update(row.id, status=Status.FAILED, finished=time.time(), container_id=None, info=reason)
+            await log.write(f"inferserver: run failed: {reason}\n".encode())
+        else:
+            await self.store.update(
+                row.id, status=Status.READY, container_id=None, attempts=attempts, info=info, log_offset=None
+            )
+            await log.write(f"inferserver: {info}\n".encode())
+        self.manager.status_changed(row.id)
+        logger.info("session %s: %s", row.id, info if attempts < MAX_ATTEMPTS else "failed")
 
     # -- cancellation ---------------------------------------------------------------------
 
@@ -347,9 +491,11 @@ class Dispatcher:
             task = self.running.get(row.id)
             if task is not None:
                 task.cancel()  # the runner removes the container; execute() records `cancelled`
-            else:  # not ours to follow (e.g. recovery still pending): stop it directly
-                if row.container_id:
-                    await self.backend.remove(row.container_id)
+            else:  # not ours to follow (recovery pending, its engine lost): stop it directly
+                engine = await self.engine_of(row.id)
+                if row.container_id and engine is not None:
+                    await engine.backend.remove(row.container_id)  # an engine away: an orphan once it is back
+                    self.orphans_possible = True
                 await self.store.update(
                     row.id,
                     when={Status.WORKING},
@@ -373,53 +519,76 @@ class Dispatcher:
                 logger.warning("recovery waits for the Docker engine: %s", exc)
                 await asyncio.sleep(ENGINE_RETRY)
 
+    async def engine_of(self, session_id: str) -> Engine | None:
+        """The engine a working session's run was placed on (a run recorded before engines were named: the one)."""
+        placed = (await self.store.placed_runs()).get(session_id)
+        return self.engines.get(placed.engine) if placed else self.engines.only()
+
     async def _recover_once(self) -> None:
+        await self.engines.refresh()
         working = await self.store.with_status(Status.WORKING)
         holds = await self.store.gpu_holds()
+        placed = await self.store.placed_runs()
         for session_id in set(holds) - {row.id for row in working}:  # its run ended while the holds were written
             await self.store.release_gpus(session_id)
         for model_id, seconds in await self.store.run_times(RUN_TIMES_SEED):
             self.run_times.add(model_id, seconds)
         for row in working:
+            where = placed.get(row.id)
+            engine = self.engines.get(where.engine) if where else self.engines.only()
             container_id = row.container_id
-            info = await self.backend.inspect(container_id) if container_id else None
-            if container_id and info is not None:
-                logger.info("session %s: re-attaching to container %s", row.id, container_id[:12])
-                # The container keeps the GPUs it was given; GPUS may have changed since: keep what is still ours.
-                self.pool.hold(row.id, [d for d in holds.get(row.id, []) if d in self.pool.devices])
-                self._spawn(row, container_id)
+            if engine is not None and container_id and self.engines.grace is not None and not engine.up:
+                # Its engine is away: the run waits for it as for any lost engine, then goes elsewhere.
+                self.resume_holds(row, engine, holds.get(row.id, []))
+                self.lost[row.id] = LostRun(engine.name, container_id, time.monotonic())
                 continue
-            await self.release_gpus(row.id)  # re-queued or failed: a new start gets devices anew
-            attempts = row.attempts + 1
-            if attempts >= MAX_ATTEMPTS:
-                await self.store.update(
-                    row.id,
-                    status=Status.FAILED,
-                    finished=time.time(),
-                    container_id=None,
-                    info=f"the run was interrupted {attempts} times (server restarts); giving up",
+            info = await engine.backend.inspect(container_id) if engine and container_id else None
+            if engine is not None and container_id and info is not None:
+                logger.info(
+                    "session %s: re-attaching to container %s on engine %s", row.id, container_id[:12], engine.name
                 )
-            else:
-                # Its original queue place: queued_at is kept, so it runs before later sessions.
-                await self.store.update(
-                    row.id,
-                    status=Status.READY,
-                    container_id=None,
-                    attempts=attempts,
-                    info="re-queued: its container was gone after a server restart",
-                )
-                logger.info("session %s: container gone, re-queued", row.id)
+                self.resume_holds(row, engine, holds.get(row.id, []))
+                self._spawn(row, engine, container_id)
+                continue
+            # Its original queue place: queued_at is kept, so it runs before later sessions.
+            await self.requeue(
+                row,
+                "re-queued: its container was gone after a server restart",
+                "its container was gone after server restarts",
+            )
         await self.janitor.release_dead_claims()
         self.janitor.remove_partial_uploads(time.time())
         await self.remove_orphans()
 
+    def resume_holds(self, row: SessionRow, engine: Engine, keys: list[str]) -> None:
+        """A recovered run keeps the GPUs it was given; GPUS or ENGINES may have changed since: keep what is still
+        its engine's. A hold written before engines were named is a bare device id of the one engine."""
+        devices = [split_hold(k)[1] if ":" in k and split_hold(k)[0] == engine.name else k for k in keys]
+        engine.gpus.hold(row.id, [d for d in devices if d in engine.gpus.devices])
+        self.placed[row.id] = (engine.name, row.attempts)
+
     async def remove_orphans(self) -> None:
-        """Remove this server's containers whose session no run of this dispatcher follows (RunFailed: no engine)."""
-        for container in await self.backend.containers_labelled(LABEL_INSTANCE, self.instance):
-            session_id = container.get("Labels", {}).get(LABEL_SESSION, "?")
-            if session_id not in self.running:
-                logger.info("removing orphan container %s (session %s)", container["Id"][:12], session_id)
-                await self.backend.remove(container["Id"])
+        """Remove this server's containers, on every engine that answers, that no run of this dispatcher follows
+        there (a stale container of an earlier attempt included); RunFailed: an engine went away meanwhile."""
+        for engine in self.engines:
+            if not engine.up:
+                continue
+            for container in await engine.backend.containers_labelled(LABEL_INSTANCE, self.instance):
+                labels = container.get("Labels", {})
+                session_id = labels.get(LABEL_SESSION, "?")
+                ours = self.placed.get(session_id)  # None while a finished run's task removes its container
+                attempt = labels.get(LABEL_ATTEMPT)
+                if (session_id in self.running or session_id in self.lost) and (
+                    ours is None or (ours[0] == engine.name and attempt in (None, str(ours[1])))
+                ):
+                    continue
+                logger.info(
+                    "removing orphan container %s (session %s) on engine %s",
+                    container["Id"][:12],
+                    session_id,
+                    engine.name,
+                )
+                await engine.backend.remove(container["Id"])
 
     async def detach_all(self) -> None:
         """At shutdown: leave running containers running; the next start re-attaches them."""
@@ -434,14 +603,14 @@ def same_forecast(old: dict[str, QueuePlace], new: dict[str, QueuePlace]) -> boo
     """Same places, and no estimate moved by more than ESTIMATE_SLACK (or appeared or vanished)."""
     if old.keys() != new.keys():
         return False
-    for session_id, place in new.items():
+    for session_id, spot in new.items():
         before = old[session_id]
-        if before.position != place.position or (before.starts_at is None) != (place.starts_at is None):
+        if before.position != spot.position or (before.starts_at is None) != (spot.starts_at is None):
             return False
         if (
-            place.starts_at is not None
+            spot.starts_at is not None
             and before.starts_at is not None  # as the test above made sure; said again for the type checker
-            and abs(place.starts_at - before.starts_at) > ESTIMATE_SLACK
+            and abs(spot.starts_at - before.starts_at) > ESTIMATE_SLACK
         ):
             return False
     return True

@@ -9,11 +9,12 @@ is still given, with a guessed run time).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from ..sessions.state import QueuePlace
-from .gpupool import OVERTAKE_LIMIT, Demand, pick
+from .gpupool import Demand
+from .placement import OVERTAKE_LIMIT, Room, place
 
 HISTORY = 5  # recent runs of a model that make its estimate
 GUESS_SECONDS = 60.0  # only to order starts behind a model never seen yet; never shown
@@ -35,16 +36,27 @@ class RunTimes:
 
 @dataclass(frozen=True)
 class Going:
-    """A run in progress: its devices and how long it should still take (None: unknown)."""
+    """A run in progress: its devices and how long it should still take (None: unknown), and its engine."""
 
     devices: tuple[str, ...]
     left: float | None
+    engine: str = ""
 
 
 @dataclass(frozen=True)
 class Queued:
     demand: Demand
     takes: float | None  # expected run time; None: unknown
+
+
+@dataclass(frozen=True)
+class Shape:
+    """An engine that answers, as the forecast sees it: its GPU pool, its runs at once and its labels."""
+
+    engine: str
+    devices: tuple[str, ...]
+    slots: int
+    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 def forecast(
@@ -56,33 +68,56 @@ def forecast(
     now: float,
     limit: int = OVERTAKE_LIMIT,
 ) -> dict[str, QueuePlace]:
-    """Each queued session's place, by playing `pick` forward from `now` (`slots`: runs at once in all)."""
+    """`forecast_pool` for one engine (`slots`: runs at once)."""
+    return forecast_pool(going, queue, [Shape("", tuple(devices), slots)], overtaken, now, limit)
+
+
+def forecast_pool(
+    going: Sequence[Going],
+    queue: Sequence[Queued],
+    engines: Sequence[Shape],
+    overtaken: dict[str, int],
+    now: float,
+    limit: int = OVERTAKE_LIMIT,
+) -> dict[str, QueuePlace]:
+    """Each queued session's place, by playing `place` forward from `now` over every engine."""
     known = [g.left for g in going if g.left is not None] + [q.takes for q in queue if q.takes is not None]
     guess = sum(known) / len(known) if known else GUESS_SECONDS
-    # (end time, devices, whether the end time is known)
-    active = [(now + (g.left if g.left is not None else guess), g.devices, g.left is not None) for g in going]
-    held = {d for g in going for d in g.devices}
-    free = [d for d in devices if d not in held]
+    shapes = {e.engine: e for e in engines}
+    # (end time, engine, devices, whether the end time is known); runs of an engine not shown here are left out
+    active = [
+        (now + (g.left if g.left is not None else guess), g.engine, g.devices, g.left is not None)
+        for g in going
+        if g.engine in shapes
+    ]
+    held = {(a[1], d) for a in active for d in a[2]}
+    free = {e.engine: [d for d in e.devices if (e.engine, d) not in held] for e in engines}
     pending = list(queue)
     counts = dict(overtaken)
     t, certain = now, True
     places: dict[str, QueuePlace] = {}
     while pending:
-        starts = pick([q.demand for q in pending], free, slots - len(active), counts, limit)
+        going_on = {name: sum(a[1] == name for a in active) for name in shapes}
+        rooms = [
+            Room(e.engine, tuple(free[e.engine]), e.slots - going_on[e.engine], going_on[e.engine], e.labels)
+            for e in engines
+        ]
+        starts = place([q.demand for q in pending], rooms, counts, limit)
         started = {s.session_id for s in starts}
         for start in starts:
             item = next(q for q in pending if q.demand.session_id == start.session_id)
             places[start.session_id] = QueuePlace(len(places) + 1, t if certain else None)
-            free = [d for d in free if d not in start.devices]
+            free[start.engine] = [d for d in free[start.engine] if d not in start.devices]
             takes = item.takes if item.takes is not None else guess
-            active.append((t + takes, start.devices, item.takes is not None))
+            active.append((t + takes, start.engine, start.devices, item.takes is not None))
         pending = [q for q in pending if q.demand.session_id not in started]
         if not pending or not active:
             break
         active.sort(key=lambda a: a[0])
-        end, freed, end_known = active.pop(0)
+        end, engine, freed, end_known = active.pop(0)
         t, certain = max(t, end), certain and end_known
-        free = [d for d in devices if d in set(free) | set(freed)]
+        back = set(free[engine]) | set(freed)
+        free[engine] = [d for d in shapes[engine].devices if d in back]
     for item in pending:  # cannot start at all (nothing running frees enough): last, no estimate
         places[item.demand.session_id] = QueuePlace(len(places) + 1)
     return places

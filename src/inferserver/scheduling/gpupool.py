@@ -12,15 +12,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-OVERTAKE_LIMIT = 4
+from .placement import OVERTAKE_LIMIT, Need, Room, place
 
-
-@dataclass(frozen=True)
-class Demand:
-    """A queued run: how many GPUs it needs (0: CPU-only)."""
-
-    session_id: str
-    gpus: int
+# A queued run as one engine's pool sees it: GPUs needed (0: CPU-only), engine labels required.
+Demand = Need
 
 
 @dataclass(frozen=True)
@@ -76,24 +71,8 @@ def pick(
     overtaken: dict[str, int],
     limit: int = OVERTAKE_LIMIT,
 ) -> list[Start]:
-    """The runs to start now, in queue order, with their devices; counts overtakes into `overtaken`."""
-    free = list(free)
-    starts: list[Start] = []
-    passed: list[str] = []  # GPU runs that did not fit, ahead of the one being looked at
-    held_back = False  # a run overtaken `limit` times: no later run takes GPUs before it
-    for demand in queue:
-        if len(starts) >= slots:
-            break
-        if demand.gpus == 0:
-            starts.append(Start(demand.session_id, ()))
-            continue
-        if not held_back and demand.gpus <= len(free):
-            starts.append(Start(demand.session_id, tuple(free[: demand.gpus])))
-            del free[: demand.gpus]
-            for session_id in passed:
-                overtaken[session_id] = overtaken.get(session_id, 0) + 1
-            continue
-        passed.append(demand.session_id)
-        if overtaken.get(demand.session_id, 0) >= limit:
-            held_back = True
-    return starts
+    """The runs to start now, in queue order, with their devices; counts overtakes into `overtaken`.
+
+    One engine's case of `placement.place`: a single engine is a pool of one, with the same policy."""
+    placements = place(queue, [Room("", tuple(free), slots)], overtaken, limit)
+    return [Start(p.session_id, p.devices) for p in placements]

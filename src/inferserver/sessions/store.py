@@ -94,6 +94,27 @@ class GpuHold(Base):
     session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), index=True)
 
 
+class EngineRun(Base):
+    """Where a working session's run was placed: its engine, its container there and the attempt it is. Its own
+    table, like GpuHold: create_all adds tables, never columns. Recovery and engine loss read it back."""
+
+    __tablename__ = "engine_runs"
+
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True)
+    engine: Mapped[str] = mapped_column(String(100), index=True)
+    container_id: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+
+
+@dataclass(frozen=True)
+class Placed:
+    """A run's place as EngineRun records it."""
+
+    engine: str
+    container_id: str | None
+    attempt: int
+
+
 class QueueSlot(Base):
     """The dispatcher's forecast for a queued session, read by every worker: its place and estimated start."""
 
@@ -263,6 +284,7 @@ class Store:
         async with self._write() as db:
             await db.execute(delete(QueueSlot).where(QueueSlot.session_id == session_id))
             await db.execute(delete(GpuHold).where(GpuHold.session_id == session_id))
+            await db.execute(delete(EngineRun).where(EngineRun.session_id == session_id))
             await db.execute(delete(InputRow).where(InputRow.session_id == session_id))
             await db.execute(delete(SessionOwner).where(SessionOwner.session_id == session_id))
             await db.execute(delete(TusUpload).where(TusUpload.session_id == session_id))
@@ -374,6 +396,30 @@ class Store:
             for device, session_id in await db.execute(select(GpuHold.device, GpuHold.session_id)):
                 held.setdefault(session_id, []).append(device)
             return held
+
+    # -- engines --------------------------------------------------------------------------
+
+    async def place_run(self, session_id: str, engine: str, attempt: int) -> None:
+        """Record (replacing an earlier attempt's) the engine a run starts on; its container comes later."""
+        async with self._write(visible=False) as db:
+            await db.execute(delete(EngineRun).where(EngineRun.session_id == session_id))
+            db.add(EngineRun(session_id=session_id, engine=engine, attempt=attempt))
+
+    async def run_container(self, session_id: str, container_id: str) -> None:
+        async with self._write(visible=False) as db:
+            await db.execute(
+                update(EngineRun).where(EngineRun.session_id == session_id).values(container_id=container_id)
+            )
+
+    async def unplace_run(self, session_id: str) -> None:
+        async with self._write(visible=False) as db:
+            await db.execute(delete(EngineRun).where(EngineRun.session_id == session_id))
+
+    async def placed_runs(self) -> dict[str, Placed]:
+        """Session id -> where its run was placed."""
+        async with self.sessionmaker() as db:
+            rows = await db.scalars(select(EngineRun))
+            return {r.session_id: Placed(r.engine, r.container_id, r.attempt) for r in rows}
 
     async def run_times(self, limit: int) -> list[tuple[str, float]]:
         """(model id, seconds) of the latest complete runs, oldest first: the seed of the run-time estimates."""

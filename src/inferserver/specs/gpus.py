@@ -21,3 +21,7 @@ class GpuDemand(BaseModel):
         description="GPUs one run needs from the server's pool (GPUS lists ids); 0: CPU-only, it never waits "
         "for a GPU and gets no device request. Absent: GPUS_PER_RUN.",
     )
+    engine_labels: dict[str, str] | None = Field(
+        None,
+        description='Labels an engine of ENGINES must carry to run the model, e.g. {"gpu": "a100"}; absent: any.',
+    )

@@ -288,6 +288,11 @@ class ModelSpec(_SpecPart):
         """GPUs one run asks for (None: the server's GPUS_PER_RUN)."""
         return self.inferserver.gpus if self.inferserver else None
 
+    @property
+    def engine_labels(self) -> dict[str, str]:
+        """Labels an engine must carry to run this model (empty: any engine)."""
+        return dict(self.inferserver.engine_labels or {}) if self.inferserver else {}
+
     def argument_order(self) -> list[str]:
         """The order arguments are passed in: the spec's ``order``, else the names sorted."""
         return list(self.order) if self.order else sorted(self.field_names())
