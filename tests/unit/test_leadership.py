@@ -213,11 +213,13 @@ async def test_a_dispatcher_that_loses_its_lead_stops_mid_step_detaches_its_runs
     from inferserver.config import load_settings
     from inferserver.runner.execute import DETACH
     from inferserver.scheduling.dispatch import Dispatcher
+    from inferserver.scheduling.engines import EnginePool
     from inferserver.sessions.state import Signal, Signals
 
     settings = load_settings(SESSION_PATH=tmp_path, MODEL_PATH=tmp_path)
     manager = SimpleNamespace(signals=Signals(), dispatch_wakeup=Signal())
-    dispatcher = Dispatcher(settings, None, manager, None, None)  # type: ignore[arg-type]  # only the loop runs
+    # Only the loop runs: no store; the engines are never asked (their clients are made on first use).
+    dispatcher = Dispatcher(settings, None, manager, EnginePool(settings))  # type: ignore[arg-type]
     lead = Lead()
     dispatcher.leadership = lead
     steps: list[str] = []
