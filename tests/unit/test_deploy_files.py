@@ -112,6 +112,8 @@ def test_the_gunicorn_config_runs_the_bounded_protocol() -> None:
     from inferserver.serving.protocol import PROTOCOL
 
     settings = runpy.run_path(str(GUNICORN_CONF))
-    worker = SimpleNamespace(config=SimpleNamespace(timeout_graceful_shutdown=0, http="auto"))
+    worker = SimpleNamespace(config=SimpleNamespace(timeout_graceful_shutdown=0, http="auto", loop="auto"))
     settings["post_worker_init"](worker)
     assert worker.config.http == PROTOCOL
+    # asyncio's loop (uvloop accepts one connection per loop iteration) and one access line per request, ours.
+    assert (worker.config.loop, worker.config.access_log) == ("asyncio", False)

@@ -131,7 +131,7 @@ def serve(args: argparse.Namespace) -> int:
     from ..api.auth import AccessControl
     from ..api.credentials import CredentialsError
     from ..app import create_app
-    from ..serving.protocol import PROTOCOL
+    from ..serving.protocol import LOOP, PROTOCOL
 
     try:
         settings = load_settings()
@@ -153,6 +153,7 @@ def serve(args: argparse.Namespace) -> int:
         access_log=False,
         timeout_graceful_shutdown=5,
         http=PROTOCOL,
+        loop=LOOP,
     )
     return 0
 
