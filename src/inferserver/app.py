@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import gc
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,8 +22,10 @@ from fastapi import FastAPI
 from . import __version__
 from .api import gpus, health, models, root, sessions
 from .api.auth import HASH_THREADS, AccessControl, AuthMiddleware
+from .api.concurrency import ConcurrencyLimit
 from .api.envelope import install_error_handlers, install_openapi
 from .api.requestlog import RequestLog
+from .api.statusanswers import StatusAnswerCache, StatusAnswers
 from .config import Settings, load_settings
 from .observability.logs import configure_logging
 from .observability.metrics import Metrics
@@ -72,6 +75,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     backend = DockerBackend()
     runner = Runner(backend, settings.runner_gpu_mode, settings.CONTAINER_NETWORK)
     manager = SessionManager(settings, directory, store, Signals())
+    app.state.status_answers = StatusAnswers(store.changes)  # api/statusanswers.py
     manager.prepare_root()
     if settings.gpu_pool and settings.WORKER_THREADS * settings.gpus_per_run < len(settings.gpu_pool):
         logger.warning(
@@ -97,6 +101,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         asyncio.create_task(dispatcher.run_forever(), name="inferserver-dispatcher"),
         asyncio.create_task(registry.watch(), name="inferserver-models"),
     ]
+    # Start-up leaves about a million objects (FastAPI, pydantic, SQLAlchemy, the specs) that live as long as the
+    # process: frozen, the collector stops walking them, and its full collections no longer stall every request for
+    # 60-230 ms under load (measured with 200 status clients). What becomes garbage of them later is not collected.
+    gc.collect()
+    gc.freeze()
     try:
         yield
     finally:
@@ -132,6 +141,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redirect_slashes=False,
     )
     app.state.settings = settings
+    # Added innermost first: RequestLog, then AuthMiddleware, then ConcurrencyLimit, then the status answers.
+    app.add_middleware(StatusAnswerCache)
+    app.add_middleware(ConcurrencyLimit)
     app.add_middleware(AuthMiddleware)
     install_error_handlers(app)
     install_openapi(app)
