@@ -63,13 +63,14 @@ proc_name = "inferserver"
 def post_worker_init(worker) -> None:
     config = getattr(worker, "config", None)  # the uvicorn Config the worker runs
     if config is not None:
-        from inferserver.serving.protocol import LOOP, PROTOCOL
+        from inferserver.serving.loop import LOOP
+        from inferserver.serving.protocol import PROTOCOL
 
         config.timeout_graceful_shutdown = max(1, graceful_timeout - 10)
         # The protocol `inferserver serve` runs: MAX_HEADER_BYTES (431) and HEADER_TIMEOUT (408) hold here too,
         # so half-sent heads cannot pile up open connections. The worker loads it when its server starts.
         config.http = PROTOCOL
-        config.loop = LOOP  # asyncio's: accepts new connections promptly while busy (serving/protocol.py)
+        config.loop = LOOP  # asyncio's: accepts new connections promptly while busy (serving/loop.py)
         # The application logs every request itself (inferserver.access, as under `inferserver serve`): uvicorn's
         # own access line would be a second line per request, a fifth of a status poll's cost.
         config.access_log = False

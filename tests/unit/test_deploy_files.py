@@ -109,6 +109,7 @@ def test_the_gunicorn_config_runs_the_bounded_protocol() -> None:
     """The header size and time bounds of `inferserver serve` hold under gunicorn too."""
     from types import SimpleNamespace
 
+    from inferserver.serving.loop import LOOP
     from inferserver.serving.protocol import PROTOCOL
 
     settings = runpy.run_path(str(GUNICORN_CONF))
@@ -116,4 +117,4 @@ def test_the_gunicorn_config_runs_the_bounded_protocol() -> None:
     settings["post_worker_init"](worker)
     assert worker.config.http == PROTOCOL
     # asyncio's loop (uvloop accepts one connection per loop iteration) and one access line per request, ours.
-    assert (worker.config.loop, worker.config.access_log) == ("asyncio", False)
+    assert (worker.config.loop, worker.config.access_log) == (LOOP, False)

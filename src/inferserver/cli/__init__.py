@@ -131,7 +131,8 @@ def serve(args: argparse.Namespace) -> int:
     from ..api.auth import AccessControl
     from ..api.credentials import CredentialsError
     from ..app import create_app
-    from ..serving.protocol import LOOP, PROTOCOL
+    from ..serving.loop import LOOP
+    from ..serving.protocol import PROTOCOL
 
     try:
         settings = load_settings()

@@ -26,11 +26,6 @@ from ..config import load_settings
 
 # An import string, not the class: `serve --workers N` hands it to each worker process.
 PROTOCOL = "inferserver.serving.protocol:BoundedHttpToolsProtocol"
-# The event loop: asyncio's, not uvloop's. libuv (since 1.45, in uvloop ≥ 0.18) accepts one connection per loop
-# iteration, so while the loop is busy new connections wait in the kernel's accept queue: under 100 polling
-# clients, 100 more took up to 3 s to be accepted and the first answer on each was that late. asyncio accepts
-# every waiting connection at once; the throughput of status polls measured the same (bench/status_load.py).
-LOOP = "asyncio"
 REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 HEADER_LINE_OVERHEAD = 4  # ": " and CRLF around each header the parser hands over without them
 
