@@ -117,3 +117,12 @@ async def test_a_failing_request_frees_its_slot() -> None:
         with pytest.raises(RuntimeError):
             await ask(limit, scope_for("/models", limit=1))
     assert limit.in_flight == 0
+
+
+async def test_an_app_not_started_has_no_limit_yet() -> None:
+    held = Held()
+    held.release.set()
+    limit = ConcurrencyLimit(held)
+    scope = scope_for("/models")
+    scope["app"].state.settings = None  # create_app() without its lifespan (settings are read at start-up)
+    assert (await ask(limit, scope))[0]["status"] == 200

@@ -43,10 +43,11 @@ class ConcurrencyLimit:
         self._warned = -WARN_EVERY
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not counted(scope):
+        settings = getattr(scope["app"].state, "settings", None)  # None: an app whose lifespan has not run
+        if scope["type"] != "http" or settings is None or not counted(scope):
             await self.app(scope, receive, send)
             return
-        limit: int = scope["app"].state.settings.MAX_CONCURRENT_REQUESTS
+        limit: int = settings.MAX_CONCURRENT_REQUESTS
         if self.in_flight >= limit:
             await self._refuse(scope, receive, send, limit)
             return
