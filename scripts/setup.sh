@@ -135,6 +135,8 @@ step_nginx() {
         "command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]]"
 }
 step_systemd() { need_package systemd "systemd-analyze checks the shipped unit" "command -v systemd-analyze >/dev/null"; }
+# The status-under-load test drives wrk, as the issue measured it (bench/status_load.py uses it too).
+step_wrk() { need_package wrk "the status-under-load test polls with 200 connections" "command -v wrk >/dev/null"; }
 
 describe() {
     case $1 in
@@ -146,6 +148,7 @@ describe() {
         example_images) echo "the example images inferserver-example/*:1 and their Debian base (examples/build.sh)" ;;
         nginx) echo "Debian's nginx" ;;
         systemd) echo "Debian's systemd (systemd-analyze)" ;;
+        wrk) echo "Debian's wrk" ;;
     esac
 }
 
@@ -155,7 +158,7 @@ wants test && steps+=(postgresql)
 steps+=(venv)
 if wants test; then steps+=(fixture_images); elif wants serve; then steps+=(copy_image); fi
 { wants serve || wants test; } && steps+=(example_images)
-wants test && steps+=(nginx systemd)
+wants test && steps+=(nginx systemd wrk)
 
 if [[ $plan -eq 1 ]]; then
     for step in "${steps[@]}"; do echo "$step: $(describe "$step")"; done

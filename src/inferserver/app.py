@@ -141,9 +141,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redirect_slashes=False,
     )
     app.state.settings = settings
-    # Added innermost first: RequestLog, then AuthMiddleware, then ConcurrencyLimit, then the status answers.
-    app.add_middleware(StatusAnswerCache)
+    # Added innermost first: RequestLog, then AuthMiddleware, then the status answers, then ConcurrencyLimit (kept
+    # answers, and polls waiting for a read in progress, cost nothing and take no slot).
     app.add_middleware(ConcurrencyLimit)
+    app.add_middleware(StatusAnswerCache)
     app.add_middleware(AuthMiddleware)
     install_error_handlers(app)
     install_openapi(app)

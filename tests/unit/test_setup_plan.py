@@ -44,6 +44,7 @@ def test_test_sets_up_the_rest() -> None:
         "example_images",
         "nginx",
         "systemd",
+        "wrk",
     ]
     # lint too: `make test` runs the lint checks before the tests.
     assert "venv: /nonexistent/venv with inferserver and the extras convert lint test" in plan("test")

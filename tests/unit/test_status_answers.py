@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -20,9 +21,12 @@ class Route:
     def __init__(self, status: int = 200) -> None:
         self.calls = 0
         self.status = status
+        self.gate = asyncio.Event()
+        self.gate.set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.calls += 1
+        await self.gate.wait()
         body = b'{"data": {"status": "waiting", "n": %d}}' % self.calls
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": self.status, "headers": headers})
@@ -94,3 +98,45 @@ def test_a_status_poll_is_recognized_under_a_root_path() -> None:
     assert session_of(scope_for(None, f"/sessions/{SID}", root="/inferserver")) == SID
     assert session_of(scope_for(None, f"/sessions/{SID}/", root="/inferserver")) is None
     assert session_of(scope_for(None, f"/sessions/{SID}", method="HEAD")) is None
+
+
+async def test_concurrent_polls_of_a_session_share_one_pass_through_the_route(tmp_path: Path) -> None:
+    answers = StatusAnswers(ChangeToken(tmp_path / ".changes"))
+    route = Route()
+    route.gate.clear()  # the first poll's read is in progress while the others arrive
+    middleware = StatusAnswerCache(route)
+    polls = [asyncio.create_task(ask(middleware, scope_for(answers, f"/sessions/{SID}"))) for _ in range(50)]
+    await asyncio.sleep(0.01)
+    route.gate.set()
+    sent = await asyncio.gather(*polls)
+    assert route.calls == 1
+    assert {m[1]["body"] for m in sent} == {b'{"data": {"status": "waiting", "n": 1}}'}
+
+
+async def test_when_the_shared_read_is_no_200_every_poll_asks_the_route(tmp_path: Path) -> None:
+    answers = StatusAnswers(ChangeToken(tmp_path / ".changes"))
+    route = Route(status=503)
+    route.gate.clear()
+    middleware = StatusAnswerCache(route)
+    polls = [asyncio.create_task(ask(middleware, scope_for(answers, f"/sessions/{SID}"))) for _ in range(3)]
+    await asyncio.sleep(0.01)
+    route.gate.set()
+    sent = await asyncio.gather(*polls)
+    assert [m[0]["status"] for m in sent] == [503] * 3
+    assert route.calls == 3
+
+
+async def test_a_poll_after_a_change_does_not_wait_for_a_read_begun_before_it(tmp_path: Path) -> None:
+    token = ChangeToken(tmp_path / ".changes")
+    answers = StatusAnswers(token)
+    route = Route()
+    route.gate.clear()
+    middleware = StatusAnswerCache(route)
+    early = asyncio.create_task(ask(middleware, scope_for(answers, f"/sessions/{SID}")))
+    await asyncio.sleep(0.01)
+    token.replace()  # a change committed while the first read is in progress
+    late = asyncio.create_task(ask(middleware, scope_for(answers, f"/sessions/{SID}")))
+    await asyncio.sleep(0.01)
+    route.gate.set()
+    await asyncio.gather(early, late)
+    assert route.calls == 2  # the late poll read the state itself, after the change

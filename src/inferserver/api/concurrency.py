@@ -4,7 +4,8 @@ An overloaded event loop serves everyone late: past the limit a client is told a
 instead of waiting seconds behind requests it cannot see. Long transfers do not count — uploads, log
 streams and downloads last minutes and have limits of their own (MAX_UPLOAD_BYTES, file descriptors,
 disk); counted, a few big uploads would lock out the status polls that tell their clients how the run goes.
-Runs inside AuthMiddleware: a refused credential never takes a slot, and guessers have their own limit.
+Runs inside AuthMiddleware: a refused credential never takes a slot, and guessers have their own limit; and
+inside StatusAnswerCache: a status poll answered from kept bytes, or waiting for another poll's read, takes none.
 """
 
 from __future__ import annotations
