@@ -54,7 +54,10 @@ keepalive = 75
 # several servers of one user (or a read-only home under systemd) would trip over it.
 control_socket_disable = True
 
-accesslog = "-"
+# No access log of gunicorn's: the application logs every request itself (inferserver.access, as under `inferserver
+# serve`), and uvicorn's line beside it cost a fifth of a status poll. (uvicorn's worker decides by whether this
+# log has a handler; uvicorn's `access_log` setting is read too early to change here.)
+accesslog = None
 errorlog = "-"
 loglevel = "info"
 proc_name = "inferserver"
@@ -71,6 +74,3 @@ def post_worker_init(worker) -> None:
         # so half-sent heads cannot pile up open connections. The worker loads it when its server starts.
         config.http = PROTOCOL
         config.loop = LOOP  # asyncio's: accepts new connections promptly while busy (serving/loop.py)
-        # The application logs every request itself (inferserver.access, as under `inferserver serve`): uvicorn's
-        # own access line would be a second line per request, a fifth of a status poll's cost.
-        config.access_log = False
