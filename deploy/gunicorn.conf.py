@@ -54,7 +54,10 @@ keepalive = 75
 # several servers of one user (or a read-only home under systemd) would trip over it.
 control_socket_disable = True
 
-accesslog = "-"
+# No access log of gunicorn's: the application logs every request itself (inferserver.access, as under `inferserver
+# serve`), and uvicorn's line beside it cost a fifth of a status poll. (uvicorn's worker decides by whether this
+# log has a handler; uvicorn's `access_log` setting is read too early to change here.)
+accesslog = None
 errorlog = "-"
 loglevel = "info"
 proc_name = "inferserver"
@@ -63,9 +66,11 @@ proc_name = "inferserver"
 def post_worker_init(worker) -> None:
     config = getattr(worker, "config", None)  # the uvicorn Config the worker runs
     if config is not None:
+        from inferserver.serving.loop import LOOP
         from inferserver.serving.protocol import PROTOCOL
 
         config.timeout_graceful_shutdown = max(1, graceful_timeout - 10)
         # The protocol `inferserver serve` runs: MAX_HEADER_BYTES (431) and HEADER_TIMEOUT (408) hold here too,
         # so half-sent heads cannot pile up open connections. The worker loads it when its server starts.
         config.http = PROTOCOL
+        config.loop = LOOP  # asyncio's: accepts new connections promptly while busy (serving/loop.py)

@@ -154,6 +154,8 @@ step_chromium() {
 step_iptables() {
     need_package iptables "the two-host tests drop a vanished host's packets" "command -v iptables >/dev/null"
 }
+# The status-under-load test drives wrk, as the issue measured it (bench/status_load.py uses it too).
+step_wrk() { need_package wrk "the status-under-load test polls with 200 connections" "command -v wrk >/dev/null"; }
 
 describe() {
     case $1 in
@@ -168,6 +170,7 @@ describe() {
         engine_bed) echo "Debian's socat, openssl and openssh-server (the engine test bed)" ;;
         chromium) echo "Debian's chromium and chromium-driver (the web page tests)" ;;
         iptables) echo "Debian's iptables" ;;
+        wrk) echo "Debian's wrk" ;;
     esac
 }
 
@@ -177,7 +180,7 @@ wants test && steps+=(postgresql)
 steps+=(venv)
 if wants test; then steps+=(fixture_images); elif wants serve; then steps+=(copy_image); fi
 { wants serve || wants test; } && steps+=(example_images)
-wants test && steps+=(nginx systemd engine_bed chromium iptables)
+wants test && steps+=(nginx systemd engine_bed chromium iptables wrk)
 
 if [[ $plan -eq 1 ]]; then
     for step in "${steps[@]}"; do echo "$step: $(describe "$step")"; done

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import gc
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,8 +22,10 @@ from fastapi import FastAPI
 from . import __version__
 from .api import gpus, health, models, operator, root, sessions, tus, ui
 from .api.auth import HASH_THREADS, AccessControl, AuthMiddleware
+from .api.concurrency import ConcurrencyLimit
 from .api.envelope import install_error_handlers, install_openapi
 from .api.requestlog import RequestLog
+from .api.statusanswers import StatusAnswerCache, StatusAnswers
 from .config import Settings, load_settings
 from .observability.logs import configure_logging
 from .observability.metrics import Metrics
@@ -79,6 +82,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await create_schema(store, settings.SESSION_PATH)
     engines = EnginePool(settings)  # a wrong TLS file stops start-up here, naming the engine
     manager = SessionManager(settings, directory, store, Signals())
+    app.state.status_answers = StatusAnswers(store.changes)  # api/statusanswers.py
     manager.prepare_root()
     if settings.gpu_pool and settings.WORKER_THREADS * settings.gpus_per_run < len(settings.gpu_pool):
         logger.warning(
@@ -115,6 +119,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         assert settings.DATABASE_URL is not None  # is_postgres said so; for the type checker
         feed = ChangeFeed(settings.DATABASE_URL, changes, manager.dispatch_wakeup, me)
         tasks.append(asyncio.create_task(feed.run_forever(), name="inferserver-changes"))
+    # Start-up leaves ~110,000 objects (FastAPI, pydantic, SQLAlchemy, the specs) that live as long as the process:
+    # frozen, the collector stops walking them, and a full collection under load costs 2-5 ms instead of 60-70 ms
+    # of CPU, every request waiting (200 status clients). What becomes garbage of them later is not collected.
+    gc.collect()
+    gc.freeze()
     try:
         yield
     finally:
@@ -153,6 +162,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
+    # Added innermost first: RequestLog, then AuthMiddleware, then the status answers, then ConcurrencyLimit (kept
+    # answers, and polls waiting for a read in progress, cost nothing and take no slot).
+    app.add_middleware(ConcurrencyLimit)
+    app.add_middleware(StatusAnswerCache)
     app.add_middleware(AuthMiddleware)
     install_error_handlers(app)
     install_openapi(app)

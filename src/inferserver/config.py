@@ -305,6 +305,13 @@ class Settings(BaseSettings):
         description="Seconds a client may take to send a request's line and headers; then 408 and the connection "
         "is closed (inferserver serve and the shipped gunicorn config).",
     )
+    MAX_CONCURRENT_REQUESTS: int = Field(
+        100,
+        ge=1,
+        le=100_000,
+        description="Requests in flight per worker process beyond which a new one is answered 503 with Retry-After "
+        "at once; uploads, log streams and downloads do not count.",
+    )
     UPLOAD_IDLE_TIMEOUT: float = Field(
         60.0,
         gt=0,

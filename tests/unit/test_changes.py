@@ -155,3 +155,49 @@ def test_a_feed_not_yet_listening_is_not_trusted() -> None:
     token = ChangeToken(None)
     ChangeFeed("postgresql+asyncpg://u@h/db", token, Signal(), "me")
     assert token.current() != token.current()
+
+
+async def test_a_kept_answer_is_peeked_until_the_token_changes(tmp_path: Path) -> None:
+    token = ChangeToken(tmp_path / ".changes")
+    cache: ChangeCache[str] = ChangeCache(token)
+    assert cache.peek("s1") is None
+    cache.keep("s1", "waiting", cache.token())
+    assert [cache.peek("s1") for _ in range(3)] == ["waiting"] * 3
+    assert cache.peek("s2") is None
+    token.replace()
+    assert cache.peek("s1") is None
+
+
+async def test_an_answer_read_under_an_older_token_is_not_kept(tmp_path: Path) -> None:
+    token = ChangeToken(tmp_path / ".changes")
+    cache: ChangeCache[str] = ChangeCache(token)
+    before = cache.token()
+    token.replace()  # a change committed while the answer was being read: it may be stale
+    cache.keep("s1", "waiting", before)
+    assert cache.peek("s1") is None
+
+
+async def test_peek_sees_a_finished_read_but_never_a_pending_or_failed_one(tmp_path: Path) -> None:
+    cache: ChangeCache[str] = ChangeCache(ChangeToken(tmp_path / ".changes"))
+    read = Reads()
+    read.gate.clear()
+    pending = asyncio.create_task(cache.get("s1", read))
+    await asyncio.sleep(0)
+    assert cache.peek("s1") is None
+    read.gate.set()
+    assert await pending == "answer 1"
+    assert cache.peek("s1") == "answer 1"
+
+    async def failing() -> str:
+        raise LookupError("unknown session")
+
+    with pytest.raises(LookupError):
+        await cache.get("s2", failing)
+    assert cache.peek("s2") is None
+
+
+async def test_kept_answers_are_bounded(tmp_path: Path) -> None:
+    cache: ChangeCache[str] = ChangeCache(ChangeToken(tmp_path / ".changes"), size=2)
+    for key in ("a", "b", "c"):
+        cache.keep(key, key.upper(), cache.token())
+    assert [cache.peek(k) for k in ("a", "b", "c")] == [None, "B", "C"]

@@ -127,6 +127,8 @@ def test_lowercase_env_names_are_not_settings(monkeypatch: pytest.MonkeyPatch) -
         ("CLEANUP_SECONDS", "-1"),
         ("GPUS", "some"),
         ("CLEANUP_FILES", "perhaps"),
+        ("MAX_CONCURRENT_REQUESTS", "0"),
+        ("MAX_CONCURRENT_REQUESTS", "many"),
     ],
 )
 def test_a_wrong_env_value_names_the_setting_and_the_value(
@@ -409,3 +411,9 @@ def test_failed_credentials_limit_defaults_and_bounds() -> None:
     for name in ("AUTH_MAX_FAILURES", "AUTH_FAILURE_WINDOW"):
         with pytest.raises(SettingsError, match=f"setting {name}=0 is invalid"):
             load_settings(**{name: 0})
+
+
+def test_concurrent_requests_are_limited_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().MAX_CONCURRENT_REQUESTS == 100
+    monkeypatch.setenv("INFERSERVER_MAX_CONCURRENT_REQUESTS", "7")
+    assert load_settings().MAX_CONCURRENT_REQUESTS == 7

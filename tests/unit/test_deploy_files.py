@@ -109,12 +109,15 @@ def test_the_gunicorn_config_runs_the_bounded_protocol() -> None:
     """The header size and time bounds of `inferserver serve` hold under gunicorn too."""
     from types import SimpleNamespace
 
+    from inferserver.serving.loop import LOOP
     from inferserver.serving.protocol import PROTOCOL
 
     settings = runpy.run_path(str(GUNICORN_CONF))
-    worker = SimpleNamespace(config=SimpleNamespace(timeout_graceful_shutdown=0, http="auto"))
+    worker = SimpleNamespace(config=SimpleNamespace(timeout_graceful_shutdown=0, http="auto", loop="auto"))
     settings["post_worker_init"](worker)
     assert worker.config.http == PROTOCOL
+    assert worker.config.loop == LOOP  # asyncio's: uvloop accepts one connection per loop iteration
+    assert settings["accesslog"] is None  # one line per request, the application's own
 
 
 SITE = REPO / "deploy" / "nginx" / "inferserver.conf"

@@ -47,6 +47,7 @@ def test_test_sets_up_the_rest() -> None:
         "engine_bed",
         "chromium",
         "iptables",
+        "wrk",
     ]
     # lint too: `make test` runs the lint checks before the tests.
     assert "venv: /nonexistent/venv with inferserver and the extras client convert lint test" in plan("test")

@@ -141,6 +141,7 @@ def serve(args: argparse.Namespace) -> int:
     from ..api.credentials import CredentialsError
     from ..app import create_app
     from ..scheduling.engines import engine_ssl
+    from ..serving.loop import LOOP
     from ..serving.protocol import PROTOCOL
 
     try:
@@ -165,6 +166,7 @@ def serve(args: argparse.Namespace) -> int:
         access_log=False,
         timeout_graceful_shutdown=5,
         http=PROTOCOL,
+        loop=LOOP,
     )
     return 0
 

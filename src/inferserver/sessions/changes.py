@@ -85,19 +85,46 @@ class ChangeCache(Generic[T]):
 
         The token is read before the state, so an answer is never kept under a token newer than what it saw.
         """
+        self._refresh()
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = asyncio.ensure_future(read())
+            self._store(key, entry)
+            # A failed read (unknown session, database error) is not kept: the next ask tries again.
+            entry.add_done_callback(lambda done: self._forget_failed(key, done))
+        return await asyncio.shield(entry)
+
+    def token(self) -> bytes:
+        """The token now: read it before the state whose answer is then handed to `keep`."""
+        return self._changes.current()
+
+    def peek(self, key: str) -> T | None:
+        """The answer kept for `key` if it is ready and the token unchanged; never reads, never waits."""
+        self._refresh()
+        entry = self._entries.get(key)
+        if entry is None or not entry.done() or entry.cancelled() or entry.exception() is not None:
+            return None
+        return entry.result()
+
+    def keep(self, key: str, value: T, token: bytes) -> None:
+        """Remember `value`, read after `token` was current: dropped at once if the token has moved on since."""
+        self._refresh()
+        if token == self._token:
+            entry: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+            entry.set_result(value)
+            self._store(key, entry)
+
+    def _refresh(self) -> None:
         token = self._changes.current()
         if token != self._token:
             self._entries.clear()
             self._token = token
-        entry = self._entries.get(key)
-        if entry is None:
-            entry = asyncio.ensure_future(read())
-            self._entries[key] = entry
-            if len(self._entries) > self._size:
-                self._entries.popitem(last=False)
-            # A failed read (unknown session, database error) is not kept: the next ask tries again.
-            entry.add_done_callback(lambda done: self._forget_failed(key, done))
-        return await asyncio.shield(entry)
+
+    def _store(self, key: str, entry: asyncio.Future[T]) -> None:
+        self._entries[key] = entry
+        self._entries.move_to_end(key)
+        if len(self._entries) > self._size:
+            self._entries.popitem(last=False)
 
     def _forget_failed(self, key: str, done: asyncio.Future[T]) -> None:
         if (done.cancelled() or done.exception() is not None) and self._entries.get(key) is done:
