@@ -365,3 +365,41 @@ async def test_a_recovery_that_crashes_is_logged_and_tried_again_before_any_step
     await stop(running)
     assert done[:3] == ["recover", "recover", "step"]
     assert "the dispatcher's recovery failed (1 in a row); trying again in 0.01 s" in caplog.text
+
+
+async def test_the_orphan_sweep_also_runs_every_sweep_every_seconds_without_a_failed_run(
+    tmp_path: Path, clean_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A container whose removal failed, or that the engine finished making after a sweep, goes at a later sweep."""
+    import time
+    from types import SimpleNamespace
+
+    from inferserver.scheduling import dispatch
+
+    dispatcher = bare_dispatcher(tmp_path)
+    sweeps: list[float] = []
+    now = [time.monotonic()]  # the dispatcher's clock only (the event loop keeps the real one)
+    monkeypatch.setattr(dispatch, "time", SimpleNamespace(monotonic=lambda: now[0], time=time.time))
+    start = now[0]
+
+    async def nothing(*args: object) -> None:
+        pass
+
+    async def remove_orphans() -> None:
+        sweeps.append(now[0])
+
+    for part in ("refresh_engines", "stop_cancelled", "follow_lost", "start_queued"):
+        monkeypatch.setattr(dispatcher, part, nothing)
+    dispatcher.remove_orphans = remove_orphans
+    dispatcher._next_sweep = now[0] + dispatch.SWEEP_EVERY
+    await dispatcher.step()
+    assert sweeps == []  # nothing failed, not yet time
+    dispatcher.orphans_possible = True  # a run failed: at once
+    await dispatcher.step()
+    assert sweeps == [start] and not dispatcher.orphans_possible
+    now[0] += dispatch.SWEEP_EVERY - 1
+    await dispatcher.step()
+    assert sweeps == [start]
+    now[0] += 1
+    await dispatcher.step()
+    assert sweeps == [start, start + dispatch.SWEEP_EVERY]  # and again a while later

@@ -44,6 +44,9 @@ ESTIMATE_SLACK = 15.0  # seconds an estimate may drift before the published fore
 # up to the most. Dispatching goes on: a bug hit by one session must not stop every run of the server.
 STEP_PAUSE = 0.5
 STEP_PAUSE_MOST = 30.0
+# The orphan sweep runs when a run failed, and at least this often: a container whose removal failed (an engine
+# slow to answer) or that an engine finished making after a sweep is not left until some later failure.
+SWEEP_EVERY = 60.0
 
 
 class SessionLog:
@@ -126,6 +129,7 @@ class Dispatcher:
         self._running_since: dict[str, tuple[str, float]] = {}  # session -> (model id, start time)
         self._published: dict[str, QueuePlace] | None = None
         self._next_cleanup = time.monotonic() + max(settings.CLEANUP_TIMER, 0)
+        self._next_sweep = time.monotonic() + SWEEP_EVERY
         # Observer (metrics): outcome, seconds queued, seconds run, engine.
         self.run_ended: Callable[[str, float | None, float | None, str], None] = lambda outcome, q, ran, engine: None
 
@@ -201,10 +205,12 @@ class Dispatcher:
         await self.refresh_engines(PING_EVERY)
         await self.stop_cancelled()
         await self.follow_lost()
-        if self.orphans_possible:  # first: a stale container still holds the GPUs a new run would be given
+        if self.orphans_possible or time.monotonic() >= self._next_sweep:
+            # First: a stale container still holds the GPUs a new run would be given.
             with contextlib.suppress(RunFailed):  # an engine is still away: next tick
                 await self.remove_orphans()
                 self.orphans_possible = False
+                self._next_sweep = time.monotonic() + SWEEP_EVERY
         await self.start_queued()
         if self.settings.CLEANUP_TIMER != -1 and time.monotonic() >= self._next_cleanup:
             self._next_cleanup = time.monotonic() + self.settings.CLEANUP_TIMER
