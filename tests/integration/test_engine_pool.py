@@ -20,6 +20,8 @@ from .conftest import Server, ServerFactory, containers_removed, create_and_uplo
 from .engine_bed import EngineBed
 from .test_gpu_pool import Record, assert_no_device_shared_in_time, create, most_at_once, record_of
 
+# /readyz of a one-worker server with every engine answering (no engines_down): it dispatches its own runs.
+READY = {"status": "ok", "dispatch": "dispatcher"}
 RUNNING_ON = re.compile(r"^inferserver: running on engine (\S+?)(?:, GPUs (\S+))?$", re.MULTILINE)
 
 
@@ -211,7 +213,7 @@ def test_an_engine_killed_past_the_grace_loses_nothing_its_runs_finish_elsewhere
         assert output_of(server, sid) == inputs[sid]
         assert log_of(server, sid).count("sleeping 8") == 2  # one per attempt, the first cut short
     with server.client() as client:
-        assert wait_for(lambda: client.get("/readyz").json()["data"] == {"status": "ok"}, "all engines ready") < 10
+        assert wait_for(lambda: client.get("/readyz").json()["data"] == READY, "all engines ready") < 10
 
 
 def wait_for_info(server: Server, session_id: str, text: str) -> str:
