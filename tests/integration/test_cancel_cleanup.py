@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Iterator
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from .conftest import Server, create_and_upload, read_log, write_nifti
+from .conftest import Server, containers_removed, create_and_upload, read_log, write_nifti
 from .test_recovery import container_of, running, wait_until
 
 OCTET = {"Content-Type": "application/octet-stream"}
@@ -103,3 +104,36 @@ def test_cleanup_keeps_files_by_default_and_spares_what_is_in_use(make_server, t
     assert upload["r"].status_code == 200
     for session_id in (long_run, uploading):
         assert server.wait_status(session_id, {"complete"})["status"] == "complete"
+
+
+# Cancel moments: seconds after the session says `working`; None: as soon as the upload has landed. A fresh
+# server's first start is the slowest (its engine connection is new), so each server starts with another moment.
+CANCEL_DELAYS: list[float | None] = [None, 0.0, 0.01, 0.05, 0.1]
+
+
+def cancel_at(server: Server, client: httpx.Client, source: Path, delay: float | None) -> str:
+    """A 60 s sleep run, cancelled `delay` s after it says `working`; the session's id."""
+    session_id = create_and_upload(client, "sleep", source, seconds=60)
+    if delay is not None:
+        deadline = time.monotonic() + 20
+        while status_of(server, session_id).json()["data"]["status"] != "working":
+            assert time.monotonic() < deadline, f"session {session_id} never started"
+        time.sleep(delay)
+    answer = client.delete(f"/sessions/{session_id}")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["data"]["status"] == "failed" and answer.json()["data"]["info"] == "cancelled"
+    return session_id
+
+
+def test_cancel_at_any_moment_of_a_start_leaves_no_container(make_server, tmp_path: Path) -> None:
+    source = write_nifti(tmp_path / "in.nii.gz", 0.1)
+    left: dict[str, list[str]] = {}
+    for first in CANCEL_DELAYS[:4]:
+        server = make_server()
+        with server.client() as client:
+            for delay in [first, *CANCEL_DELAYS]:
+                session_id = cancel_at(server, client, source, delay)
+                # Removed within a few seconds, not at some later orphan sweep (or never).
+                if remaining := containers_removed(functools.partial(container_of, session_id), timeout=4):
+                    left[f"{session_id} (cancelled {delay} s after working)"] = remaining
+    assert left == {}, f"containers left after a cancel: {left}"

@@ -20,6 +20,8 @@ from .conftest import Server, ServerFactory, containers_removed, create_and_uplo
 from .engine_bed import EngineBed
 from .test_gpu_pool import Record, assert_no_device_shared_in_time, create, most_at_once, record_of
 
+# /readyz of a one-worker server with every engine answering (no engines_down): it dispatches its own runs.
+READY = {"status": "ok", "dispatch": "dispatcher"}
 RUNNING_ON = re.compile(r"^inferserver: running on engine (\S+?)(?:, GPUs (\S+))?$", re.MULTILINE)
 
 
@@ -96,11 +98,12 @@ def test_no_device_of_an_engine_is_used_by_two_runs_at_once_seen_from_inside(
     server = pool_server(make_server, bed.entries())
     with server.client() as client:
         ids = [create(client, "gpuwork", seconds=3) for _ in range(12)]
-        views = []
+        views, overviews = [], []
         deadline = time.monotonic() + 120
         while any(status(server, sid)["status"] not in ("complete", "failed") for sid in ids):
             assert time.monotonic() < deadline, server.output()
             views.append(client.get("/gpus").json()["data"])
+            overviews.append(client.get("/operator/overview").json()["data"])
             time.sleep(0.3)
     records = {sid: record_of(server, sid) for sid in ids}
     by_engine: dict[str, list[Record]] = {}
@@ -116,6 +119,33 @@ def test_no_device_of_an_engine_is_used_by_two_runs_at_once_seen_from_inside(
     # GET /gpus showed each engine with its own pool while they worked.
     assert any(sum(e["gpus_busy"] for e in v["engines"]) == 6 for v in views), views
     assert all([e["name"] for e in v["engines"]] == ["gpu1", "gpu2", "gpu3"] for v in views)
+    check_operator_views(overviews, {sid: placements(server, sid)[0] for sid in ids})
+
+
+def check_operator_views(overviews: list[dict], placed: dict[str, tuple[str, str]]) -> None:
+    """The operator view named each working session's engine and its GPU there (the device id as the engine's pool
+    lists it), and showed every engine's pool with its holders. The view reads statuses, holds and placements one
+    after the other: a run that starts or ends in between may show without them, in that one answer only."""
+    pools = [[(g["engine"], g["device"]) for g in v["gpus"]] for v in overviews]
+    assert all(p == [(e, d) for e in ("gpu1", "gpu2", "gpu3") for d in ("0", "1")] for p in pools), pools[0]
+    shown: list[str] = []  # the engine of each working session in each answer
+    unknown = 0
+    for view in overviews:
+        for s in view["sessions"]:
+            engine, device = placed[s["session_id"]]
+            if s["status"] != "working":
+                assert s["engine"] is None, s  # a finished or queued run is placed nowhere
+            elif s["engine"] is None:
+                unknown += 1
+            else:
+                assert (s["engine"], s["gpus"]) in ((engine, [device]), (engine, [])), (s, engine, device)
+                shown.append(engine)
+        for g in view["gpus"]:
+            if g["session_id"]:
+                assert placed[g["session_id"]] == (g["engine"], g["device"]), g
+    assert set(shown) == {"gpu1", "gpu2", "gpu3"}, shown  # seen while they ran
+    assert unknown <= max(2, len(shown) // 10), (unknown, len(shown))
+    assert any(len([g for g in v["gpus"] if g["session_id"]]) == 6 for v in overviews)
 
 
 def start_two_on_gpu2(server: Server, tmp_path: Path, long: int) -> tuple[list[str], list[str], dict[str, bytes]]:
@@ -183,7 +213,7 @@ def test_an_engine_killed_past_the_grace_loses_nothing_its_runs_finish_elsewhere
         assert output_of(server, sid) == inputs[sid]
         assert log_of(server, sid).count("sleeping 8") == 2  # one per attempt, the first cut short
     with server.client() as client:
-        assert wait_for(lambda: client.get("/readyz").json()["data"] == {"status": "ok"}, "all engines ready") < 10
+        assert wait_for(lambda: client.get("/readyz").json()["data"] == READY, "all engines ready") < 10
 
 
 def wait_for_info(server: Server, session_id: str, text: str) -> str:

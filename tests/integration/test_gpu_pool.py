@@ -225,19 +225,40 @@ def test_a_run_keeps_its_gpus_across_a_server_kill_and_new_runs_get_the_others(
     server = serve(servers, gpu_engine.host, tmp_path / "server", GPUS="0,1", GPUS_PER_RUN="1", WORKER_THREADS="4")
     with server.client() as client:
         long = create(client, seconds=8)
-        assert server.wait_status(long, {"working"})["status"] == "working"
+        # Its container recorded (info `running`), not only `working`: killed before that, the restarted server
+        # rightly re-queues the run (its container unknown), and its GPU is free for a moment.
+        deadline = time.monotonic() + 30
+        while (data := client.get(f"/sessions/{long}").json()["data"])["info"] != "running":
+            assert data["status"] in ("ready", "working"), data
+            assert time.monotonic() < deadline, server.output()
+            time.sleep(0.05)
         before = client.get("/gpus").json()["data"]["devices"]
     [held] = [d["id"] for d in before if d["session_id"] == long]
+    pool = [("local", d, long if d == held else None) for d in ("0", "1")]
+    assert operator_view_of(server, long) == ("local", [held], pool)  # device ids as GPUS lists them
     kill_server(server)
     with_env_host = restart_on(server, gpu_engine)
     servers.append(with_env_host)
     with with_env_host.client() as client:
         assert client.get("/gpus").json()["data"]["devices"] == before  # rebuilt from the store
+    assert operator_view_of(with_env_host, long) == ("local", [held], pool)
+    with with_env_host.client() as client:
         others = [create(client, seconds=1) for _ in range(2)]
     records = [record_of(with_env_host, sid) for sid in others]
     assert all(r.devices == tuple(d for d in ("0", "1") if d != held) for r in records), (held, records)
     assert record_of(with_env_host, long).devices == (held,)
     assert_no_device_shared_in_time([*records, record_of(with_env_host, long)])
+
+
+Holder = tuple[str, str, str | None]  # engine, device, session holding it
+
+
+def operator_view_of(server: Server, session_id: str) -> tuple[str | None, list[str], list[Holder]]:
+    """What GET /operator/overview says of a session (its engine, its GPUs) and of the pool (engine, device, holder)."""
+    with server.client() as client:
+        view = client.get("/operator/overview").json()["data"]
+    [session] = [s for s in view["sessions"] if s["session_id"] == session_id]
+    return session["engine"], session["gpus"], [(g["engine"], g["device"], g["session_id"]) for g in view["gpus"]]
 
 
 def restart_on(server: Server, engine: Engine) -> Server:

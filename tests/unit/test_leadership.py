@@ -259,3 +259,147 @@ async def test_a_dispatcher_that_loses_its_lead_stops_mid_step_detaches_its_runs
     with contextlib.suppress(asyncio.CancelledError):
         await running
     assert lead.released == 2
+
+
+def bare_dispatcher(tmp_path: Path) -> Any:
+    """A Dispatcher whose loop runs with a Lead the test takes away; no store, engines never asked."""
+    from types import SimpleNamespace
+
+    from inferserver.config import load_settings
+    from inferserver.scheduling.dispatch import Dispatcher
+    from inferserver.scheduling.engines import EnginePool
+    from inferserver.sessions.state import Signal, Signals
+
+    settings = load_settings(SESSION_PATH=tmp_path, MODEL_PATH=tmp_path)
+    manager = SimpleNamespace(signals=Signals(), dispatch_wakeup=Signal())
+    dispatcher = Dispatcher(settings, None, manager, EnginePool(settings))  # type: ignore[arg-type]
+    dispatcher.leadership = Lead()
+
+    async def recover() -> None:
+        pass
+
+    dispatcher.recover = recover  # type: ignore[method-assign]
+    return dispatcher
+
+
+@pytest.fixture
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    from inferserver.scheduling import dispatch
+
+    monkeypatch.setattr(dispatch, "STEP_PAUSE", 0.01)
+    monkeypatch.setattr(dispatch, "STEP_PAUSE_MOST", 0.04)
+    monkeypatch.setattr(dispatch, "TICK", 0.01)
+
+
+async def stop(running: asyncio.Task[None]) -> None:
+    running.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await running
+
+
+async def test_a_step_that_crashes_is_logged_with_its_traceback_and_dispatching_goes_on(
+    tmp_path: Path, clean_env: None, quick_retries: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    dispatcher = bare_dispatcher(tmp_path)
+    steps: list[int] = []
+
+    def start_queued() -> None:
+        raise KeyError("a session the store no longer has")
+
+    async def step() -> None:
+        steps.append(len(steps))
+        if len(steps) == 1:
+            start_queued()
+
+    dispatcher.step = step
+    running = asyncio.create_task(dispatcher.run_forever())
+    await until(lambda: len(steps) >= 3)  # the steps after the crash ran
+    assert not running.done()
+    await stop(running)
+    crashes = [r for r in caplog.records if "the dispatcher's step failed" in r.getMessage()]
+    assert [r.getMessage() for r in crashes] == [
+        "the dispatcher's step failed in start_queued (1 in a row); trying again in 0.01 s"
+    ]
+    assert crashes[0].levelname == "ERROR" and crashes[0].exc_info is not None  # with its traceback
+    assert "KeyError: 'a session the store no longer has'" in caplog.text
+    assert dispatcher.leadership.acquired == 1  # the lead was kept all along
+
+
+async def test_steps_that_keep_crashing_are_retried_with_a_bounded_back_off_until_the_lead_goes(
+    tmp_path: Path, clean_env: None, quick_retries: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    dispatcher = bare_dispatcher(tmp_path)
+
+    async def step() -> None:
+        raise RuntimeError("boom")
+
+    dispatcher.step = step
+    running = asyncio.create_task(dispatcher.run_forever())
+    await until(lambda: caplog.text.count("the dispatcher's step failed") >= 5)
+    pauses = [r.getMessage().rsplit(" in ", 1)[1] for r in caplog.records if "step failed" in r.getMessage()]
+    assert pauses[:5] == ["0.01 s", "0.02 s", "0.04 s", "0.04 s", "0.04 s"]  # doubled, up to STEP_PAUSE_MOST
+    dispatcher.leadership.take_away("its connection to PostgreSQL was closed")
+    await until(lambda: dispatcher.leadership.acquired == 2)  # a lost lead still stops it, as before
+    assert "this process stops dispatching: its connection to PostgreSQL was closed" in caplog.text
+    await stop(running)
+
+
+async def test_a_recovery_that_crashes_is_logged_and_tried_again_before_any_step(
+    tmp_path: Path, clean_env: None, quick_retries: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    dispatcher = bare_dispatcher(tmp_path)
+    done: list[str] = []
+
+    async def recover() -> None:
+        done.append("recover")
+        if done.count("recover") == 1:
+            raise ValueError("bad row")
+
+    async def step() -> None:
+        done.append("step")
+
+    dispatcher.recover = recover
+    dispatcher.step = step
+    running = asyncio.create_task(dispatcher.run_forever())
+    await until(lambda: "step" in done)
+    await stop(running)
+    assert done[:3] == ["recover", "recover", "step"]
+    assert "the dispatcher's recovery failed (1 in a row); trying again in 0.01 s" in caplog.text
+
+
+async def test_the_orphan_sweep_also_runs_every_sweep_every_seconds_without_a_failed_run(
+    tmp_path: Path, clean_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A container whose removal failed, or that the engine finished making after a sweep, goes at a later sweep."""
+    import time
+    from types import SimpleNamespace
+
+    from inferserver.scheduling import dispatch
+
+    dispatcher = bare_dispatcher(tmp_path)
+    sweeps: list[float] = []
+    now = [time.monotonic()]  # the dispatcher's clock only (the event loop keeps the real one)
+    monkeypatch.setattr(dispatch, "time", SimpleNamespace(monotonic=lambda: now[0], time=time.time))
+    start = now[0]
+
+    async def nothing(*args: object) -> None:
+        pass
+
+    async def remove_orphans() -> None:
+        sweeps.append(now[0])
+
+    for part in ("refresh_engines", "stop_cancelled", "follow_lost", "start_queued"):
+        monkeypatch.setattr(dispatcher, part, nothing)
+    dispatcher.remove_orphans = remove_orphans
+    dispatcher._next_sweep = now[0] + dispatch.SWEEP_EVERY
+    await dispatcher.step()
+    assert sweeps == []  # nothing failed, not yet time
+    dispatcher.orphans_possible = True  # a run failed: at once
+    await dispatcher.step()
+    assert sweeps == [start] and not dispatcher.orphans_possible
+    now[0] += dispatch.SWEEP_EVERY - 1
+    await dispatcher.step()
+    assert sweeps == [start]
+    now[0] += 1
+    await dispatcher.step()
+    assert sweeps == [start, start + dispatch.SWEEP_EVERY]  # and again a while later

@@ -724,3 +724,83 @@ async def test_repeated_cancels_do_not_cut_the_removal_short(tmp_path: Path) -> 
     with pytest.raises(asyncio.CancelledError):
         await task
     assert backend.removed == ["cid-1"]  # removed before the run ended, not abandoned half way
+
+
+class SlowStartBackend(FakeBackend):
+    """The engine takes its time in one step of a start (`create`, `put_files`, `start`) until `go` is set;
+    like dockerd, it finishes that step even when the client stops waiting for the answer."""
+
+    def __init__(self, slow: str) -> None:
+        super().__init__()
+        self.slow = slow
+        self.entered = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def _take_time(self, step: str) -> None:
+        if step == self.slow:
+            self.entered.set()
+            await asyncio.shield(self.go.wait())  # the engine's side: a cancelled request does not stop it
+
+    async def create(self, config: dict[str, Any], name: str) -> str:
+        await self._take_time("create")
+        return await super().create(config, name)
+
+    async def put_files(self, container_id: str, files: list[FileTransfer], dirs_for: Sequence[str] = ()) -> None:
+        await self._take_time("put_files")
+        await super().put_files(container_id, files, dirs_for)
+
+    async def start(self, container_id: str) -> None:
+        await self._take_time("start")
+        await super().start(container_id)
+
+
+async def cancel_again_and_again(task: asyncio.Task[Any], then: asyncio.Event, message: str | None = None) -> None:
+    """Cancel as the dispatcher does (again at each tick), let the engine finish its step, cancel some more."""
+    for tick in range(6):
+        task.cancel(message)
+        await asyncio.sleep(0.01)
+        if tick == 2:
+            then.set()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+
+
+@pytest.mark.parametrize("step", ["create", "put_files", "start"])
+async def test_a_cancel_at_any_step_of_a_start_removes_the_container_it_made(tmp_path: Path, step: str) -> None:
+    backend = SlowStartBackend(step)
+    backend.remove_seconds = 0.05  # long enough for cancels to land during the removal too
+    task = asyncio.create_task(run(backend, make_job(tmp_path)))
+    await asyncio.wait_for(backend.entered.wait(), 5)
+    await cancel_again_and_again(task, backend.go)
+    assert backend.names == [make_job(tmp_path).container_name]  # created once, never started after the cancel
+    assert backend.removed == ["cid-1"]
+
+
+async def test_a_detach_during_create_leaves_no_unrecorded_container(tmp_path: Path) -> None:
+    """Shutdown (DETACH) while the engine creates: nobody recorded the container, so nobody would re-attach it."""
+    backend = SlowStartBackend("create")
+    task = asyncio.create_task(run(backend, make_job(tmp_path)))
+    await asyncio.wait_for(backend.entered.wait(), 5)
+    await cancel_again_and_again(task, backend.go, execute.DETACH)
+    assert backend.removed == ["cid-1"]
+
+
+async def test_a_cancel_while_the_container_is_recorded_removes_it_after_the_record(tmp_path: Path) -> None:
+    backend = FakeBackend()
+    happened: list[str] = []
+    recording, go = asyncio.Event(), asyncio.Event()
+
+    async def on_started(container_id: str) -> None:
+        recording.set()
+        await go.wait()
+        happened.append(f"recorded {container_id}")
+
+    async def remove(container_id: str) -> None:
+        happened.append(f"removed {container_id}")
+
+    backend.remove = remove  # type: ignore[method-assign]
+    task = asyncio.create_task(Runner(backend, GpuMode.NONE).run(make_job(tmp_path), MemoryLog(), on_started))
+    await asyncio.wait_for(recording.wait(), 5)
+    await cancel_again_and_again(task, go)
+    # The record is never cut short, so it cannot land after the caller has written `cancelled`.
+    assert happened == ["recorded cid-1", "removed cid-1"]

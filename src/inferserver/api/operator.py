@@ -13,9 +13,11 @@ import time
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
+from ..scheduling.engines import EnginePool
+from ..scheduling.poolview import hold_holders
 from ..sessions.manager import SessionManager
 from ..sessions.state import LIVE, QueuePlace, Status
 from ..sessions.store import SessionRow
@@ -36,9 +38,10 @@ class SessionSummary(BaseModel):
     position: int | None = Field(description="Place in the queue (1 starts next); null when not queued.")
     starts_at: float | None = Field(description="Estimated start (Unix time) of a queued run; null when unknown.")
     engine: str | None = Field(
-        description="The Docker engine that runs it; null while the server has one engine (the one DOCKER_HOST names)."
+        description="The Docker engine its run is placed on, by its name in ENGINES (`local`: the one engine of "
+        "DOCKER_HOST when ENGINES is unset); null unless it is working."
     )
-    gpus: list[str] = Field(description="GPU devices of the pool its run holds.")
+    gpus: list[str] = Field(description="Devices of its engine's GPU pool its run holds, as that pool lists them.")
     owner: str | None = Field(description="Who created it (with access control on); null otherwise.")
     created: float = Field(description="Unix time it was created.")
     age_seconds: float
@@ -46,7 +49,8 @@ class SessionSummary(BaseModel):
 
 
 class GpuHolder(BaseModel):
-    device: str
+    engine: str = Field(description="The engine whose pool the device is of (`local` when ENGINES is unset).")
+    device: str = Field(description="The device id as its engine's pool lists it (GPUS, or the engine's `gpus`).")
     session_id: str | None = Field(description="The session whose run holds it; null when free.")
     since: float | None = Field(description="Unix time the holding run started; null when free.")
 
@@ -61,7 +65,9 @@ class Failure(BaseModel):
 class Overview(BaseModel):
     now: float = Field(description="The server's clock (Unix time), for ages and estimates.")
     sessions: list[SessionSummary] = Field(description=f"Every live session, then the {RECENT} latest finished.")
-    gpus: list[GpuHolder] = Field(description="The GPU pool (GPUS listing ids); empty without a pool.")
+    gpus: list[GpuHolder] = Field(
+        description="Every engine's GPU pool, engine by engine in the order of ENGINES; empty without pools."
+    )
     failures: list[Failure] = Field(description="Recent failed sessions with their reasons, newest first.")
 
 
@@ -87,11 +93,17 @@ def _size(root: Path) -> int:
     summary="Every session with its queue place, GPUs and size; the GPU pool; recent failures (operators only)",
     dependencies=[Depends(operator_only)],
 )
-async def operator_overview(manager: Annotated[SessionManager, Depends(deps.sessions)]) -> Envelope[Overview]:
+async def operator_overview(
+    request: Request, manager: Annotated[SessionManager, Depends(deps.sessions)]
+) -> Envelope[Overview]:
     store = manager.store
+    engines: EnginePool = request.app.state.engines  # app.state is untyped; the lifespan sets this
     live = await store.with_status(*LIVE)
     finished = await store.recent_final(RECENT)
-    holds = await store.gpu_holds()
+    # Read from the store, not the dispatcher: it may be another worker process. Engines are not asked (GET /gpus
+    # does): a page polling this must not wait for an engine that does not answer.
+    holders = hold_holders(engines, await store.gpu_holds())
+    placed = await store.placed_runs()
     forecast = await store.forecast()
     rows = [*live, *finished]
     owners = await store.owners([row.id for row in rows])
@@ -100,16 +112,28 @@ async def operator_overview(manager: Annotated[SessionManager, Depends(deps.sess
     forecast = {sid: forecast.get(sid, QueuePlace(i)) for i, sid in enumerate(fifo, 1)}
     sizes = await asyncio.to_thread(lambda: {row.id: _size(manager.root / row.id) for row in rows})
     now = time.time()
+    held: dict[str, list[str]] = {}
+    for (_engine, device), session_id in holders.items():
+        held.setdefault(session_id, []).append(device)
     sessions = [
-        _summary(row, forecast.get(row.id), holds.get(row.id, []), owners.get(row.id), sizes[row.id], now)
+        _summary(
+            row,
+            forecast.get(row.id),
+            placed[row.id].engine if row.status == Status.WORKING.value and row.id in placed else None,
+            held.get(row.id, []),
+            owners.get(row.id),
+            sizes[row.id],
+            now,
+        )
         for row in rows
     ]
     started = {row.id: row.started for row in rows}
-    held_by = {device: sid for sid, devices in holds.items() for device in devices}
-    gpus = [
-        GpuHolder(device=d, session_id=held_by.get(d), since=started.get(held_by.get(d, "")))
-        for d in manager.settings.gpu_pool
-    ]
+    gpus = []
+    for engine in engines:
+        for device in engine.gpus.devices:
+            holder = holders.get((engine.name, device))
+            since = started.get(holder) if holder else None
+            gpus.append(GpuHolder(engine=engine.name, device=device, session_id=holder, since=since))
     failures = [
         Failure(session_id=row.id, model_id=row.model_id, finished=row.finished, reason=row.info)
         for row in finished
@@ -119,7 +143,13 @@ async def operator_overview(manager: Annotated[SessionManager, Depends(deps.sess
 
 
 def _summary(
-    row: SessionRow, place: QueuePlace | None, gpus: list[str], owner: str | None, size: int, now: float
+    row: SessionRow,
+    place: QueuePlace | None,
+    engine: str | None,
+    gpus: list[str],
+    owner: str | None,
+    size: int,
+    now: float,
 ) -> SessionSummary:
     queued = row.status == Status.READY.value
     return SessionSummary(
@@ -129,7 +159,7 @@ def _summary(
         info=row.info,
         position=place.position if place and queued else None,
         starts_at=place.starts_at if place and queued else None,
-        engine=None,  # one engine today; per-engine placement fills this in
+        engine=engine,
         gpus=sorted(gpus),
         owner=owner,
         created=row.created,

@@ -8,7 +8,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..config import GpuMode
 from ..sizes import human_size
@@ -36,16 +36,17 @@ NO_BIND_SOURCE = "bind source path does not exist"
 
 
 EndedCallback = Callable[[RunOutcome], Awaitable[None]]
+T = TypeVar("T")
 
 
 async def _ignore(outcome: RunOutcome) -> None:
     pass
 
 
-async def _uncancelled(work: Awaitable[None]) -> None:
+async def _uncancelled(work: Awaitable[T]) -> T:
     """Await `work` to its end even if cancelled meanwhile, however often; the first cancellation is raised
-    afterwards. The dispatcher cancels a cancelled run again at each tick: a second cancel must not cut short
-    the container's removal (which is bounded by its own timeout)."""
+    afterwards (then in place of `work`'s own result or error). The dispatcher cancels a cancelled run again at
+    each tick: a second cancel must not cut short the container's removal (which is bounded by its own timeout)."""
     task = asyncio.ensure_future(work)
     cancelled: asyncio.CancelledError | None = None
     while not task.done():
@@ -53,9 +54,11 @@ async def _uncancelled(work: Awaitable[None]) -> None:
             await asyncio.wait({task})
         except asyncio.CancelledError as exc:
             cancelled = cancelled or exc
-    task.result()
     if cancelled is not None:
+        if not task.cancelled():
+            task.exception()  # retrieved: the cancel is what the caller asked for
         raise cancelled
+    return task.result()
 
 
 def exit_reason(exit_code: int, oom_killed: bool, memory: int) -> str:
@@ -146,13 +149,14 @@ class Runner:
         try:
             await self.backend.ensure_image(job.image, log)
             container_id = await self._start(job, log, await self.wants_gpus(job))
-            await on_started(container_id)
+            # Whole even if cancelled: the caller's record of the container must not land after its `cancelled`.
+            await _uncancelled(on_started(container_id))
         except BaseException as exc:
             detaching = isinstance(exc, asyncio.CancelledError) and exc.args == (DETACH,)
             if self.hold_on_loss and isinstance(exc, EngineUnavailable):
                 raise EngineLost(str(exc), container_id) from exc
             if container_id is not None and not detaching:
-                await self.backend.remove(container_id)
+                await _uncancelled(self.backend.remove(container_id))
             if isinstance(exc, RunFailed):
                 outcome = RunOutcome(False, str(exc))
                 await on_ended(outcome)
@@ -225,7 +229,7 @@ class Runner:
     async def _start(self, job: RunJob, log: LogSink, gpus: bool) -> str:
         """Create, stage the inputs, start; in `auto` mode, an engine without a GPU driver gets a CPU run."""
         try:
-            container_id = await self.backend.create(self.container_config(job, gpus), name=job.container_name)
+            container_id = await self._create(job, gpus)
         except RunFailed as exc:
             if job.mount_note and NO_BIND_SOURCE in str(exc):
                 raise RunFailed(f"{exc} ({job.mount_note})") from exc
@@ -236,7 +240,7 @@ class Runner:
             await self.backend.put_files(container_id, job.copied_inputs, [o.container for o in job.outputs])
             await self.backend.start(container_id)
         except BaseException as exc:  # the container is not the caller's yet: remove it here
-            await self.backend.remove(container_id)
+            await _uncancelled(self.backend.remove(container_id))
             if (
                 isinstance(exc, RunFailed)
                 and gpus
@@ -251,6 +255,17 @@ class Runner:
         if gpus and self.gpus is GpuMode.AUTO and job.gpu_ids is None:
             self._engine_gpus = True
         return container_id
+
+    async def _create(self, job: RunJob, gpus: bool) -> str:
+        """Create the container. A cancel does not stop the engine from making it once asked: the create is
+        awaited to its end and what it made is removed before the cancel goes on (nothing is left behind)."""
+        creating = asyncio.ensure_future(self.backend.create(self.container_config(job, gpus), name=job.container_name))
+        try:
+            return await _uncancelled(creating)
+        except asyncio.CancelledError:
+            if not creating.cancelled() and creating.exception() is None:
+                await _uncancelled(self.backend.remove(creating.result()))
+            raise
 
     async def collect(self, container_id: str, job: RunJob) -> None:
         """Take every enabled output; name every missing one in a single reason. No partial file is left."""

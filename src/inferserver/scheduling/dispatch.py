@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,13 @@ ENGINE_RETRY = 2.0
 MAX_ATTEMPTS = 3  # a run interrupted this many times (server restarts, vanished containers) fails
 RUN_TIMES_SEED = 200  # complete runs read back at start for the start-time estimates
 ESTIMATE_SLACK = 15.0  # seconds an estimate may drift before the published forecast is rewritten
+# After a step (or the recovery) fails unexpectedly: the pause before the next try, doubled at each failure in a row
+# up to the most. Dispatching goes on: a bug hit by one session must not stop every run of the server.
+STEP_PAUSE = 0.5
+STEP_PAUSE_MOST = 30.0
+# The orphan sweep runs when a run failed, and at least this often: a container whose removal failed (an engine
+# slow to answer) or that an engine finished making after a sweep is not left until some later failure.
+SWEEP_EVERY = 60.0
 
 
 class SessionLog:
@@ -121,6 +129,7 @@ class Dispatcher:
         self._running_since: dict[str, tuple[str, float]] = {}  # session -> (model id, start time)
         self._published: dict[str, QueuePlace] | None = None
         self._next_cleanup = time.monotonic() + max(settings.CLEANUP_TIMER, 0)
+        self._next_sweep = time.monotonic() + SWEEP_EVERY
         # Observer (metrics): outcome, seconds queued, seconds run, engine.
         self.run_ended: Callable[[str, float | None, float | None, str], None] = lambda outcome, q, ran, engine: None
 
@@ -155,12 +164,26 @@ class Dispatcher:
 
     async def _lead(self) -> str:
         """Dispatch; return why this process must stop (its leadership is no longer sure)."""
-        await self.recover()
+        recovered = False
+        failures = 0  # in a row
         while True:
             token = self.manager.dispatch_wakeup.token()
             if not self.leadership.sure():
                 return "its dispatch lock is no longer confirmed (the process was stopped, or PostgreSQL is slow)"
-            await self.step()
+            work, name = (self.step, "step") if recovered else (self.recover, "recovery")
+            try:
+                await work()
+            except Exception as exc:  # a bug: logged, and tried again after a pause (the lead's loss still stops)
+                failures += 1
+                pause = min(STEP_PAUSE * 2 ** (failures - 1), STEP_PAUSE_MOST)
+                part = failed_in(exc, work.__name__)
+                where = f" in {part}" if part != work.__name__ else ""
+                logger.exception(
+                    "the dispatcher's %s failed%s (%d in a row); trying again in %g s", name, where, failures, pause
+                )
+                await asyncio.sleep(pause)
+                continue
+            recovered, failures = True, 0
             await self.manager.dispatch_wakeup.wait(token, TICK)
 
     def _forget_leading(self) -> None:
@@ -182,10 +205,12 @@ class Dispatcher:
         await self.refresh_engines(PING_EVERY)
         await self.stop_cancelled()
         await self.follow_lost()
-        if self.orphans_possible:  # first: a stale container still holds the GPUs a new run would be given
+        if self.orphans_possible or time.monotonic() >= self._next_sweep:
+            # First: a stale container still holds the GPUs a new run would be given.
             with contextlib.suppress(RunFailed):  # an engine is still away: next tick
                 await self.remove_orphans()
                 self.orphans_possible = False
+                self._next_sweep = time.monotonic() + SWEEP_EVERY
         await self.start_queued()
         if self.settings.CLEANUP_TIMER != -1 and time.monotonic() >= self._next_cleanup:
             self._next_cleanup = time.monotonic() + self.settings.CLEANUP_TIMER
@@ -597,6 +622,14 @@ class Dispatcher:
             task.cancel(DETACH)
         await asyncio.gather(*tasks, return_exceptions=True)
         # The runs left going keep their GPUs (in the store) for the next dispatcher to re-attach with.
+
+
+def failed_in(exc: BaseException, caller: str) -> str:
+    """The function `caller` had called when `exc` was raised (from its traceback): which part of a step failed."""
+    names = [frame.name for frame in traceback.extract_tb(exc.__traceback__)]
+    if caller in names and names.index(caller) + 1 < len(names):
+        return names[names.index(caller) + 1]
+    return caller
 
 
 def same_forecast(old: dict[str, QueuePlace], new: dict[str, QueuePlace]) -> bool:

@@ -21,15 +21,23 @@ class EngineView:
     labels: dict[str, str]
 
 
+def hold_place(engines: EnginePool, key: str) -> tuple[str, str]:
+    """(engine, device) of a GPU hold's key in the store. A hold written before engines were named is a bare device
+    id of the one engine."""
+    if ":" in key:
+        return split_hold(key)
+    only = engines.only()
+    return (only.name if only else "", key)
+
+
+def hold_holders(engines: EnginePool, holds: dict[str, list[str]]) -> dict[tuple[str, str], str]:
+    """(engine, device) -> the session holding it, from the store's holds (session -> keys)."""
+    return {hold_place(engines, key): session_id for session_id, keys in holds.items() for key in keys}
+
+
 async def engine_views(engines: EnginePool, store: Store) -> list[EngineView]:
     down = await engines.problems()
-    holders: dict[tuple[str, str], str] = {}
-    only = engines.only()
-    for session_id, keys in (await store.gpu_holds()).items():
-        for key in keys:
-            # A hold written before engines were named is a bare device id of the one engine.
-            engine, device = split_hold(key) if ":" in key else (only.name if only else "", key)
-            holders[(engine, device)] = session_id
+    holders = hold_holders(engines, await store.gpu_holds())
     runs: dict[str, int] = {}
     for placed in (await store.placed_runs()).values():
         runs[placed.engine] = runs.get(placed.engine, 0) + 1
