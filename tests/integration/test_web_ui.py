@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from .browser import changed, differing, external, pixels, requested_urls, start
 from .conftest import Server, start_server, stop_and_check, write_nifti
 from .gpu_engine import Engine, engine_fixture, start_server_on
 from .gpu_engine import leftover_containers as engine_containers
+from .tcpproxy import cutting_proxy
 from .test_deploy_nginx import start_nginx, stop_nginx
 
 gpu_engine = engine_fixture(["inferserver-test/gpuwork:1"])
@@ -37,6 +39,8 @@ gpu_engine = engine_fixture(["inferserver-test/gpuwork:1"])
 UPLOAD_LIMIT = "512KiB"
 OPERATOR, USER = ("olga", "olga-pw"), ("nina", "nina-pw")
 BACKGROUND = (0, 0, 0)  # the viewer's backColor
+CHUNK = 64 << 20  # js/upload.js's tus chunk
+ACCESS_LINE = re.compile(r"inferserver\.access: (\S+) (\S+) (\d+) ")
 
 
 @pytest.fixture(scope="session")
@@ -103,9 +107,20 @@ def message(browser: WebDriver) -> str:
     return wait(browser, lambda b: b.find_element(By.ID, "message").text)  # type: ignore[return-value]
 
 
+def requests_logged(server: Server, since: int) -> list[str]:
+    """`METHOD PATH STATUS` of each request the server logged after the first `since` characters of its output;
+    a tus upload's id is shown as `<id>`."""
+    calls = ACCESS_LINE.findall(server.output()[since:])
+    return [
+        f"{method} {re.sub('^/uploads/[0-9a-f]{32}$', '/uploads/<id>', path)} {status}"
+        for method, path, status in calls
+    ]
+
+
 def test_bone_threshold_runs_entirely_through_the_page(
     page: WebDriver, web_server: Server, anatomical: Path, screenshots: Path, downloads: Path
 ) -> None:
+    logged = len(web_server.output())
     open_model(page, web_server, "Example: CT bone by threshold")
     page.find_element(By.ID, "input-ct").send_keys(str(anatomical))
     threshold = page.find_element(By.ID, "param-threshold")
@@ -118,6 +133,13 @@ def test_bone_threshold_runs_entirely_through_the_page(
     assert page.find_element(By.ID, "state").text == "complete", page.find_element(By.ID, "message").text
     assert "bone_threshold: threshold 11000.0" in page.find_element(By.ID, "log").text
     session_id = page.find_element(By.ID, "session-id").text
+
+    # The input went up by tus (one chunk: the file is small), not PUT, and arrived byte for byte.
+    calls = requests_logged(web_server, logged)
+    assert calls.count("OPTIONS /uploads 204") == 1 and calls.count("POST /uploads 201") == 1, calls
+    assert calls.count("PATCH /uploads/<id> 204") == 1, calls
+    assert not [c for c in calls if c.startswith("PUT ")], calls
+    assert (web_server.session_path / session_id / "inputs" / "ct.nii.gz").read_bytes() == anatomical.read_bytes()
 
     # The download link gives the server's file byte for byte.
     link = wait(page, lambda b: b.find_element(By.CSS_SELECTOR, "#downloads a"))
@@ -177,6 +199,7 @@ def test_an_upload_over_the_limit_says_so_and_the_session_continues_with_another
     page: WebDriver, web_server: Server, anatomical: Path, tmp_path: Path, screenshots: Path
 ) -> None:
     big = write_nifti(tmp_path / "big.nii.gz", 2)  # random voxels: gzip cannot bring it under 512 KiB
+    logged = len(web_server.output())
     open_model(page, web_server, "Test: sleep")
     page.find_element(By.ID, "input-input_vol").send_keys(str(big))
     page.find_element(By.ID, "param-seconds").clear()
@@ -187,6 +210,10 @@ def test_an_upload_over_the_limit_says_so_and_the_session_continues_with_another
         text
     )
     assert "Files already uploaded are kept" in text
+    assert f"(MAX_UPLOAD_BYTES): its Upload-Length is {big.stat().st_size} bytes" in text, text
+    # Refused at the tus creation, before a byte of the file was sent.
+    calls = requests_logged(web_server, logged)
+    assert "POST /uploads 413" in calls and not [c for c in calls if c.startswith(("PATCH ", "PUT "))], calls
     page.save_screenshot(str(screenshots / "ui-upload-error.png"))
     session_id = page.find_element(By.ID, "session-id").text
     assert web_server.wait_status(session_id, {"waiting"}, timeout=1)["status"] == "waiting"
@@ -200,6 +227,48 @@ def test_an_upload_over_the_limit_says_so_and_the_session_continues_with_another
     assert page.find_element(By.ID, "session-id").text == session_id
     with web_server.client() as client:
         assert client.get(f"/sessions/{session_id}/outputs/output_vol").content == anatomical.read_bytes()
+
+
+def test_an_upload_whose_connection_breaks_resumes_from_the_servers_offset_and_the_run_completes(
+    page: WebDriver, tmp_path: Path, fixture_images: None
+) -> None:
+    """The page through a TCP proxy that drops every connection in the middle of the second tus chunk (as a Wi-Fi
+    drop does): the page asks the server for its offset and sends the rest, not the file again.
+
+    Chromium itself resends the PATCH it was sending when its connection was a reused one (from the chunk's start;
+    the server reads it through to answer 409), so a break costs up to one chunk. The cut is in the second chunk
+    so that a restart from zero (over CHUNK bytes again) and a resume (at most the second chunk again) differ."""
+    server = start_server(tmp_path / "server")
+    volume = write_nifti(tmp_path / "ct.nii.gz", 84)  # 80 MiB: one full chunk and a second of 16 MiB
+    size = volume.stat().st_size
+    assert CHUNK < size < 2 * CHUNK
+    try:
+        with cutting_proxy(int(server.url.rsplit(":", 1)[1]), cut_after=1 << 62) as proxy:
+            proxy.release.set()  # cut as soon as cut_after is reached
+            open_model(page, dataclasses.replace(server, url=proxy.url), "Test: copy")
+            page.find_element(By.ID, "input-input_vol").send_keys(str(volume))
+            wait(page, lambda b: b.find_element(By.ID, "input-input_vol").get_attribute("aria-invalid") == "false")
+            logged = len(server.output())
+            before = proxy.sent
+            proxy.cut_after = before + (CHUNK + size) // 2  # halfway through the second PATCH
+            page.find_element(By.ID, "submit").click()
+            label = "#upload-input_vol label"
+            wait(page, lambda b: b.find_element(By.CSS_SELECTOR, label).text.startswith("Uploaded"), timeout=120)
+            resent = proxy.sent - before - size  # besides the file: headers, a status poll, and what was sent again
+            assert proxy.cuts == 1
+            wait(page, lambda b: b.find_element(By.ID, "state").text in ("complete", "failed"), timeout=120)
+            assert page.find_element(By.ID, "state").text == "complete", page.find_element(By.ID, "message").text
+        # From zero: over CHUNK bytes again. From the server's offset: at most the second chunk again.
+        assert 0 < resent < (size - CHUNK) + (1 << 20) < CHUNK, f"{resent} bytes more than the file went up"
+        calls = requests_logged(server, logged)
+        assert calls.count("POST /uploads 201") == 1 and calls.count("HEAD /uploads/<id> 200") >= 1, calls
+        assert calls.count("PATCH /uploads/<id> 204") == 2, calls  # the broken one logs another status
+        assert not [c for c in calls if c.startswith("PUT ")], calls
+        session_id = page.find_element(By.ID, "session-id").text
+        with server.client() as client:
+            assert client.get(f"/sessions/{session_id}/outputs/output_vol").content == volume.read_bytes()
+    finally:
+        stop_and_check([server])
 
 
 def test_a_queued_run_shows_its_place_in_the_queue_then_runs(
