@@ -507,6 +507,33 @@ def test_with_access_control_the_page_asks_for_credentials_and_a_non_operator_ca
         assert client.delete(f"/sessions/{others}").json()["data"]["info"] == "cancelled"
 
 
+def test_with_access_control_the_page_sends_its_credentials_on_every_tus_call(
+    page: WebDriver, tmp_path: Path, anatomical: Path, fixture_images: None
+) -> None:
+    users = tmp_path / "users"
+    users.write_text(f"{USER[0]}:{hash_password(USER[1])}\n")
+    server = start_server(tmp_path / "server", AUTH_USERS_FILE=str(users))
+    try:
+        page.get(f"{server.url}/ui/")
+        sign_in(page, USER)  # asked once, when the model list answers 401
+        choose = wait(page, lambda b: b.find_element(By.CSS_SELECTOR, "button[aria-label='Choose Test: copy']"))
+        choose.click()  # type: ignore[attr-defined]
+        logged = len(server.output())
+        page.find_element(By.ID, "input-input_vol").send_keys(str(anatomical))
+        page.find_element(By.ID, "submit").click()
+        wait(page, lambda b: b.find_element(By.ID, "state").text in ("complete", "failed"), timeout=120)
+        assert page.find_element(By.ID, "state").text == "complete", page.find_element(By.ID, "message").text
+        calls = requests_logged(server, logged)
+        assert [c for c in calls if " /uploads" in c] == [
+            "OPTIONS /uploads 204",
+            "POST /uploads 201",
+            "PATCH /uploads/<id> 204",
+        ], calls
+        assert not [c for c in calls if c.endswith(" 401")], calls
+    finally:
+        stop_and_check([server])
+
+
 UNLABELLED = """
 return [...document.querySelectorAll('input, select, button, textarea')]
   .filter(e => e.offsetParent !== null)
@@ -547,12 +574,16 @@ def test_behind_the_shipped_nginx_site_under_its_prefix_the_page_runs_a_model(
         base = nginx.url.rstrip("/")  # http://127.0.0.1:PORT/inferserver
         assert httpx.get(f"{base}/ui").headers["location"] == "ui/"  # relative: right under any prefix
         open_model(page, dataclasses.replace(web_server, url=base), "Test: sleep")
+        logged = len(web_server.output())
         page.find_element(By.ID, "input-input_vol").send_keys(str(anatomical))
         page.find_element(By.ID, "param-seconds").clear()
         page.find_element(By.ID, "param-seconds").send_keys("0")
         page.find_element(By.ID, "submit").click()
         wait(page, lambda b: b.find_element(By.ID, "state").text in ("complete", "failed"), timeout=120)
         assert page.find_element(By.ID, "state").text == "complete", page.find_element(By.ID, "message").text
+        # By tus through the prefix: the relative Location resolved under /inferserver/.
+        calls = requests_logged(web_server, logged)
+        assert "POST /uploads 201" in calls and "PATCH /uploads/<id> 204" in calls, calls
         page.get(f"{base}/docs")
         wait(page, lambda b: len(b.find_elements(By.CSS_SELECTOR, ".swagger-ui .opblock")) > 5)
         urls = requested_urls(page)
