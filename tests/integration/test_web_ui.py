@@ -271,6 +271,31 @@ def test_an_upload_whose_connection_breaks_resumes_from_the_servers_offset_and_t
         stop_and_check([server])
 
 
+def test_without_a_tus_endpoint_the_page_uploads_with_put(
+    page: WebDriver, web_server: Server, anatomical: Path
+) -> None:
+    """As against a server (or a proxy in front of it) that does not answer OPTIONS /uploads."""
+    page.execute_cdp_cmd("Network.enable", {})
+    page.execute_cdp_cmd("Network.setBlockedURLs", {"urls": ["*/uploads"]})
+    try:
+        logged = len(web_server.output())
+        open_model(page, web_server, "Test: sleep")
+        page.find_element(By.ID, "input-input_vol").send_keys(str(anatomical))
+        page.find_element(By.ID, "param-seconds").clear()
+        page.find_element(By.ID, "param-seconds").send_keys("0")
+        page.find_element(By.ID, "submit").click()
+        wait(page, lambda b: b.find_element(By.ID, "state").text in ("complete", "failed"), timeout=120)
+        assert page.find_element(By.ID, "state").text == "complete", page.find_element(By.ID, "message").text
+    finally:
+        page.execute_cdp_cmd("Network.setBlockedURLs", {"urls": []})
+    session_id = page.find_element(By.ID, "session-id").text
+    calls = requests_logged(web_server, logged)
+    assert f"PUT /sessions/{session_id}/inputs/input_vol 200" in calls, calls
+    assert not [c for c in calls if " /uploads" in c], calls
+    with web_server.client() as client:
+        assert client.get(f"/sessions/{session_id}/outputs/output_vol").content == anatomical.read_bytes()
+
+
 def test_a_queued_run_shows_its_place_in_the_queue_then_runs(
     page: WebDriver, web_server: Server, anatomical: Path
 ) -> None:
