@@ -39,7 +39,7 @@ gpu_engine = engine_fixture(["inferserver-test/gpuwork:1"])
 UPLOAD_LIMIT = "512KiB"
 OPERATOR, USER = ("olga", "olga-pw"), ("nina", "nina-pw")
 BACKGROUND = (0, 0, 0)  # the viewer's backColor
-CHUNK = 64 << 20  # js/upload.js's tus chunk
+CHUNK = 32 << 20  # js/upload.js's tus chunk
 ACCESS_LINE = re.compile(r"inferserver\.access: (\S+) (\S+) (\d+) ")
 
 
@@ -239,7 +239,7 @@ def test_an_upload_whose_connection_breaks_resumes_from_the_servers_offset_and_t
     the server reads it through to answer 409), so a break costs up to one chunk. The cut is in the second chunk
     so that a restart from zero (over CHUNK bytes again) and a resume (at most the second chunk again) differ."""
     server = start_server(tmp_path / "server")
-    volume = write_nifti(tmp_path / "ct.nii.gz", 84)  # 80 MiB: one full chunk and a second of 16 MiB
+    volume = write_nifti(tmp_path / "ct.nii.gz", 42)  # 40 MiB: one full chunk and a second of 8 MiB
     size = volume.stat().st_size
     assert CHUNK < size < 2 * CHUNK
     try:
