@@ -81,7 +81,17 @@ def browser_upload(browser: object, url: str, volume: Path, tus: bool) -> float:
     began = time.monotonic()
     browser.find_element(By.ID, "submit").click()  # type: ignore[attr-defined]
     wait.until(lambda b: b.find_element(By.CSS_SELECTOR, "#upload-input_vol label").text.startswith("Uploaded"))
-    return time.monotonic() - began
+    seconds = time.monotonic() - began
+    finish(url, browser.find_element(By.ID, "session-id").text)  # type: ignore[attr-defined]
+    return seconds
+
+
+def finish(url: str, session_id: str) -> None:
+    """Wait for the copy run the upload queued: a server stopped during a run leaves its container behind."""
+    deadline = time.monotonic() + 300
+    while httpx.get(f"{url}/sessions/{session_id}").json()["data"]["status"] not in ("complete", "failed"):
+        assert time.monotonic() < deadline, f"session {session_id} did not finish in 300 s"
+        time.sleep(0.2)
 
 
 def curl_upload(url: str, volume: Path) -> float:
@@ -106,6 +116,7 @@ def curl_upload(url: str, volume: Path) -> float:
         check=True,
     ).stdout.split()
     assert out[0] == "200", out
+    finish(url, session_id)
     return float(out[1])
 
 
