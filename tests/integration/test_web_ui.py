@@ -28,10 +28,10 @@ from ..conftest import REPO, TEST_MODELS
 from ..files import nifti_gz_like
 from . import rawhttp
 from .browser import changed, differing, external, pixels, requested_urls, start_browser
-from .conftest import Server, start_server, stop_and_check, write_nifti
+from .conftest import Server, kill_server, restart_server, start_server, stop_and_check, write_nifti
 from .gpu_engine import Engine, engine_fixture, start_server_on
 from .gpu_engine import leftover_containers as engine_containers
-from .tcpproxy import cutting_proxy
+from .tcpproxy import CuttingProxy, cutting_proxy
 from .test_deploy_nginx import start_nginx, stop_nginx
 
 gpu_engine = engine_fixture(["inferserver-test/gpuwork:1"])
@@ -105,6 +105,10 @@ def open_model(browser: WebDriver, server: Server, name: str) -> None:
 
 def message(browser: WebDriver) -> str:
     return wait(browser, lambda b: b.find_element(By.ID, "message").text)  # type: ignore[return-value]
+
+
+def port_of(server: Server) -> int:
+    return int(server.url.rsplit(":", 1)[1])
 
 
 def requests_logged(server: Server, since: int) -> list[str]:
@@ -229,6 +233,34 @@ def test_an_upload_over_the_limit_says_so_and_the_session_continues_with_another
         assert client.get(f"/sessions/{session_id}/outputs/output_vol").content == anatomical.read_bytes()
 
 
+def start_copy_through(page: WebDriver, server: Server, proxy: CuttingProxy, volume: Path) -> int:
+    """Open the page through the proxy, start a copy run of `volume` with the proxy set to cut halfway through
+    the second tus chunk; the bytes the proxy had passed before the upload."""
+    open_model(page, dataclasses.replace(server, url=proxy.url), "Test: copy")
+    page.find_element(By.ID, "input-input_vol").send_keys(str(volume))
+    wait(page, lambda b: b.find_element(By.ID, "input-input_vol").get_attribute("aria-invalid") == "false")
+    before = proxy.sent
+    proxy.cut_after = before + (CHUNK + volume.stat().st_size) // 2
+    page.find_element(By.ID, "submit").click()
+    return before
+
+
+def resent_by_the_page(page: WebDriver, proxy: CuttingProxy, before: int, size: int) -> int:
+    """Once the page says the file is uploaded: how many bytes besides the file went through the proxy (headers,
+    a status poll, and whatever was sent again)."""
+    label = "#upload-input_vol label"
+    wait(page, lambda b: b.find_element(By.CSS_SELECTOR, label).text.startswith("Uploaded"), timeout=180)
+    return proxy.sent - before - size
+
+
+def check_copied(page: WebDriver, server: Server, volume: Path) -> None:
+    wait(page, lambda b: b.find_element(By.ID, "state").text in ("complete", "failed"), timeout=120)
+    assert page.find_element(By.ID, "state").text == "complete", page.find_element(By.ID, "message").text
+    session_id = page.find_element(By.ID, "session-id").text
+    with server.client() as client:
+        assert client.get(f"/sessions/{session_id}/outputs/output_vol").content == volume.read_bytes()
+
+
 def test_an_upload_whose_connection_breaks_resumes_from_the_servers_offset_and_the_run_completes(
     page: WebDriver, tmp_path: Path, fixture_images: None
 ) -> None:
@@ -243,32 +275,51 @@ def test_an_upload_whose_connection_breaks_resumes_from_the_servers_offset_and_t
     size = volume.stat().st_size
     assert CHUNK < size < 2 * CHUNK
     try:
-        with cutting_proxy(int(server.url.rsplit(":", 1)[1]), cut_after=1 << 62) as proxy:
+        with cutting_proxy(port_of(server), cut_after=1 << 62) as proxy:
             proxy.release.set()  # cut as soon as cut_after is reached
-            open_model(page, dataclasses.replace(server, url=proxy.url), "Test: copy")
-            page.find_element(By.ID, "input-input_vol").send_keys(str(volume))
-            wait(page, lambda b: b.find_element(By.ID, "input-input_vol").get_attribute("aria-invalid") == "false")
             logged = len(server.output())
-            before = proxy.sent
-            proxy.cut_after = before + (CHUNK + size) // 2  # halfway through the second PATCH
-            page.find_element(By.ID, "submit").click()
-            label = "#upload-input_vol label"
-            wait(page, lambda b: b.find_element(By.CSS_SELECTOR, label).text.startswith("Uploaded"), timeout=120)
-            resent = proxy.sent - before - size  # besides the file: headers, a status poll, and what was sent again
+            before = start_copy_through(page, server, proxy, volume)
+            resent = resent_by_the_page(page, proxy, before, size)
             assert proxy.cuts == 1
-            wait(page, lambda b: b.find_element(By.ID, "state").text in ("complete", "failed"), timeout=120)
-            assert page.find_element(By.ID, "state").text == "complete", page.find_element(By.ID, "message").text
+            check_copied(page, server, volume)
         # From zero: over CHUNK bytes again. From the server's offset: at most the second chunk again.
         assert 0 < resent < (size - CHUNK) + (1 << 20) < CHUNK, f"{resent} bytes more than the file went up"
         calls = requests_logged(server, logged)
         assert calls.count("POST /uploads 201") == 1 and calls.count("HEAD /uploads/<id> 200") >= 1, calls
         assert calls.count("PATCH /uploads/<id> 204") == 2, calls  # the broken one logs another status
         assert not [c for c in calls if c.startswith("PUT ")], calls
-        session_id = page.find_element(By.ID, "session-id").text
-        with server.client() as client:
-            assert client.get(f"/sessions/{session_id}/outputs/output_vol").content == volume.read_bytes()
     finally:
         stop_and_check([server])
+
+
+def test_an_upload_resumes_after_the_server_is_killed_and_restarted(
+    page: WebDriver, tmp_path: Path, fixture_images: None
+) -> None:
+    """`kill -9` of the server in the middle of the second chunk: the page tries again with back-off while nothing
+    answers (the proxy's connections to the dead port are refused) and, once the server is back on its session
+    directory, resumes from the last acknowledged chunk."""
+    server = start_server(tmp_path / "server")
+    servers = [server]
+    volume = write_nifti(tmp_path / "ct.nii.gz", 42)
+    size = volume.stat().st_size
+    try:
+        with cutting_proxy(port_of(server), cut_after=1 << 62) as proxy:
+            before = start_copy_through(page, server, proxy, volume)
+            assert proxy.reached.wait(120), "the upload never reached the second chunk"
+            kill_server(server)
+            proxy.release.set()  # the page's connections drop; new ones find no server
+            restarted = restart_server(server)
+            servers.append(restarted)
+            proxy.target_port = port_of(restarted)
+            resent = resent_by_the_page(page, proxy, before, size)
+            check_copied(page, restarted, volume)
+        # What the killed server had not acknowledged (part of the second chunk) went again, not the first chunk.
+        assert 0 < resent < (size - CHUNK) + (1 << 20) < CHUNK, f"{resent} bytes more than the file went up"
+        calls = requests_logged(restarted, 0)
+        assert "HEAD /uploads/<id> 200" in calls and calls.count("PATCH /uploads/<id> 204") == 1, calls
+        assert not [c for c in calls if c.startswith(("PUT ", "POST /uploads"))], calls
+    finally:
+        stop_and_check(servers)
 
 
 def test_without_a_tus_endpoint_the_page_uploads_with_put(
