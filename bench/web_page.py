@@ -4,8 +4,9 @@ Starts `inferserver serve` on the test models (tests/models; images from tests/i
 engine), opens /ui/ in a fresh headless chromium (nothing cached; after one request to /healthz, so the browser's
 own start-up is not counted) and prints what its first load transferred (and what it would with gzip, e.g. behind
 NGINX with `gzip on`), the first contentful paint and the time until the model list is shown; then uploads one
-SIZE volume through the page (XHR PUT, as a user's browser does) and the same file with curl to the same server,
-and prints both speeds.
+SIZE volume through the page by tus (32 MiB PATCHes, as a user's browser does), through the page by PUT (the
+page's fallback, forced by blocking OPTIONS /uploads in the browser) and with `curl -T` to the same server, and
+prints the three speeds.
 
     .venv/bin/python bench/web_page.py [--size-mib 200]
 """
@@ -68,7 +69,10 @@ def first_load(browser: object, url: str) -> None:
     print(f"first contentful paint: {paint:.0f} ms; model list shown after {shown * 1000:.0f} ms (from navigation)")
 
 
-def browser_upload(browser: object, url: str, volume: Path) -> float:
+def browser_upload(browser: object, url: str, volume: Path, tus: bool) -> float:
+    # Without tus: the page finds no OPTIONS /uploads (a blocked URL fails as a network error) and PUTs.
+    blocked = [] if tus else ["*/uploads"]
+    browser.execute_cdp_cmd("Network.setBlockedURLs", {"urls": blocked})  # type: ignore[attr-defined]
     browser.get(f"{url}/ui/")  # type: ignore[attr-defined]
     wait = WebDriverWait(browser, 600, poll_frequency=0.05)  # type: ignore[arg-type]
     wait.until(lambda b: b.find_element(By.CSS_SELECTOR, "button[aria-label='Choose Test: copy']")).click()
@@ -77,7 +81,17 @@ def browser_upload(browser: object, url: str, volume: Path) -> float:
     began = time.monotonic()
     browser.find_element(By.ID, "submit").click()  # type: ignore[attr-defined]
     wait.until(lambda b: b.find_element(By.CSS_SELECTOR, "#upload-input_vol label").text.startswith("Uploaded"))
-    return time.monotonic() - began
+    seconds = time.monotonic() - began
+    finish(url, browser.find_element(By.ID, "session-id").text)  # type: ignore[attr-defined]
+    return seconds
+
+
+def finish(url: str, session_id: str) -> None:
+    """Wait for the copy run the upload queued: a server stopped during a run leaves its container behind."""
+    deadline = time.monotonic() + 300
+    while httpx.get(f"{url}/sessions/{session_id}").json()["data"]["status"] not in ("complete", "failed"):
+        assert time.monotonic() < deadline, f"session {session_id} did not finish in 300 s"
+        time.sleep(0.2)
 
 
 def curl_upload(url: str, volume: Path) -> float:
@@ -102,6 +116,7 @@ def curl_upload(url: str, volume: Path) -> float:
         check=True,
     ).stdout.split()
     assert out[0] == "200", out
+    finish(url, session_id)
     return float(out[1])
 
 
@@ -118,10 +133,14 @@ def main() -> None:
             volume = tmp / "volume.nii.gz"
             nifti_gz_like(volume, args.size_mib)
             mib = volume.stat().st_size / 1048576
-            seconds = browser_upload(browser, server.url, volume)
-            print(f"browser (page, XHR PUT): {mib:.0f} MiB in {seconds:.2f} s = {mib / seconds:.0f} MiB/s")
+            browser.execute_cdp_cmd("Network.enable", {})  # type: ignore[attr-defined]
+            for tus, label in ((True, "browser (page, tus PATCH)"), (False, "browser (page, XHR PUT) ")):
+                logged = len(server.output())
+                seconds = browser_upload(browser, server.url, volume, tus)
+                patches = server.output()[logged:].count("PATCH /uploads/")
+                print(f"{label}: {mib:.0f} MiB in {seconds:.2f} s = {mib / seconds:.0f} MiB/s ({patches} PATCHes)")
             seconds = curl_upload(server.url, volume)
-            print(f"curl -T (same server):   {mib:.0f} MiB in {seconds:.2f} s = {mib / seconds:.0f} MiB/s")
+            print(f"curl -T (same server):     {mib:.0f} MiB in {seconds:.2f} s = {mib / seconds:.0f} MiB/s")
         finally:
             browser.quit()
             stop_server(server)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -27,9 +28,10 @@ from ..conftest import REPO, TEST_MODELS
 from ..files import nifti_gz_like
 from . import rawhttp
 from .browser import changed, differing, external, pixels, requested_urls, start_browser
-from .conftest import Server, start_server, stop_and_check, write_nifti
+from .conftest import Server, kill_server, restart_server, start_server, stop_and_check, write_nifti
 from .gpu_engine import Engine, engine_fixture, start_server_on
 from .gpu_engine import leftover_containers as engine_containers
+from .tcpproxy import CuttingProxy, cutting_proxy
 from .test_deploy_nginx import start_nginx, stop_nginx
 
 gpu_engine = engine_fixture(["inferserver-test/gpuwork:1"])
@@ -37,6 +39,8 @@ gpu_engine = engine_fixture(["inferserver-test/gpuwork:1"])
 UPLOAD_LIMIT = "512KiB"
 OPERATOR, USER = ("olga", "olga-pw"), ("nina", "nina-pw")
 BACKGROUND = (0, 0, 0)  # the viewer's backColor
+CHUNK = 32 << 20  # js/upload.js's tus chunk
+ACCESS_LINE = re.compile(r"inferserver\.access: (\S+) (\S+) (\d+) ")
 
 
 @pytest.fixture(scope="session")
@@ -103,9 +107,24 @@ def message(browser: WebDriver) -> str:
     return wait(browser, lambda b: b.find_element(By.ID, "message").text)  # type: ignore[return-value]
 
 
+def port_of(server: Server) -> int:
+    return int(server.url.rsplit(":", 1)[1])
+
+
+def requests_logged(server: Server, since: int) -> list[str]:
+    """`METHOD PATH STATUS` of each request the server logged after the first `since` characters of its output;
+    a tus upload's id is shown as `<id>`."""
+    calls = ACCESS_LINE.findall(server.output()[since:])
+    return [
+        f"{method} {re.sub('^/uploads/[0-9a-f]{32}$', '/uploads/<id>', path)} {status}"
+        for method, path, status in calls
+    ]
+
+
 def test_bone_threshold_runs_entirely_through_the_page(
     page: WebDriver, web_server: Server, anatomical: Path, screenshots: Path, downloads: Path
 ) -> None:
+    logged = len(web_server.output())
     open_model(page, web_server, "Example: CT bone by threshold")
     page.find_element(By.ID, "input-ct").send_keys(str(anatomical))
     threshold = page.find_element(By.ID, "param-threshold")
@@ -118,6 +137,13 @@ def test_bone_threshold_runs_entirely_through_the_page(
     assert page.find_element(By.ID, "state").text == "complete", page.find_element(By.ID, "message").text
     assert "bone_threshold: threshold 11000.0" in page.find_element(By.ID, "log").text
     session_id = page.find_element(By.ID, "session-id").text
+
+    # The input went up by tus (one chunk: the file is small), not PUT, and arrived byte for byte.
+    calls = requests_logged(web_server, logged)
+    assert calls.count("OPTIONS /uploads 204") == 1 and calls.count("POST /uploads 201") == 1, calls
+    assert calls.count("PATCH /uploads/<id> 204") == 1, calls
+    assert not [c for c in calls if c.startswith("PUT ")], calls
+    assert (web_server.session_path / session_id / "inputs" / "ct.nii.gz").read_bytes() == anatomical.read_bytes()
 
     # The download link gives the server's file byte for byte.
     link = wait(page, lambda b: b.find_element(By.CSS_SELECTOR, "#downloads a"))
@@ -177,6 +203,7 @@ def test_an_upload_over_the_limit_says_so_and_the_session_continues_with_another
     page: WebDriver, web_server: Server, anatomical: Path, tmp_path: Path, screenshots: Path
 ) -> None:
     big = write_nifti(tmp_path / "big.nii.gz", 2)  # random voxels: gzip cannot bring it under 512 KiB
+    logged = len(web_server.output())
     open_model(page, web_server, "Test: sleep")
     page.find_element(By.ID, "input-input_vol").send_keys(str(big))
     page.find_element(By.ID, "param-seconds").clear()
@@ -187,6 +214,10 @@ def test_an_upload_over_the_limit_says_so_and_the_session_continues_with_another
         text
     )
     assert "Files already uploaded are kept" in text
+    assert f"(MAX_UPLOAD_BYTES): its Upload-Length is {big.stat().st_size} bytes" in text, text
+    # Refused at the tus creation, before a byte of the file was sent.
+    calls = requests_logged(web_server, logged)
+    assert "POST /uploads 413" in calls and not [c for c in calls if c.startswith(("PATCH ", "PUT "))], calls
     page.save_screenshot(str(screenshots / "ui-upload-error.png"))
     session_id = page.find_element(By.ID, "session-id").text
     assert web_server.wait_status(session_id, {"waiting"}, timeout=1)["status"] == "waiting"
@@ -198,6 +229,120 @@ def test_an_upload_over_the_limit_says_so_and_the_session_continues_with_another
     wait(page, lambda b: b.find_element(By.ID, "state").text in ("complete", "failed"), timeout=120)
     assert page.find_element(By.ID, "state").text == "complete"
     assert page.find_element(By.ID, "session-id").text == session_id
+    with web_server.client() as client:
+        assert client.get(f"/sessions/{session_id}/outputs/output_vol").content == anatomical.read_bytes()
+
+
+def start_copy_through(page: WebDriver, server: Server, proxy: CuttingProxy, volume: Path) -> int:
+    """Open the page through the proxy, start a copy run of `volume` with the proxy set to cut halfway through
+    the second tus chunk; the bytes the proxy had passed before the upload."""
+    open_model(page, dataclasses.replace(server, url=proxy.url), "Test: copy")
+    page.find_element(By.ID, "input-input_vol").send_keys(str(volume))
+    wait(page, lambda b: b.find_element(By.ID, "input-input_vol").get_attribute("aria-invalid") == "false")
+    before = proxy.sent
+    proxy.cut_after = before + (CHUNK + volume.stat().st_size) // 2
+    page.find_element(By.ID, "submit").click()
+    return before
+
+
+def resent_by_the_page(page: WebDriver, proxy: CuttingProxy, before: int, size: int) -> int:
+    """Once the page says the file is uploaded: how many bytes besides the file went through the proxy (headers,
+    a status poll, and whatever was sent again)."""
+    label = "#upload-input_vol label"
+    wait(page, lambda b: b.find_element(By.CSS_SELECTOR, label).text.startswith("Uploaded"), timeout=180)
+    return proxy.sent - before - size
+
+
+def check_copied(page: WebDriver, server: Server, volume: Path) -> None:
+    wait(page, lambda b: b.find_element(By.ID, "state").text in ("complete", "failed"), timeout=120)
+    assert page.find_element(By.ID, "state").text == "complete", page.find_element(By.ID, "message").text
+    session_id = page.find_element(By.ID, "session-id").text
+    with server.client() as client:
+        assert client.get(f"/sessions/{session_id}/outputs/output_vol").content == volume.read_bytes()
+
+
+def test_an_upload_whose_connection_breaks_resumes_from_the_servers_offset_and_the_run_completes(
+    page: WebDriver, tmp_path: Path, fixture_images: None
+) -> None:
+    """The page through a TCP proxy that drops every connection in the middle of the second tus chunk (as a Wi-Fi
+    drop does): the page asks the server for its offset and sends the rest, not the file again.
+
+    Chromium itself resends the PATCH it was sending when its connection was a reused one (from the chunk's start;
+    the server reads it through to answer 409), so a break costs up to one chunk. The cut is in the second chunk
+    so that a restart from zero (over CHUNK bytes again) and a resume (at most the second chunk again) differ."""
+    server = start_server(tmp_path / "server")
+    volume = write_nifti(tmp_path / "ct.nii.gz", 42)  # 40 MiB: one full chunk and a second of 8 MiB
+    size = volume.stat().st_size
+    assert CHUNK < size < 2 * CHUNK
+    try:
+        with cutting_proxy(port_of(server), cut_after=1 << 62) as proxy:
+            proxy.release.set()  # cut as soon as cut_after is reached
+            logged = len(server.output())
+            before = start_copy_through(page, server, proxy, volume)
+            resent = resent_by_the_page(page, proxy, before, size)
+            assert proxy.cuts == 1
+            check_copied(page, server, volume)
+        # From zero: over CHUNK bytes again. From the server's offset: at most the second chunk again.
+        assert 0 < resent < (size - CHUNK) + (1 << 20) < CHUNK, f"{resent} bytes more than the file went up"
+        calls = requests_logged(server, logged)
+        assert calls.count("POST /uploads 201") == 1 and calls.count("HEAD /uploads/<id> 200") >= 1, calls
+        assert calls.count("PATCH /uploads/<id> 204") == 2, calls  # the broken one logs another status
+        assert not [c for c in calls if c.startswith("PUT ")], calls
+    finally:
+        stop_and_check([server])
+
+
+def test_an_upload_resumes_after_the_server_is_killed_and_restarted(
+    page: WebDriver, tmp_path: Path, fixture_images: None
+) -> None:
+    """`kill -9` of the server in the middle of the second chunk: the page tries again with back-off while nothing
+    answers (the proxy's connections to the dead port are refused) and, once the server is back on its session
+    directory, resumes from the last acknowledged chunk."""
+    server = start_server(tmp_path / "server")
+    servers = [server]
+    volume = write_nifti(tmp_path / "ct.nii.gz", 42)
+    size = volume.stat().st_size
+    try:
+        with cutting_proxy(port_of(server), cut_after=1 << 62) as proxy:
+            before = start_copy_through(page, server, proxy, volume)
+            assert proxy.reached.wait(120), "the upload never reached the second chunk"
+            kill_server(server)
+            proxy.release.set()  # the page's connections drop; new ones find no server
+            restarted = restart_server(server)
+            servers.append(restarted)
+            proxy.target_port = port_of(restarted)
+            resent = resent_by_the_page(page, proxy, before, size)
+            check_copied(page, restarted, volume)
+        # What the killed server had not acknowledged (part of the second chunk) went again, not the first chunk.
+        assert 0 < resent < (size - CHUNK) + (1 << 20) < CHUNK, f"{resent} bytes more than the file went up"
+        calls = requests_logged(restarted, 0)
+        assert "HEAD /uploads/<id> 200" in calls and calls.count("PATCH /uploads/<id> 204") == 1, calls
+        assert not [c for c in calls if c.startswith(("PUT ", "POST /uploads"))], calls
+    finally:
+        stop_and_check(servers)
+
+
+def test_without_a_tus_endpoint_the_page_uploads_with_put(
+    page: WebDriver, web_server: Server, anatomical: Path
+) -> None:
+    """As against a server (or a proxy in front of it) that does not answer OPTIONS /uploads."""
+    page.execute_cdp_cmd("Network.enable", {})
+    page.execute_cdp_cmd("Network.setBlockedURLs", {"urls": ["*/uploads"]})
+    try:
+        logged = len(web_server.output())
+        open_model(page, web_server, "Test: sleep")
+        page.find_element(By.ID, "input-input_vol").send_keys(str(anatomical))
+        page.find_element(By.ID, "param-seconds").clear()
+        page.find_element(By.ID, "param-seconds").send_keys("0")
+        page.find_element(By.ID, "submit").click()
+        wait(page, lambda b: b.find_element(By.ID, "state").text in ("complete", "failed"), timeout=120)
+        assert page.find_element(By.ID, "state").text == "complete", page.find_element(By.ID, "message").text
+    finally:
+        page.execute_cdp_cmd("Network.setBlockedURLs", {"urls": []})
+    session_id = page.find_element(By.ID, "session-id").text
+    calls = requests_logged(web_server, logged)
+    assert f"PUT /sessions/{session_id}/inputs/input_vol 200" in calls, calls
+    assert not [c for c in calls if " /uploads" in c], calls
     with web_server.client() as client:
         assert client.get(f"/sessions/{session_id}/outputs/output_vol").content == anatomical.read_bytes()
 
@@ -438,6 +583,33 @@ def test_with_access_control_the_page_asks_for_credentials_and_a_non_operator_ca
         assert client.delete(f"/sessions/{others}").json()["data"]["info"] == "cancelled"
 
 
+def test_with_access_control_the_page_sends_its_credentials_on_every_tus_call(
+    page: WebDriver, tmp_path: Path, anatomical: Path, fixture_images: None
+) -> None:
+    users = tmp_path / "users"
+    users.write_text(f"{USER[0]}:{hash_password(USER[1])}\n")
+    server = start_server(tmp_path / "server", AUTH_USERS_FILE=str(users))
+    try:
+        page.get(f"{server.url}/ui/")
+        sign_in(page, USER)  # asked once, when the model list answers 401
+        choose = wait(page, lambda b: b.find_element(By.CSS_SELECTOR, "button[aria-label='Choose Test: copy']"))
+        choose.click()  # type: ignore[attr-defined]
+        logged = len(server.output())
+        page.find_element(By.ID, "input-input_vol").send_keys(str(anatomical))
+        page.find_element(By.ID, "submit").click()
+        wait(page, lambda b: b.find_element(By.ID, "state").text in ("complete", "failed"), timeout=120)
+        assert page.find_element(By.ID, "state").text == "complete", page.find_element(By.ID, "message").text
+        calls = requests_logged(server, logged)
+        assert [c for c in calls if " /uploads" in c] == [
+            "OPTIONS /uploads 204",
+            "POST /uploads 201",
+            "PATCH /uploads/<id> 204",
+        ], calls
+        assert not [c for c in calls if c.endswith(" 401")], calls
+    finally:
+        stop_and_check([server])
+
+
 UNLABELLED = """
 return [...document.querySelectorAll('input, select, button, textarea')]
   .filter(e => e.offsetParent !== null)
@@ -478,12 +650,16 @@ def test_behind_the_shipped_nginx_site_under_its_prefix_the_page_runs_a_model(
         base = nginx.url.rstrip("/")  # http://127.0.0.1:PORT/inferserver
         assert httpx.get(f"{base}/ui").headers["location"] == "ui/"  # relative: right under any prefix
         open_model(page, dataclasses.replace(web_server, url=base), "Test: sleep")
+        logged = len(web_server.output())
         page.find_element(By.ID, "input-input_vol").send_keys(str(anatomical))
         page.find_element(By.ID, "param-seconds").clear()
         page.find_element(By.ID, "param-seconds").send_keys("0")
         page.find_element(By.ID, "submit").click()
         wait(page, lambda b: b.find_element(By.ID, "state").text in ("complete", "failed"), timeout=120)
         assert page.find_element(By.ID, "state").text == "complete", page.find_element(By.ID, "message").text
+        # By tus through the prefix: the relative Location resolved under /inferserver/.
+        calls = requests_logged(web_server, logged)
+        assert "POST /uploads 201" in calls and "PATCH /uploads/<id> 204" in calls, calls
         page.get(f"{base}/docs")
         wait(page, lambda b: len(b.find_elements(By.CSS_SELECTOR, ".swagger-ui .opblock")) > 5)
         urls = requested_urls(page)

@@ -32,10 +32,14 @@ export function explain(status, detail) {
     404: "The server does not know this (it may have been cleaned up)",
     408: "The upload stalled and the server gave up on it",
     409: "This conflicts with the session's state",
+    410: "The upload expired on the server",
     413: "This is too large for the server",
     415: "The server does not take this kind of file or request",
     429: "Too many failed sign-ins from this computer",
+    460: "The upload was damaged on the way (its checksum did not match)",
+    502: "The server could not be reached behind its proxy",
     503: "The server is busy or not ready",
+    504: "The server could not be reached behind its proxy",
     507: "The server's disk is full",
   }[status] || `The server answered with an error (${status})`;
   return detail ? `${what}: ${detail}.` : `${what}.`;

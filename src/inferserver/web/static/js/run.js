@@ -72,7 +72,9 @@ function progressRow(name, label) {
 function showProgress(row, p) {
   row.querySelector("progress").value = p.total ? p.sent / p.total : 1;
   const left = p.left === null ? "" : `, about ${Math.ceil(p.left)} s left`;
-  row.querySelector("span").textContent = `${mib(p.sent)} of ${mib(p.total)}, ${(p.rate / 1048576).toFixed(1)} MiB/s${left}`;
+  const note = p.note ? ` (${p.note})` : ""; // e.g. a resumable upload waiting to try again
+  const rate = `${(p.rate / 1048576).toFixed(1)} MiB/s`;
+  row.querySelector("span").textContent = `${mib(p.sent)} of ${mib(p.total)}, ${rate}${left}${note}`;
 }
 
 async function submit(event) {
