@@ -135,9 +135,8 @@ def stop_nginx(nginx: Nginx) -> None:
         nginx.process.wait()
 
 
-@pytest.fixture(scope="module")
-def deployed(tmp_path_factory: pytest.TempPathFactory, fixture_images: None) -> Iterator[tuple[Server, Nginx]]:
-    tmp = tmp_path_factory.mktemp("deploy", numbered=True)
+def gunicorn_behind_nginx(tmp: Path) -> Iterator[tuple[Server, Nginx]]:
+    """The shipped gunicorn config behind the shipped site, as a module fixture's body; both stopped after."""
     server = start_server(tmp / "server", command=shipped_gunicorn)
     try:
         nginx = start_nginx(tmp / "nginx", int(server.url.rsplit(":", 1)[1]), server.session_path)
@@ -147,6 +146,11 @@ def deployed(tmp_path_factory: pytest.TempPathFactory, fixture_images: None) -> 
     yield server, nginx
     stop_nginx(nginx)
     stop_and_check([server])
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory: pytest.TempPathFactory, fixture_images: None) -> Iterator[tuple[Server, Nginx]]:
+    yield from gunicorn_behind_nginx(tmp_path_factory.mktemp("deploy", numbered=True))
 
 
 def test_root_answers_under_the_prefix(deployed: tuple[Server, Nginx]) -> None:

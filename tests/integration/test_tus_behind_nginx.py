@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from ..files import file_sha256, nifti_gz_like
-from .conftest import Server, shipped_gunicorn, start_server, stop_and_check
-from .test_deploy_nginx import Nginx, start_nginx, stop_nginx
+from .conftest import Server
+from .test_deploy_nginx import Nginx, gunicorn_behind_nginx
 from .test_tus import landed, nifti_head, ran_to_completion, tuspy, wait_offset
 from .tus import TUS, create, new_session, patch, start_patch
 
@@ -24,16 +24,7 @@ CHUNK = 64 * MiB  # the chunk size the README recommends
 
 @pytest.fixture(scope="module")
 def proxied(tmp_path_factory: pytest.TempPathFactory, fixture_images: None) -> Iterator[tuple[Server, Nginx]]:
-    tmp = tmp_path_factory.mktemp("tus-nginx", numbered=True)
-    server = start_server(tmp / "server", command=shipped_gunicorn)
-    try:
-        nginx = start_nginx(tmp / "nginx", int(server.url.rsplit(":", 1)[1]), server.session_path)
-    except BaseException:
-        stop_and_check([server])
-        raise
-    yield server, nginx
-    stop_nginx(nginx)
-    stop_and_check([server])
+    yield from gunicorn_behind_nginx(tmp_path_factory.mktemp("tus-nginx", numbered=True))
 
 
 def test_tuspy_through_nginx_with_64_mib_chunks(proxied: tuple[Server, Nginx], tmp_path: Path) -> None:
