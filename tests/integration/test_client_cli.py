@@ -440,25 +440,33 @@ def test_run_through_the_shipped_nginx_under_its_prefix(make_server: ServerFacto
     assert re.search(r'"GET /inferserver/sessions/[^/ ]+/outputs/output_vol HTTP/1\.1" 200 ', access), access
 
 
-def test_ctrl_c_cancels_the_session(make_server: ServerFactory, tmp_path: Path) -> None:
-    server = make_server()
-    source = volume(tmp_path / "ct.nii.gz", 7)
-    out = tmp_path / "out.nii.gz"
-    argv = client_argv("run", "sleep", "-p", "seconds=60", "-i", f"input_vol={source}", "-o", f"output_vol={out}")
-    env = client_env(tmp_path / "home", INFERSERVER_URL=server.url)
+def interrupt_when_running(
+    argv: list[str], env: dict[str, str], server: Server, containers: int
+) -> tuple[subprocess.Popen[str], str]:
+    """Start the client, press Ctrl-C once `containers` of its model containers run; the ended process, its stderr.
+
+    Running containers, not just `working`: what a Ctrl-C during a start does is test_cancel_cleanup's subject."""
     process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
-        # Running containers, not just `working`: a cancel while the container is being created leaves it behind
-        # (a server race, reported separately), which is not what these tests are about.
-        while not running_containers(server):
-            assert time.monotonic() < deadline and process.poll() is None, "the run never started"
+        while len(running_containers(server)) < containers:
+            assert time.monotonic() < deadline and process.poll() is None, f"{containers} runs never started"
             time.sleep(0.1)
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
+    return process, stderr
+
+
+def test_ctrl_c_cancels_the_session(make_server: ServerFactory, tmp_path: Path) -> None:
+    server = make_server()
+    source = volume(tmp_path / "ct.nii.gz", 7)
+    out = tmp_path / "out.nii.gz"
+    argv = client_argv("run", "sleep", "-p", "seconds=60", "-i", f"input_vol={source}", "-o", f"output_vol={out}")
+    env = client_env(tmp_path / "home", INFERSERVER_URL=server.url)
+    process, stderr = interrupt_when_running(argv, env, server, 1)
     assert process.returncode == 1, stderr
     assert "inferserver client: interrupted: the session was cancelled" in stderr
     (session_id,) = sessions_on(server)
@@ -488,19 +496,7 @@ def test_ctrl_c_stops_a_batch_and_cancels_its_sessions(make_server: ServerFactor
         volume(volumes_dir / f"v{n}.nii.gz", 300 + n)
     argv = client_argv("batch", "sleep", str(volumes_dir), str(tmp_path / "out"), "-j", "2", "-p", "seconds=60")
     env = client_env(tmp_path / "home", INFERSERVER_URL=server.url)
-    process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        # Running containers, not just `working`: a cancel while the container is being created leaves it behind
-        # (a server race, reported separately), which is not what these tests are about.
-        while len(running_containers(server)) < 2:
-            assert time.monotonic() < deadline and process.poll() is None, "the runs never started"
-            time.sleep(0.1)
-        process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
+    process, stderr = interrupt_when_running(argv, env, server, 2)
     assert process.returncode == 1, stderr
     assert "inferserver client: interrupted" in stderr
     started = sessions_on(server)
