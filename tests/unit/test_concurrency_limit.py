@@ -9,9 +9,11 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from inferserver.api.concurrency import ConcurrencyLimit, counted
+
+from .asgi import ask
 
 SID = "0b4c5f3e-2a8d-4c1b-9d8e-5f6a7b8c9d0e"
 
@@ -33,19 +35,6 @@ class Held:
 def scope_for(path: str, method: str = "GET", limit: int = 2) -> dict[str, Any]:
     app = SimpleNamespace(state=SimpleNamespace(settings=SimpleNamespace(MAX_CONCURRENT_REQUESTS=limit)))
     return {"type": "http", "method": method, "path": path, "root_path": "", "app": app, "headers": []}
-
-
-async def ask(middleware: ConcurrencyLimit, scope: dict[str, Any]) -> list[Message]:
-    sent: list[Message] = []
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b""}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    await middleware(scope, receive, send)
-    return sent
 
 
 async def test_beyond_the_limit_a_request_is_refused_at_once_and_says_why() -> None:

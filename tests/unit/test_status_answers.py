@@ -7,10 +7,12 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from inferserver.api.statusanswers import StatusAnswerCache, StatusAnswers, session_of
 from inferserver.sessions.changes import ChangeToken
+
+from .asgi import ask
 
 SID = "0b4c5f3e-2a8d-4c1b-9d8e-5f6a7b8c9d0e"
 
@@ -36,19 +38,6 @@ class Route:
 def scope_for(answers: StatusAnswers | None, path: str, method: str = "GET", root: str = "") -> dict[str, Any]:
     app = SimpleNamespace(state=SimpleNamespace(status_answers=answers))
     return {"type": "http", "method": method, "path": root + path, "root_path": root, "app": app, "headers": []}
-
-
-async def ask(middleware: StatusAnswerCache, scope: dict[str, Any]) -> list[Message]:
-    sent: list[Message] = []
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b""}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    await middleware(scope, receive, send)
-    return sent
 
 
 async def test_polls_get_the_routes_bytes_until_a_session_changes(tmp_path: Path) -> None:
