@@ -32,10 +32,6 @@ class Readiness:
         """ "dispatcher", or "standby": it serves every request, another process (perhaps host) starts the runs."""
         return "dispatcher" if self.leading() else "standby"
 
-    async def problems(self) -> list[str]:
-        """Empty when ready; otherwise one reason per failed check."""
-        return (await self.report()).problems
-
     async def report(self) -> Report:
         """Ready while at least one engine answers; the ones that do not are named either way."""
         found: list[str] = []
